@@ -1,0 +1,656 @@
+//! The error currency of every layer: [`DashScopeError`], its [`ErrorClass`] and [`RateLimitKind`].
+//!
+//! Every service in this crate has `type Error = DashScopeError`. Match on
+//! [`DashScopeError::class`] at the top of a stack to decide what to do:
+//!
+//! ```
+//! use tower_dashscope::{DashScopeError, ErrorClass, RateLimitKind};
+//!
+//! fn advice(err: &DashScopeError) -> &'static str {
+//!     match err.class() {
+//!         ErrorClass::RateLimited(RateLimitKind::Tokens) => "slow down: tokens per minute",
+//!         ErrorClass::ContextLengthExceeded => "shorten the conversation",
+//!         ErrorClass::Authentication => "check the key and the region",
+//!         _ if err.is_retryable() => "try again later",
+//!         _ => "fix the request",
+//!     }
+//! }
+//!
+//! let err = DashScopeError::new(ErrorClass::RateLimited(RateLimitKind::Tokens))
+//!     .with_code("Throttling.AllocationQuota");
+//! assert_eq!(advice(&err), "slow down: tokens per minute");
+//! ```
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+
+/// A type-erased error, as tower uses it: what every inner service's error is converted into
+/// before it is classified.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// Which limit a rate-limited request hit.
+///
+/// DashScope enforces limits per root account and per model, per second (DASHSCOPE.md §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RateLimitKind {
+    /// Requests per second or minute: `Throttling`, `Throttling.RateQuota`, compatible-mode
+    /// `limit_requests`.
+    Requests,
+    /// Tokens per minute (input + output): `Throttling.AllocationQuota` "Allocated quota
+    /// exceeded", compatible-mode `insufficient_quota` "You exceeded your current quota". This is
+    /// transient throttling despite the billing-like wording.
+    Tokens,
+    /// The growth-rate limit: `Throttling.BurstRate`, `limit_burst_rate` "Request rate increased
+    /// too quickly". Ramp traffic up smoothly; `X-DashScope-Wait-Timeout` lets the server queue.
+    Burst,
+    /// Too many requests in flight at once (a gateway's or a client-side concurrency limit).
+    Concurrency,
+    /// Refused by a limit on this side of the network (a client-side budget in fail-fast mode);
+    /// the request never reached the server.
+    Local,
+    /// A 429 (or `rate_limit_error`) that did not say which limit it was.
+    Unspecified,
+}
+
+impl fmt::Display for RateLimitKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RateLimitKind::Requests => "requests",
+            RateLimitKind::Tokens => "tokens",
+            RateLimitKind::Burst => "burst",
+            RateLimitKind::Concurrency => "concurrency",
+            RateLimitKind::Local => "local",
+            RateLimitKind::Unspecified => "unspecified",
+        })
+    }
+}
+
+/// What kind of failure a [`DashScopeError`] is: the one thing a caller matches on.
+///
+/// Each variant lists the DashScope codes that produce it (DASHSCOPE.md §2). Only rate limits,
+/// server errors, unavailability, timeouts and connection errors are
+/// [retryable](ErrorClass::is_retryable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorClass {
+    /// 401: `InvalidApiKey`, `invalid_api_key`, `NOT AUTHORIZED`, "invalid access token or token
+    /// expired", `authentication_error`. Usually a key from another region, or a Coding Plan key
+    /// (`sk-sp-`) on a pay-as-you-go base URL. Not retryable.
+    Authentication,
+    /// 403: `AccessDenied`, `AccessDenied.Unpurchased`, `Model.AccessDenied`,
+    /// `Workspace.AccessDenied`, `permission_error`. Not retryable.
+    PermissionDenied,
+    /// Free quota, subscription or billing exhausted: `Arrearage`, `AllocationQuota.FreeTierOnly`,
+    /// `Throttling.AllocationQuota` with exactly "Free allocated quota exceeded.",
+    /// `CommodityNotPurchased`, `PrepaidBillOverdue`, `PostpaidBillOverdue`, `billing_error`,
+    /// Coding Plan "hour / week / month allocated quota exceeded", a plain 403 "Access denied.".
+    /// Not retryable (until the quota resets or the bill is paid).
+    QuotaExhausted,
+    /// 429 throttling; [`RateLimitKind`] says which limit. Retryable.
+    RateLimited(RateLimitKind),
+    /// 400 and other 4xx: `InvalidParameter`, `invalid_parameter_error`,
+    /// `invalid_request_error`, `InternalError.Algo.*` on a 400. Not retryable.
+    InvalidRequest,
+    /// The input is longer than the model's context window: "Range of input length should be
+    /// [1, N]", `context_length_exceeded`. Not retryable with the same input (a model with a
+    /// longer context may take it).
+    ContextLengthExceeded,
+    /// Moderation blocked the input or the output: `DataInspectionFailed`,
+    /// `data_inspection_failed`, `FaqRuleBlocked`, `CustomRoleBlocked`, `IPInfringementSuspect`.
+    /// Not retryable with the same input.
+    ContentFiltered,
+    /// 404: `ModelNotFound`, `model_not_found`, `model_not_supported`, `WorkSpaceNotFound`,
+    /// `not_found_error`, a bare 404 (wrong base path), or a redirect (wrong base URL).
+    /// Not retryable.
+    NotFound,
+    /// 413 (the gateway's 16 MiB body limit), `request_too_large`. Not retryable.
+    PayloadTooLarge,
+    /// 500 and other 5xx: `InternalError`, `InternalError.Algo` on a 5xx, `SystemError`,
+    /// `ModelServiceFailed`, `api_error`. Retryable.
+    ServerError,
+    /// 503, capacity: `ModelUnavailable`, `ModelServingError` "throttled due to system capacity
+    /// limits", `ServiceUnavailable`, `overloaded_error`. Retryable (or try another model).
+    Unavailable,
+    /// The call took too long: `RequestTimeOut` (the server's 300 s limit; stream instead),
+    /// `timeout_error`, 408, 504, `tower::timeout` and IO timeouts. Retryable.
+    Timeout,
+    /// The request may not have reached the server: refused, reset or aborted connections, DNS
+    /// failures, `APIConnectionError`, and any transport error this crate does not recognise.
+    /// Retryable.
+    Connection,
+    /// A response stream ended before it was complete, or its body failed while being read. The
+    /// partial output was delivered and is billed. Not retryable as such.
+    StreamInterrupted,
+}
+
+impl ErrorClass {
+    /// Whether a later attempt of the same request can succeed: true for rate limits (every kind),
+    /// server errors, unavailability, timeouts and connection errors.
+    #[must_use]
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorClass::RateLimited(_)
+                | ErrorClass::ServerError
+                | ErrorClass::Unavailable
+                | ErrorClass::Timeout
+                | ErrorClass::Connection
+        )
+    }
+
+    /// A short, stable, lowercase name for logs and metrics labels, e.g. `rate_limited_tokens`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Authentication => "authentication",
+            ErrorClass::PermissionDenied => "permission_denied",
+            ErrorClass::QuotaExhausted => "quota_exhausted",
+            ErrorClass::RateLimited(kind) => match kind {
+                RateLimitKind::Requests => "rate_limited_requests",
+                RateLimitKind::Tokens => "rate_limited_tokens",
+                RateLimitKind::Burst => "rate_limited_burst",
+                RateLimitKind::Concurrency => "rate_limited_concurrency",
+                RateLimitKind::Local => "rate_limited_local",
+                RateLimitKind::Unspecified => "rate_limited",
+            },
+            ErrorClass::InvalidRequest => "invalid_request",
+            ErrorClass::ContextLengthExceeded => "context_length_exceeded",
+            ErrorClass::ContentFiltered => "content_filtered",
+            ErrorClass::NotFound => "not_found",
+            ErrorClass::PayloadTooLarge => "payload_too_large",
+            ErrorClass::ServerError => "server_error",
+            ErrorClass::Unavailable => "unavailable",
+            ErrorClass::Timeout => "timeout",
+            ErrorClass::Connection => "connection",
+            ErrorClass::StreamInterrupted => "stream_interrupted",
+        }
+    }
+
+    /// What a caller can do about an error of this class, in a few words.
+    #[must_use]
+    pub fn advice(self) -> &'static str {
+        match self {
+            ErrorClass::Authentication => {
+                "check that the API key belongs to this region and plan (Coding Plan `sk-sp-` keys \
+                 work only on the Coding Plan hosts)"
+            }
+            ErrorClass::PermissionDenied => {
+                "check that the account or workspace has access to this model"
+            }
+            ErrorClass::QuotaExhausted => {
+                "the free quota, subscription or balance is used up: top up, buy the model, or \
+                 wait for the quota to reset"
+            }
+            ErrorClass::RateLimited(RateLimitKind::Burst) => {
+                "back off and ramp traffic up more smoothly; X-DashScope-Wait-Timeout lets the \
+                 server queue instead"
+            }
+            ErrorClass::RateLimited(RateLimitKind::Tokens) => {
+                "back off and retry; send fewer tokens per minute to this model"
+            }
+            ErrorClass::RateLimited(_) => "back off and retry; send fewer requests to this model",
+            ErrorClass::InvalidRequest => "fix the request parameters; retrying will not help",
+            ErrorClass::ContextLengthExceeded => {
+                "shorten the input or use a model with a longer context window"
+            }
+            ErrorClass::ContentFiltered => {
+                "moderation blocked the input or output; retrying the same input will not help"
+            }
+            ErrorClass::NotFound => "check the model name and the base URL",
+            ErrorClass::PayloadTooLarge => "the request body is too large; send less",
+            ErrorClass::ServerError => "a server-side failure: retry with backoff",
+            ErrorClass::Unavailable => "the model is overloaded or offline: retry later or use another model",
+            ErrorClass::Timeout => "retry; for long generations use streaming",
+            ErrorClass::Connection => "check the network and the base URL, then retry",
+            ErrorClass::StreamInterrupted => {
+                "the stream ended early; the partial output is billed, resend if you need it whole"
+            }
+        }
+    }
+}
+
+impl fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ErrorClass::Authentication => f.write_str("authentication failed"),
+            ErrorClass::PermissionDenied => f.write_str("permission denied"),
+            ErrorClass::QuotaExhausted => f.write_str("quota exhausted"),
+            ErrorClass::RateLimited(RateLimitKind::Unspecified) => f.write_str("rate limited"),
+            ErrorClass::RateLimited(kind) => write!(f, "rate limited ({kind})"),
+            ErrorClass::InvalidRequest => f.write_str("invalid request"),
+            ErrorClass::ContextLengthExceeded => f.write_str("context length exceeded"),
+            ErrorClass::ContentFiltered => f.write_str("content filtered"),
+            ErrorClass::NotFound => f.write_str("not found"),
+            ErrorClass::PayloadTooLarge => f.write_str("payload too large"),
+            ErrorClass::ServerError => f.write_str("server error"),
+            ErrorClass::Unavailable => f.write_str("service unavailable"),
+            ErrorClass::Timeout => f.write_str("timed out"),
+            ErrorClass::Connection => f.write_str("connection failed"),
+            ErrorClass::StreamInterrupted => f.write_str("stream interrupted"),
+        }
+    }
+}
+
+/// A classified failure of a call to DashScope or a compatible endpoint.
+///
+/// It carries what a caller needs to decide: the [`ErrorClass`], the real HTTP status (for an
+/// error inside an event stream, the `:HTTP_STATUS/NNN` value, not the `200` of the status
+/// line), DashScope's code, the message with its `<NNN> Code: ` prefix stripped, the request id,
+/// a server-requested retry delay, and for transport failures the underlying error as
+/// [`source`](StdError::source).
+///
+/// It is one pointer wide, so `Result<Response, DashScopeError>` stays small, and cheap to clone.
+///
+/// Converting any service error into it (`DashScopeError::from(BoxError)`) passes an existing `DashScopeError` through unchanged and classifies transport errors:
+/// `tower::timeout::error::Elapsed`, `tokio::time::error::Elapsed` and IO timeouts anywhere in the
+/// source chain are [`ErrorClass::Timeout`]; everything else (refused, reset, DNS, hyper errors,
+/// unknown errors) is [`ErrorClass::Connection`] with the source kept.
+#[derive(Clone)]
+pub struct DashScopeError {
+    inner: Box<Inner>,
+}
+
+#[derive(Clone)]
+struct Inner {
+    class: ErrorClass,
+    status: Option<StatusCode>,
+    code: Option<Box<str>>,
+    message: Option<Box<str>>,
+    request_id: Option<Box<str>>,
+    retry_after: Option<Duration>,
+    source: Option<Arc<dyn StdError + Send + Sync>>,
+}
+
+impl DashScopeError {
+    /// An error of `class` with nothing else known. Add details with the `with_*` methods; this
+    /// is how test doubles and custom layers make errors that look like the classifier's.
+    #[must_use]
+    pub fn new(class: ErrorClass) -> Self {
+        DashScopeError {
+            inner: Box::new(Inner {
+                class,
+                status: None,
+                code: None,
+                message: None,
+                request_id: None,
+                retry_after: None,
+                source: None,
+            }),
+        }
+    }
+
+    /// Sets the HTTP status the error carries.
+    #[must_use]
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.inner.status = Some(status);
+        self
+    }
+
+    /// Sets DashScope's error code, e.g. `Throttling.RateQuota`.
+    #[must_use]
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.inner.code = Some(code.into().into_boxed_str());
+        self
+    }
+
+    /// Sets the human-readable message.
+    #[must_use]
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.inner.message = Some(message.into().into_boxed_str());
+        self
+    }
+
+    /// Sets the request id that DashScope's support asks for.
+    #[must_use]
+    pub fn with_request_id(mut self, request_id: impl Into<String>) -> Self {
+        self.inner.request_id = Some(request_id.into().into_boxed_str());
+        self
+    }
+
+    /// Sets how long the server asked the client to wait before retrying.
+    #[must_use]
+    pub fn with_retry_after(mut self, retry_after: Duration) -> Self {
+        self.inner.retry_after = Some(retry_after);
+        self
+    }
+
+    /// Sets the underlying error, returned by [`source`](StdError::source).
+    #[must_use]
+    pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.inner.source = Some(Arc::from(source.into()));
+        self
+    }
+
+    /// What kind of failure this is.
+    #[must_use]
+    pub fn class(&self) -> ErrorClass {
+        self.inner.class
+    }
+
+    /// The real HTTP status: for an error inside an event stream, the `:HTTP_STATUS/NNN` value.
+    /// `None` for transport failures and for errors raised on this side of the network.
+    #[must_use]
+    pub fn status(&self) -> Option<StatusCode> {
+        self.inner.status
+    }
+
+    /// DashScope's error code (`Throttling.RateQuota`, `invalid_parameter_error`, …), if the
+    /// server sent one. For the OpenAI-compatible shape this is `error.code`, or `error.type`
+    /// when the code is missing.
+    #[must_use]
+    pub fn code(&self) -> Option<&str> {
+        self.inner.code.as_deref()
+    }
+
+    /// The server's message, with DashScope's `<NNN> Code.Name: ` prefix stripped.
+    #[must_use]
+    pub fn message(&self) -> Option<&str> {
+        self.inner.message.as_deref()
+    }
+
+    /// The request id: the body's `request_id`, else the `x-request-id` response header.
+    #[must_use]
+    pub fn request_id(&self) -> Option<&str> {
+        self.inner.request_id.as_deref()
+    }
+
+    /// How long the server (or a gateway in front of it) asked the client to wait, from
+    /// `retry-after-ms` or `Retry-After` (see [`parse_retry_after`](crate::parse_retry_after)).
+    #[must_use]
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.inner.retry_after
+    }
+
+    /// Whether a later attempt of the same request can succeed; see
+    /// [`ErrorClass::is_retryable`].
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        self.inner.class.is_retryable()
+    }
+
+    /// Classifies a transport error that is not a `DashScopeError` already.
+    fn from_transport(err: BoxError) -> Self {
+        let class = if is_timeout(&*err) {
+            ErrorClass::Timeout
+        } else {
+            ErrorClass::Connection
+        };
+        DashScopeError::new(class).with_source(err)
+    }
+
+    /// Classifies an error met while reading a successful response's body: the output stopped
+    /// part-way, so anything but a timeout is [`ErrorClass::StreamInterrupted`].
+    pub(crate) fn from_body_error(err: BoxError) -> Self {
+        match err.downcast::<DashScopeError>() {
+            Ok(err) => *err,
+            Err(err) if is_timeout(&*err) => DashScopeError::new(ErrorClass::Timeout).with_source(err),
+            Err(err) => DashScopeError::new(ErrorClass::StreamInterrupted).with_source(err),
+        }
+    }
+}
+
+/// Whether a timeout appears anywhere in `err`'s source chain.
+fn is_timeout(err: &(dyn StdError + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(err) = next {
+        if err.is::<tower::timeout::error::Elapsed>() || err.is::<tokio::time::error::Elapsed>() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            if io.kind() == io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        if let Some(ds) = err.downcast_ref::<DashScopeError>() {
+            return ds.class() == ErrorClass::Timeout;
+        }
+        next = err.source();
+    }
+    false
+}
+
+impl From<BoxError> for DashScopeError {
+    /// Passes a boxed `DashScopeError` through unchanged; classifies anything else as a transport
+    /// error (see the type's docs).
+    fn from(err: BoxError) -> Self {
+        match err.downcast::<DashScopeError>() {
+            Ok(err) => *err,
+            Err(err) => DashScopeError::from_transport(err),
+        }
+    }
+}
+
+impl From<io::Error> for DashScopeError {
+    fn from(err: io::Error) -> Self {
+        DashScopeError::from(BoxError::from(err))
+    }
+}
+
+impl From<tower::timeout::error::Elapsed> for DashScopeError {
+    fn from(err: tower::timeout::error::Elapsed) -> Self {
+        DashScopeError::new(ErrorClass::Timeout).with_source(err)
+    }
+}
+
+impl From<ErrorClass> for DashScopeError {
+    fn from(class: ErrorClass) -> Self {
+        DashScopeError::new(class)
+    }
+}
+
+/// Converts an inner service's error into the crate's error currency.
+pub(crate) fn into_dashscope_error<E: Into<BoxError>>(err: E) -> DashScopeError {
+    DashScopeError::from(err.into())
+}
+
+impl fmt::Debug for DashScopeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &*self.inner;
+        let mut d = f.debug_struct("DashScopeError");
+        d.field("class", &inner.class);
+        if let Some(status) = inner.status {
+            d.field("status", &status.as_u16());
+        }
+        if let Some(code) = &inner.code {
+            d.field("code", code);
+        }
+        if let Some(message) = &inner.message {
+            d.field("message", message);
+        }
+        if let Some(request_id) = &inner.request_id {
+            d.field("request_id", request_id);
+        }
+        if let Some(retry_after) = inner.retry_after {
+            d.field("retry_after", &retry_after);
+        }
+        if let Some(source) = &inner.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for DashScopeError {
+    /// One log line: class, status and code, message, request id, retry delay, what to do.
+    ///
+    /// `rate limited (tokens) [429 Throttling.AllocationQuota]: Allocated quota exceeded, please
+    /// increase your quota limit. (request id 70acdc21-…); back off and retry; send fewer tokens
+    /// per minute to this model`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &*self.inner;
+        write!(f, "{}", inner.class)?;
+        match (inner.status, inner.code.as_deref()) {
+            (Some(status), Some(code)) => write!(f, " [{} {code}]", status.as_u16())?,
+            (Some(status), None) => write!(f, " [{}]", status.as_u16())?,
+            (None, Some(code)) => write!(f, " [{code}]")?,
+            (None, None) => {}
+        }
+        match (&inner.message, &inner.source) {
+            (Some(message), _) => write!(f, ": {message}")?,
+            (None, Some(source)) => write!(f, ": {source}")?,
+            (None, None) => {}
+        }
+        if let Some(request_id) = &inner.request_id {
+            write!(f, " (request id {request_id})")?;
+        }
+        if let Some(retry_after) = inner.retry_after {
+            write!(f, "; server asks to retry after {:.3}s", retry_after.as_secs_f64())?;
+        }
+        write!(f, "; {}", inner.class.advice())
+    }
+}
+
+impl StdError for DashScopeError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.inner
+            .source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+
+    #[test]
+    fn error_is_small_send_sync() {
+        assert_send_sync::<DashScopeError>();
+        assert_eq!(
+            std::mem::size_of::<DashScopeError>(),
+            std::mem::size_of::<usize>()
+        );
+    }
+
+    #[test]
+    fn boxed_dashscope_error_passes_through_unchanged() {
+        let original = DashScopeError::new(ErrorClass::RateLimited(RateLimitKind::Burst))
+            .with_status(StatusCode::TOO_MANY_REQUESTS)
+            .with_code("Throttling.BurstRate")
+            .with_request_id("r-1");
+        let boxed: BoxError = Box::new(original);
+        let back = DashScopeError::from(boxed);
+        assert_eq!(back.class(), ErrorClass::RateLimited(RateLimitKind::Burst));
+        assert_eq!(back.code(), Some("Throttling.BurstRate"));
+        assert_eq!(back.request_id(), Some("r-1"));
+        assert!(back.source().is_none());
+    }
+
+    #[test]
+    fn io_errors_are_connection_or_timeout() {
+        for kind in [
+            io::ErrorKind::ConnectionRefused,
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::ConnectionAborted,
+            io::ErrorKind::NotFound,
+            io::ErrorKind::Other,
+        ] {
+            let err = DashScopeError::from(io::Error::new(kind, "boom"));
+            assert_eq!(err.class(), ErrorClass::Connection, "{kind:?}");
+            assert!(err.is_retryable());
+            assert_eq!(err.source().unwrap().to_string(), "boom");
+        }
+        let err = DashScopeError::from(io::Error::new(io::ErrorKind::TimedOut, "slow"));
+        assert_eq!(err.class(), ErrorClass::Timeout);
+    }
+
+    #[derive(Debug)]
+    struct Wrapper(io::Error);
+    impl fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("client error (Connect)")
+        }
+    }
+    impl StdError for Wrapper {
+        fn source(&self) -> Option<&(dyn StdError + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn timeouts_are_found_deep_in_the_source_chain() {
+        let err = Wrapper(io::Error::new(io::ErrorKind::TimedOut, "connect timeout"));
+        let err = DashScopeError::from(BoxError::from(err));
+        assert_eq!(err.class(), ErrorClass::Timeout);
+
+        let err = Wrapper(io::Error::new(io::ErrorKind::ConnectionRefused, "refused"));
+        let err = DashScopeError::from(BoxError::from(err));
+        assert_eq!(err.class(), ErrorClass::Connection);
+        assert_eq!(err.source().unwrap().to_string(), "client error (Connect)");
+    }
+
+    #[test]
+    fn tower_timeout_elapsed_is_timeout() {
+        let err: BoxError = tower::timeout::error::Elapsed::new().into();
+        assert_eq!(DashScopeError::from(err).class(), ErrorClass::Timeout);
+    }
+
+    #[test]
+    fn unknown_errors_are_connection_with_source() {
+        let err: BoxError = "something odd".into();
+        let err = DashScopeError::from(err);
+        assert_eq!(err.class(), ErrorClass::Connection);
+        assert_eq!(err.source().unwrap().to_string(), "something odd");
+        assert!(err.to_string().starts_with("connection failed: something odd;"));
+    }
+
+    #[test]
+    fn retryable_classes() {
+        use ErrorClass::*;
+        let retryable = [
+            RateLimited(RateLimitKind::Requests),
+            RateLimited(RateLimitKind::Tokens),
+            RateLimited(RateLimitKind::Burst),
+            RateLimited(RateLimitKind::Concurrency),
+            RateLimited(RateLimitKind::Local),
+            RateLimited(RateLimitKind::Unspecified),
+            ServerError,
+            Unavailable,
+            Timeout,
+            Connection,
+        ];
+        let fatal = [
+            Authentication,
+            PermissionDenied,
+            QuotaExhausted,
+            InvalidRequest,
+            ContextLengthExceeded,
+            ContentFiltered,
+            NotFound,
+            PayloadTooLarge,
+            StreamInterrupted,
+        ];
+        for class in retryable {
+            assert!(class.is_retryable(), "{class:?}");
+            assert!(DashScopeError::new(class).is_retryable(), "{class:?}");
+        }
+        for class in fatal {
+            assert!(!class.is_retryable(), "{class:?}");
+        }
+    }
+
+    #[test]
+    fn display_reads_as_one_log_line() {
+        let err = DashScopeError::new(ErrorClass::RateLimited(RateLimitKind::Tokens))
+            .with_status(StatusCode::TOO_MANY_REQUESTS)
+            .with_code("Throttling.AllocationQuota")
+            .with_message("Allocated quota exceeded, please increase your quota limit.")
+            .with_request_id("70acdc21")
+            .with_retry_after(Duration::from_millis(1500));
+        assert_eq!(
+            err.to_string(),
+            "rate limited (tokens) [429 Throttling.AllocationQuota]: Allocated quota exceeded, \
+             please increase your quota limit. (request id 70acdc21); server asks to retry after \
+             1.500s; back off and retry; send fewer tokens per minute to this model"
+        );
+        assert!(!err.to_string().contains('\n'));
+    }
+}

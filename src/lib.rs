@@ -1,0 +1,75 @@
+//! Tower layers that make calls to Alibaba Cloud Model Studio (DashScope / Qwen) — and to any
+//! OpenAI- or Anthropic-compatible LLM endpoint — survive production.
+//!
+//! Each behaviour is an independent [`tower::Layer`]; stack the ones you need over any HTTP
+//! client service (hyper-util's `Client`, a `tower::service_fn` around reqwest, a `tower-test`
+//! mock) with [`tower::ServiceBuilder`]. Every service has `type Error = DashScopeError`, so the
+//! top of any stack matches on one typed error:
+//!
+//! - [`ClassifyDashScopeError`] turns every failure — non-2xx responses in any of DashScope's
+//!   body shapes, SSE-framed error bodies, transport errors and timeouts — into a
+//!   [`DashScopeError`] with an [`ErrorClass`]; success bodies pass through untouched.
+//! - [`WaitTimeoutHeader`] sets `X-DashScope-Wait-Timeout` so the server queues burst-throttled
+//!   requests instead of answering 429.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::Full;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_dashscope::{BoxError, ClassifyDashScopeError, ErrorClass, WaitTimeoutHeader};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! # let http_client = service_fn(|_req: Request<Full<Bytes>>| async {
+//! #     let body = r#"{"error":{"code":"invalid_parameter_error","param":null,"message":"<400> InternalError.Algo.InvalidParameter: Range of input length should be [1, 129024]","type":"invalid_request_error"},"request_id":"262914be"}"#;
+//! #     Ok::<_, BoxError>(Response::builder().status(StatusCode::BAD_REQUEST).body(Full::new(Bytes::from(body))).unwrap())
+//! # });
+//! let client = ServiceBuilder::new()
+//!     .layer(WaitTimeoutHeader::new(Duration::from_secs(30)))
+//!     .layer(ClassifyDashScopeError::new())
+//!     .service(http_client);
+//!
+//! let request = Request::post("https://dashscope-intl.aliyuncs.com/compatible-mode/v1/chat/completions")
+//!     .body(Full::new(Bytes::from(r#"{"model":"qwen-plus","messages":[]}"#)))
+//!     .unwrap();
+//! match client.oneshot(request).await {
+//!     Ok(response) => println!("status {}", response.status()),
+//!     Err(err) if err.class() == ErrorClass::ContextLengthExceeded => {
+//!         assert_eq!(err.message(), Some("Range of input length should be [1, 129024]"));
+//!     }
+//!     Err(err) => panic!("unexpected: {err}"),
+//! }
+//! # }
+//! ```
+//!
+//! # Time
+//!
+//! Every layer takes its time from `tokio::time`, so tests can run with
+//! `tokio::time::pause()`.
+
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod classify;
+mod error;
+mod retry_after;
+pub mod wait_timeout;
+
+pub use classify::{ClassifyDashScopeError, ClassifyDashScopeErrorService};
+pub use error::{BoxError, DashScopeError, ErrorClass, RateLimitKind};
+pub use retry_after::{MAX_RETRY_AFTER, RETRY_AFTER_MS, parse_retry_after, parse_retry_after_at};
+pub use wait_timeout::{WaitTimeoutHeader, WaitTimeoutHeaderService};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
