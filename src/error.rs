@@ -205,7 +205,9 @@ impl ErrorClass {
             ErrorClass::NotFound => "check the model name and the base URL",
             ErrorClass::PayloadTooLarge => "the request body is too large; send less",
             ErrorClass::ServerError => "a server-side failure: retry with backoff",
-            ErrorClass::Unavailable => "the model is overloaded or offline: retry later or use another model",
+            ErrorClass::Unavailable => {
+                "the model is overloaded or offline: retry later or use another model"
+            }
             ErrorClass::Timeout => "retry; for long generations use streaming",
             ErrorClass::Connection => "check the network and the base URL, then retry",
             ErrorClass::StreamInterrupted => {
@@ -389,7 +391,9 @@ impl DashScopeError {
     pub(crate) fn from_body_error(err: BoxError) -> Self {
         match err.downcast::<DashScopeError>() {
             Ok(err) => *err,
-            Err(err) if is_timeout(&*err) => DashScopeError::new(ErrorClass::Timeout).with_source(err),
+            Err(err) if is_timeout(&*err) => {
+                DashScopeError::new(ErrorClass::Timeout).with_source(err)
+            }
             Err(err) => DashScopeError::new(ErrorClass::StreamInterrupted).with_source(err),
         }
     }
@@ -500,7 +504,11 @@ impl fmt::Display for DashScopeError {
             write!(f, " (request id {request_id})")?;
         }
         if let Some(retry_after) = inner.retry_after {
-            write!(f, "; server asks to retry after {:.3}s", retry_after.as_secs_f64())?;
+            write!(
+                f,
+                "; server asks to retry after {:.3}s",
+                retry_after.as_secs_f64()
+            )?;
         }
         write!(f, "; {}", inner.class.advice())
     }
@@ -599,7 +607,10 @@ mod tests {
         let err = DashScopeError::from(err);
         assert_eq!(err.class(), ErrorClass::Connection);
         assert_eq!(err.source().unwrap().to_string(), "something odd");
-        assert!(err.to_string().starts_with("connection failed: something odd;"));
+        assert!(
+            err.to_string()
+                .starts_with("connection failed: something odd;")
+        );
     }
 
     #[test]

@@ -53,7 +53,10 @@ pub fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// clock (for tests, and for replaying recorded responses).
 #[must_use]
 pub fn parse_retry_after_at(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    if let Some(ms) = headers.get(RETRY_AFTER_MS).and_then(|v| parse_decimal(v, 1e-3)) {
+    if let Some(ms) = headers
+        .get(RETRY_AFTER_MS)
+        .and_then(|v| parse_decimal(v, 1e-3))
+    {
         return Some(ms);
     }
     let value = headers.get(http::header::RETRY_AFTER)?;
@@ -183,7 +186,10 @@ mod tests {
     #[test]
     fn huge_values_are_clamped() {
         assert_eq!(ra("86401"), Some(MAX_RETRY_AFTER));
-        assert_eq!(ra("99999999999999999999999999999999"), Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            ra("99999999999999999999999999999999"),
+            Some(MAX_RETRY_AFTER)
+        );
         assert_eq!(ra(&"9".repeat(41)), None, "over the length bound");
     }
 

@@ -67,8 +67,8 @@ use http_body::Body;
 use tower::{Layer, Service};
 
 pub use self::body::ResponseBody;
-pub use self::parse::classify_response;
 use self::future::ResponseFuture;
+pub use self::parse::classify_response;
 use crate::error::{BoxError, DashScopeError, into_dashscope_error};
 
 /// How many bytes of an error body are read by default: 64 KiB.

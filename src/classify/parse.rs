@@ -454,11 +454,19 @@ fn by_code(code: &str, status: Option<StatusCode>, message: &str) -> Option<Erro
         Unavailable
     } else if is(&["context_length_exceeded"]) {
         ContextLengthExceeded
-    } else if is(&["InternalError", "SystemError", "ModelServiceFailed", "api_error"])
-        || starts_with_ignore_case(code, "InternalError.")
+    } else if is(&[
+        "InternalError",
+        "SystemError",
+        "ModelServiceFailed",
+        "api_error",
+    ]) || starts_with_ignore_case(code, "InternalError.")
     {
         // `InternalError.Algo.*` comes with both 400 and 500: the status decides.
-        if client_status { InvalidRequest } else { ServerError }
+        if client_status {
+            InvalidRequest
+        } else {
+            ServerError
+        }
     } else if is(&[
         "InvalidParameter",
         "invalid_parameter_error",
@@ -537,7 +545,9 @@ fn by_status(status: Option<StatusCode>, message: &str) -> ErrorClass {
         404 | 405 | 410 => NotFound,
         408 => Timeout,
         413 => PayloadTooLarge,
-        429 => RateLimited(rate_limit_kind_from_text(message).unwrap_or(RateLimitKind::Unspecified)),
+        429 => {
+            RateLimited(rate_limit_kind_from_text(message).unwrap_or(RateLimitKind::Unspecified))
+        }
         400..=499 => InvalidRequest,
         503 => Unavailable,
         504 => Timeout,
@@ -595,9 +605,13 @@ mod tests {
     #[test]
     fn coding_plan_windows() {
         assert!(is_coding_plan_quota("hour allocated quota exceeded"));
-        assert!(is_coding_plan_quota("Week allocated quota exceeded, resets Monday"));
+        assert!(is_coding_plan_quota(
+            "Week allocated quota exceeded, resets Monday"
+        ));
         assert!(is_coding_plan_quota("month allocated quota exceeded."));
-        assert!(!is_coding_plan_quota("Allocated quota exceeded, please increase your quota limit."));
+        assert!(!is_coding_plan_quota(
+            "Allocated quota exceeded, please increase your quota limit."
+        ));
         assert!(!is_coding_plan_quota("Free allocated quota exceeded."));
         assert!(!is_coding_plan_quota("éaaa allocated quota exceeded"));
         assert!(is_coding_plan_quota("é hour allocated quota exceeded"));
@@ -605,7 +619,10 @@ mod tests {
 
     #[test]
     fn case_insensitive_search_handles_non_ascii() {
-        assert!(contains_ignore_case("配额 Allocated QUOTA exceeded", "allocated quota exceeded"));
+        assert!(contains_ignore_case(
+            "配额 Allocated QUOTA exceeded",
+            "allocated quota exceeded"
+        ));
         assert!(!contains_ignore_case("短", "longer needle"));
         // A match that would start inside a multi-byte character is still found on bytes.
         assert_eq!(find_ignore_case("ééhour", "hour"), Some(4));
