@@ -266,6 +266,7 @@ struct Inner {
     message: Option<Box<str>>,
     request_id: Option<Box<str>>,
     retry_after: Option<Duration>,
+    attempts: Option<u32>,
     source: Option<Arc<dyn StdError + Send + Sync>>,
 }
 
@@ -282,6 +283,7 @@ impl DashScopeError {
                 message: None,
                 request_id: None,
                 retry_after: None,
+                attempts: None,
                 source: None,
             }),
         }
@@ -319,6 +321,13 @@ impl DashScopeError {
     #[must_use]
     pub fn with_retry_after(mut self, retry_after: Duration) -> Self {
         self.inner.retry_after = Some(retry_after);
+        self
+    }
+
+    /// Sets how many attempts were made before giving up (set by a retrying layer).
+    #[must_use]
+    pub fn with_attempts(mut self, attempts: u32) -> Self {
+        self.inner.attempts = Some(attempts);
         self
     }
 
@@ -367,6 +376,13 @@ impl DashScopeError {
     #[must_use]
     pub fn retry_after(&self) -> Option<Duration> {
         self.inner.retry_after
+    }
+
+    /// How many attempts a retrying layer made before returning this error; `None` when no
+    /// retrying layer was involved.
+    #[must_use]
+    pub fn attempts(&self) -> Option<u32> {
+        self.inner.attempts
     }
 
     /// Whether a later attempt of the same request can succeed; see
@@ -472,6 +488,9 @@ impl fmt::Debug for DashScopeError {
         }
         if let Some(retry_after) = inner.retry_after {
             d.field("retry_after", &retry_after);
+        }
+        if let Some(attempts) = inner.attempts {
+            d.field("attempts", &attempts);
         }
         if let Some(source) = &inner.source {
             d.field("source", source);
