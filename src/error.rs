@@ -35,7 +35,7 @@ pub type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// Which limit a rate-limited request hit.
 ///
-/// DashScope enforces limits per root account and per model, per second (DASHSCOPE.md §5).
+/// DashScope enforces limits per root account and per model, per second.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum RateLimitKind {
@@ -73,7 +73,7 @@ impl fmt::Display for RateLimitKind {
 
 /// What kind of failure a [`DashScopeError`] is: the one thing a caller matches on.
 ///
-/// Each variant lists the DashScope codes that produce it (DASHSCOPE.md §2). Only rate limits,
+/// Each variant lists the DashScope codes that produce it. Only rate limits,
 /// server errors, unavailability, timeouts and connection errors are
 /// [retryable](ErrorClass::is_retryable).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -104,3 +104,91 @@ fn the_layer_adds_no_allocation_on_success() {
     assert!(matches!(future.poll(&mut cx), Poll::Ready(Err(_))));
     assert!(allocations() > before);
 }
+
+/// A body yielding pre-built chunks (building them allocates; yielding them does not).
+struct Chunks(std::collections::VecDeque<Bytes>);
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(self.0.pop_front().map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+fn stream_allocations_per_chunk(with_usage: bool) -> Vec<usize> {
+    // A long compatible-mode stream, one event per chunk, events split across chunks too.
+    let event = r#"data: {"choices":[{"delta":{"content":" word"},"finish_reason":null,"index":0}],"object":"chat.completion.chunk","usage":{"prompt_tokens":20,"completion_tokens":1,"total_tokens":21},"model":"qwen-plus","id":"chatcmpl-1"}"#;
+    let mut text = String::new();
+    for _ in 0..400 {
+        text.push_str(event);
+        text.push_str("\n\n");
+    }
+    text.push_str("data: [DONE]\n\n");
+    let chunks: std::collections::VecDeque<Bytes> = text
+        .as_bytes()
+        .chunks(97)
+        .map(Bytes::copy_from_slice)
+        .collect();
+    let count = chunks.len();
+    let body = std::sync::Mutex::new(Some(Chunks(chunks)));
+    let mut service =
+        ClassifyDashScopeError::new().layer(service_fn(move |_req: Request<Full<Bytes>>| {
+            let body = body.lock().unwrap().take().unwrap();
+            async move {
+                let mut response = Response::new(body);
+                response
+                    .headers_mut()
+                    .insert("content-type", "text/event-stream".parse().unwrap());
+                Ok::<_, BoxError>(response)
+            }
+        }));
+    let mut cx = Context::from_waker(Waker::noop());
+    let _ = service.poll_ready(&mut cx);
+    let mut request = Request::new(Full::default());
+    if with_usage {
+        request
+            .extensions_mut()
+            .insert(tower_dashscope::classify::UsageSlot::new());
+    }
+    let future = pin!(service.call(request));
+    let Poll::Ready(Ok(response)) = future.poll(&mut cx) else {
+        panic!("expected the response")
+    };
+    let mut body = response.into_body();
+    let mut per_chunk = Vec::with_capacity(count);
+    loop {
+        let before = allocations();
+        match std::pin::Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                drop(frame);
+                per_chunk.push(allocations() - before);
+            }
+            Poll::Ready(Some(Err(err))) => panic!("{err}"),
+            Poll::Ready(None) | Poll::Pending => break,
+        }
+    }
+    assert!(
+        per_chunk.len() >= count - 2,
+        "read {} of {count} chunks",
+        per_chunk.len()
+    );
+    per_chunk
+}
+
+#[test]
+fn event_streams_allocate_nothing_per_chunk_in_the_steady_state() {
+    for with_usage in [false, true] {
+        let per_chunk = stream_allocations_per_chunk(with_usage);
+        // The first chunks grow the scanner's reusable buffers; after that, nothing.
+        let steady = &per_chunk[20..];
+        assert!(
+            steady.iter().all(|&n| n == 0),
+            "usage {with_usage}: allocations per chunk after warm-up: {:?}",
+            steady.iter().filter(|&&n| n > 0).count()
+        );
+    }
+}

@@ -3,39 +3,63 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use super::stream::StreamState;
 use crate::error::{BoxError, DashScopeError};
 
 pin_project! {
     /// The body of a successful response that went through
     /// [`ClassifyDashScopeError`](crate::ClassifyDashScopeError).
     ///
-    /// Frames pass through as the inner body yields them — same bytes, same chunks, no copy.
-    /// A failure while reading is a [`DashScopeError`]: a timeout is
-    /// [`ErrorClass::Timeout`](crate::ErrorClass::Timeout), any other failure
-    /// [`ErrorClass::StreamInterrupted`](crate::ErrorClass::StreamInterrupted) with the cause as
-    /// its source, since part of the output may already have been delivered.
+    /// The bytes are exactly the bytes the server sent, in the chunks it sent them (as
+    /// [`Bytes`]; for `Bytes`-based bodies such as hyper's, without a copy).
+    ///
+    /// - **Event streams** are watched as they are read: an error event after the first event
+    ///   (native `event:error`, OpenAI-compatible `data: {"error":…}`) makes the body yield
+    ///   `Err(DashScopeError)` once every byte up to the end of that event has been yielded; a
+    ///   stream that ends without a final `finish_reason`, `data: [DONE]` or `message_stop`
+    ///   yields [`ErrorClass::StreamInterrupted`](crate::ErrorClass::StreamInterrupted) at its
+    ///   end (unless [turned off](crate::ClassifyDashScopeError::detect_truncation)); an
+    ///   optional idle timeout yields [`ErrorClass::Timeout`](crate::ErrorClass::Timeout).
+    /// - **Other bodies** pass through untouched, unless the request carried a
+    ///   [`UsageSlot`](super::UsageSlot), in which case their `usage` is recorded.
+    ///
+    /// A failure of the underlying body is [`ErrorClass::Timeout`](crate::ErrorClass::Timeout)
+    /// for a timeout, else [`ErrorClass::StreamInterrupted`](crate::ErrorClass::StreamInterrupted)
+    /// with the cause as its source: part of the output may already have been delivered.
     pub struct ResponseBody<B> {
         #[pin]
-        inner: B,
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B> {
+        Plain {
+            #[pin]
+            body: B,
+        },
+        Inspected {
+            state: Pin<Box<StreamState<B>>>,
+        },
     }
 }
 
 impl<B> ResponseBody<B> {
-    pub(crate) fn new(inner: B) -> Self {
-        ResponseBody { inner }
+    pub(crate) fn plain(body: B) -> Self {
+        ResponseBody {
+            kind: Kind::Plain { body },
+        }
     }
 
-    /// A reference to the inner body.
-    pub fn get_ref(&self) -> &B {
-        &self.inner
-    }
-
-    /// Consumes the wrapper, returning the inner body.
-    pub fn into_inner(self) -> B {
-        self.inner
+    pub(crate) fn inspected(state: Pin<Box<StreamState<B>>>) -> Self {
+        ResponseBody {
+            kind: Kind::Inspected { state },
+        }
     }
 }
 
@@ -44,30 +68,49 @@ where
     B: Body,
     B::Error: Into<BoxError>,
 {
-    type Data = B::Data;
+    type Data = Bytes;
     type Error = DashScopeError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        self.project()
-            .inner
-            .poll_frame(cx)
-            .map_err(|err| DashScopeError::from_body_error(err.into()))
+        match self.project().kind.project() {
+            KindProj::Plain { body } => body.poll_frame(cx).map(|frame| {
+                frame.map(|frame| match frame {
+                    Ok(frame) => {
+                        Ok(frame.map_data(|mut data| data.copy_to_bytes(data.remaining())))
+                    }
+                    Err(err) => Err(DashScopeError::from_body_error(err.into())),
+                })
+            }),
+            KindProj::Inspected { state } => state.as_mut().poll_frame(cx),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.kind {
+            Kind::Plain { body } => body.is_end_stream(),
+            Kind::Inspected { state } => state.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.kind {
+            Kind::Plain { body } => body.size_hint(),
+            Kind::Inspected { state } => state.size_hint(),
+        }
     }
 }
 
 impl<B> std::fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseBody").finish_non_exhaustive()
+        match &self.kind {
+            Kind::Plain { .. } => f.debug_struct("ResponseBody").finish_non_exhaustive(),
+            Kind::Inspected { state } => f
+                .debug_struct("ResponseBody")
+                .field("inspected", state)
+                .finish(),
+        }
     }
 }

@@ -5,24 +5,35 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Buf;
+use http::response::Parts;
 use http::{HeaderMap, Response, StatusCode};
 use http_body::Body;
 use pin_project_lite::pin_project;
 
+use super::Config;
 use super::body::ResponseBody;
 use super::parse::classify_response;
+use super::stream::{Mode, StreamState};
+use super::usage::UsageSlot;
 use crate::error::{BoxError, DashScopeError, into_dashscope_error};
 
 pin_project! {
     /// Response future of [`ClassifyDashScopeErrorService`](super::ClassifyDashScopeErrorService).
     ///
-    /// Resolves to the response, body wrapped, for a 2xx status; for any other status it reads
-    /// the body up to the configured bound and resolves to the classified [`DashScopeError`].
+    /// - A non-2xx response: reads the body up to the configured bound and resolves to the
+    ///   classified [`DashScopeError`].
+    /// - A 2xx event stream: reads until the first complete event (bounded by
+    ///   [`first_event_limit`](super::ClassifyDashScopeError::first_event_limit) and by the end
+    ///   of the body); an error event there resolves to `Err`, anything else to the response,
+    ///   whose body replays the bytes read so far.
+    /// - Any other 2xx response: resolves to it at once.
     #[must_use = "futures do nothing unless polled"]
     pub struct ResponseFuture<F, B> {
         #[pin]
         state: State<F, B>,
-        limit: usize,
+        config: Config,
+        wants_stream: bool,
+        slot: Option<UsageSlot>,
     }
 }
 
@@ -40,15 +51,26 @@ pin_project! {
             headers: HeaderMap,
             buf: Vec<u8>,
         },
+        FirstEvent {
+            parts: Option<Parts>,
+            stream: Option<Pin<Box<StreamState<B>>>>,
+        },
         Done,
     }
 }
 
 impl<F, B> ResponseFuture<F, B> {
-    pub(crate) fn new(future: F, limit: usize) -> Self {
+    pub(crate) fn new(
+        future: F,
+        config: Config,
+        wants_stream: bool,
+        slot: Option<UsageSlot>,
+    ) -> Self {
         ResponseFuture {
             state: State::Calling { future },
-            limit,
+            config,
+            wants_stream,
+            slot,
         }
     }
 }
@@ -80,20 +102,92 @@ where
                             return Poll::Ready(Err(err));
                         }
                     };
-                    if response.status().is_success() {
-                        this.state.set(State::Done);
-                        return Poll::Ready(Ok(response.map(ResponseBody::new)));
-                    }
                     let (parts, body) = response.into_parts();
-                    // Reserve what the body announces, never more than the bound.
-                    let hint = usize::try_from(body.size_hint().lower()).unwrap_or(usize::MAX);
-                    let buf = Vec::with_capacity(hint.min(*this.limit).min(8 * 1024));
-                    this.state.set(State::ReadingError {
-                        body,
-                        status: parts.status,
-                        headers: parts.headers,
-                        buf,
+                    if !parts.status.is_success() {
+                        // Reserve what the body announces, never more than the bound.
+                        let hint = usize::try_from(body.size_hint().lower()).unwrap_or(usize::MAX);
+                        let buf = Vec::with_capacity(
+                            hint.min(this.config.error_body_limit).min(8 * 1024),
+                        );
+                        this.state.set(State::ReadingError {
+                            body,
+                            status: parts.status,
+                            headers: parts.headers,
+                            buf,
+                        });
+                        continue;
+                    }
+                    let mode = if is_event_stream(&parts.headers) {
+                        Some(Mode::Sse)
+                    } else if *this.wants_stream {
+                        Some(Mode::Sniff)
+                    } else if this.slot.is_some() {
+                        Some(Mode::Json)
+                    } else {
+                        None
+                    };
+                    let Some(mode) = mode else {
+                        // The success path: no allocation, no copy.
+                        this.state.set(State::Done);
+                        return Poll::Ready(Ok(Response::from_parts(
+                            parts,
+                            ResponseBody::plain(body),
+                        )));
+                    };
+                    let stream =
+                        StreamState::new(body, mode, &parts.headers, this.slot.take(), this.config);
+                    if mode == Mode::Json {
+                        this.state.set(State::Done);
+                        let mut stream = stream;
+                        stream.as_mut().hand_out();
+                        return Poll::Ready(Ok(Response::from_parts(
+                            parts,
+                            ResponseBody::inspected(stream),
+                        )));
+                    }
+                    this.state.set(State::FirstEvent {
+                        parts: Some(parts),
+                        stream: Some(stream),
                     });
+                }
+                StateProj::FirstEvent { parts, stream } => {
+                    let Some(state) = stream.as_mut() else {
+                        panic!("ClassifyDashScopeError's ResponseFuture polled after completion");
+                    };
+                    loop {
+                        match ready!(state.as_mut().poll_scan(cx)) {
+                            Some(Ok(frame)) => state.as_mut().push_replay(frame),
+                            Some(Err(err)) => {
+                                // Before the first event: an error event, a transport failure,
+                                // or a stream that ended with no event at all.
+                                log_stream_error(&err);
+                                this.state.set(State::Done);
+                                return Poll::Ready(Err(err));
+                            }
+                            None => {}
+                        }
+                        if let Some(err) = state.as_mut().take_error_before_first_event() {
+                            log_stream_error(&err);
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(err));
+                        }
+                        let ready = state.events() > 0
+                            || state.mode() == Mode::Json
+                            || state.buffered_bytes() >= this.config.first_event_limit
+                            || state.is_done();
+                        if ready {
+                            break;
+                        }
+                    }
+                    let (Some(parts), Some(mut state)) = (parts.take(), stream.take()) else {
+                        unreachable!("both are present until the response is handed out");
+                    };
+                    state.as_mut().hand_out();
+                    this.state.set(State::Done);
+                    return Poll::Ready(Ok(Response::from_parts(
+                        parts,
+                        ResponseBody::inspected(state),
+                    )));
                 }
                 StateProj::ReadingError {
                     mut body,
@@ -102,11 +196,11 @@ where
                     buf,
                 } => {
                     let mut body_error = None;
-                    while buf.len() < *this.limit {
+                    while buf.len() < this.config.error_body_limit {
                         match ready!(body.as_mut().poll_frame(cx)) {
                             Some(Ok(frame)) => {
                                 if let Ok(mut data) = frame.into_data() {
-                                    copy_bounded(&mut data, buf, *this.limit);
+                                    copy_bounded(&mut data, buf, this.config.error_body_limit);
                                 }
                             }
                             Some(Err(err)) => {
@@ -138,6 +232,25 @@ where
     }
 }
 
+fn log_stream_error(err: &DashScopeError) {
+    tracing::debug!(
+        class = err.class().as_str(),
+        status = err.status().map(|s| s.as_u16()),
+        code = err.code(),
+        request_id = err.request_id(),
+        "error before the first event of a stream classified"
+    );
+}
+
+/// Whether the response says it is an event stream.
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers.get(http::header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes()
+            .get(..17)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"text/event-stream"))
+    })
+}
+
 /// Appends `data` to `buf` without letting `buf` grow past `limit`.
 fn copy_bounded(data: &mut impl Buf, buf: &mut Vec<u8>, limit: usize) {
     while data.has_remaining() && buf.len() < limit {
@@ -151,7 +264,8 @@ fn copy_bounded(data: &mut impl Buf, buf: &mut Vec<u8>, limit: usize) {
 impl<F, B> std::fmt::Debug for ResponseFuture<F, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("limit", &self.limit)
+            .field("config", &self.config)
+            .field("wants_stream", &self.wants_stream)
             .finish_non_exhaustive()
     }
 }

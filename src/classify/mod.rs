@@ -59,45 +59,115 @@
 mod body;
 pub mod future;
 mod parse;
+mod sse;
+mod stream;
+mod usage;
 
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use http::{Request, Response};
+use http::{HeaderMap, Request, Response};
 use http_body::Body;
 use tower::{Layer, Service};
 
 pub use self::body::ResponseBody;
 use self::future::ResponseFuture;
 pub use self::parse::classify_response;
+pub use self::usage::{Usage, UsageSlot};
 use crate::error::{BoxError, DashScopeError, into_dashscope_error};
 
 /// How many bytes of an error body are read by default: 64 KiB.
 pub const DEFAULT_ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// How many bytes of an event stream are held, by default, while waiting for its first event:
+/// 64 KiB.
+pub const DEFAULT_FIRST_EVENT_LIMIT: usize = 64 * 1024;
+
+/// The largest stream event (or line) inspected by default: 1 MiB. Larger events pass through
+/// uninspected.
+pub const DEFAULT_MAX_EVENT_SIZE: usize = 1024 * 1024;
 
 /// Layer that turns every failure into a typed [`DashScopeError`]; see the [module
 /// docs](self).
 ///
 /// # Default
 ///
-/// - error bodies are read up to [`DEFAULT_ERROR_BODY_LIMIT`] (64 KiB).
+/// - error bodies are read up to [`DEFAULT_ERROR_BODY_LIMIT`] (64 KiB);
+/// - at most [`DEFAULT_FIRST_EVENT_LIMIT`] (64 KiB) of a stream is held back waiting for its
+///   first event;
+/// - stream events up to [`DEFAULT_MAX_EVENT_SIZE`] (1 MiB) are inspected;
+/// - truncated streams are reported ([`detect_truncation`](Self::detect_truncation));
+/// - no idle timeout between chunks.
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct ClassifyDashScopeError {
-    error_body_limit: usize,
+    config: Config,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Config {
+    pub(crate) error_body_limit: usize,
+    pub(crate) first_event_limit: usize,
+    pub(crate) max_event_size: usize,
+    pub(crate) detect_truncation: bool,
+    pub(crate) idle_timeout: Option<Duration>,
+}
+
+impl Config {
+    const DEFAULT: Config = Config {
+        error_body_limit: DEFAULT_ERROR_BODY_LIMIT,
+        first_event_limit: DEFAULT_FIRST_EVENT_LIMIT,
+        max_event_size: DEFAULT_MAX_EVENT_SIZE,
+        detect_truncation: true,
+        idle_timeout: None,
+    };
 }
 
 impl ClassifyDashScopeError {
     /// The layer with its defaults.
     pub const fn new() -> Self {
         ClassifyDashScopeError {
-            error_body_limit: DEFAULT_ERROR_BODY_LIMIT,
+            config: Config::DEFAULT,
         }
     }
 
     /// How many bytes of a non-2xx body to read before classifying. The rest of the body is
     /// never polled. `0` classifies from the status and headers alone.
     pub const fn error_body_limit(mut self, bytes: usize) -> Self {
-        self.error_body_limit = bytes;
+        self.config.error_body_limit = bytes;
+        self
+    }
+
+    /// How many bytes of an event stream to hold back while waiting for its first complete
+    /// event. Past this, the response is handed out and an error event that comes later
+    /// arrives through the body instead of as the call's `Err`.
+    pub const fn first_event_limit(mut self, bytes: usize) -> Self {
+        self.config.first_event_limit = bytes;
+        self
+    }
+
+    /// The largest stream line or event that is inspected. Larger events pass through
+    /// untouched and uninspected (and a stream with one is never reported as truncated, since
+    /// its end could not be checked). Memory held per stream is bounded by about twice this.
+    pub const fn max_event_size(mut self, bytes: usize) -> Self {
+        self.config.max_event_size = bytes;
+        self
+    }
+
+    /// Whether an event stream that ends without a final `finish_reason` (native: anything but
+    /// the string `"null"`), `data: [DONE]` (OpenAI-compatible) or `message_stop` (Anthropic)
+    /// yields [`ErrorClass::StreamInterrupted`](crate::ErrorClass::StreamInterrupted) at its end.
+    /// On by default.
+    pub const fn detect_truncation(mut self, detect: bool) -> Self {
+        self.config.detect_truncation = detect;
+        self
+    }
+
+    /// Fails a stream with [`ErrorClass::Timeout`](crate::ErrorClass::Timeout) when no chunk
+    /// arrives for `timeout` (also while waiting for the first chunk). Off by default. With
+    /// `X-DashScope-Wait-Timeout`, make it longer than the wait.
+    pub const fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.config.idle_timeout = Some(timeout);
         self
     }
 }
@@ -114,7 +184,7 @@ impl<S> Layer<S> for ClassifyDashScopeError {
     fn layer(&self, inner: S) -> Self::Service {
         ClassifyDashScopeErrorService {
             inner,
-            error_body_limit: self.error_body_limit,
+            config: self.config,
         }
     }
 }
@@ -124,7 +194,7 @@ impl<S> Layer<S> for ClassifyDashScopeError {
 #[derive(Debug, Clone)]
 pub struct ClassifyDashScopeErrorService<S> {
     inner: S,
-    error_body_limit: usize,
+    config: Config,
 }
 
 impl<S> ClassifyDashScopeErrorService<S> {
@@ -132,7 +202,7 @@ impl<S> ClassifyDashScopeErrorService<S> {
     pub const fn new(inner: S) -> Self {
         ClassifyDashScopeErrorService {
             inner,
-            error_body_limit: DEFAULT_ERROR_BODY_LIMIT,
+            config: Config::DEFAULT,
         }
     }
 
@@ -173,6 +243,22 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        ResponseFuture::new(self.inner.call(req), self.error_body_limit)
+        let wants_stream = asks_for_stream(req.headers());
+        let slot = req.extensions().get::<UsageSlot>().cloned();
+        ResponseFuture::new(self.inner.call(req), self.config, wants_stream, slot)
     }
+}
+
+/// Whether the request asked for a stream: `X-DashScope-SSE: enable` or
+/// `Accept: text/event-stream`.
+fn asks_for_stream(headers: &HeaderMap) -> bool {
+    const X_DASHSCOPE_SSE: http::HeaderName = http::HeaderName::from_static("x-dashscope-sse");
+    let sse = headers
+        .get(X_DASHSCOPE_SSE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"enable"));
+    sse || headers.get_all(http::header::ACCEPT).iter().any(|v| {
+        v.as_bytes()
+            .windows(17)
+            .any(|w| w.eq_ignore_ascii_case(b"text/event-stream"))
+    })
 }

@@ -3,14 +3,17 @@
 //! Everything here runs on the failure path only, over a body already cut to the configured
 //! bound; nothing here panics on any input.
 
+use std::time::Duration;
+
 use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
 
+use super::sse::SseScanner;
 use crate::error::{DashScopeError, ErrorClass, RateLimitKind};
 use crate::retry_after::parse_retry_after;
 
 /// The `x-request-id` response header, equal to the body's `request_id`.
-const X_REQUEST_ID: &str = "x-request-id";
+pub(crate) const X_REQUEST_ID: &str = "x-request-id";
 
 /// Plain-text bodies longer than this are not kept as the message (they are HTML error pages
 /// and the like, not a message a person wants in a log line).
@@ -24,7 +27,8 @@ const MAX_PLAIN_TEXT_MESSAGE: usize = 256;
 /// (`{"code","message","request_id"}`), nested `{"error":{…}}` (native and OpenAI-compatible),
 /// Anthropic-style `{"type":"error","error":{…}}`, and SSE-framed error events, whose
 /// `:HTTP_STATUS/NNN` comment line gives the real status even on an HTTP 200 — then decides the
-/// class by status, code and message text as DASHSCOPE.md §2 describes. A body that is not JSON,
+/// class by status, then code, then message text, following DashScope's error-code
+/// documentation and its traps. A body that is not JSON,
 /// is truncated, empty or not UTF-8 is classified from the status alone.
 ///
 /// The response is taken to be a failure: a 2xx status with no error in its body still gives an
@@ -42,12 +46,27 @@ const MAX_PLAIN_TEXT_MESSAGE: usize = 256;
 /// ```
 #[must_use]
 pub fn classify_response(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> DashScopeError {
-    let fields = parse_body(body);
+    let request_id = headers.get(X_REQUEST_ID).and_then(|v| v.to_str().ok());
+    error_from_fields(
+        Some(status),
+        parse_body(body),
+        request_id,
+        parse_retry_after(headers),
+    )
+}
+
+/// Builds the error from what a body said. The status is the body's own (an SSE
+/// `:HTTP_STATUS/NNN`) if it gave one, else `http_status`.
+pub(crate) fn error_from_fields(
+    http_status: Option<StatusCode>,
+    fields: ErrorFields,
+    header_request_id: Option<&str>,
+    retry_after: Option<Duration>,
+) -> DashScopeError {
     let status = fields
         .status
         .and_then(|s| StatusCode::from_u16(s).ok())
-        .unwrap_or(status);
-    let header_request_id = headers.get(X_REQUEST_ID).and_then(|v| v.to_str().ok());
+        .or(http_status);
 
     let (prefix_code, message) = match fields.message.as_deref() {
         Some(message) => {
@@ -61,7 +80,7 @@ pub fn classify_response(status: StatusCode, headers: &HeaderMap, body: &[u8]) -
         classify_plain(status, message)
     } else {
         classify(
-            Some(status),
+            status,
             fields.code.as_deref(),
             fields.error_type.as_deref(),
             prefix_code,
@@ -69,12 +88,15 @@ pub fn classify_response(status: StatusCode, headers: &HeaderMap, body: &[u8]) -
         )
     };
 
-    let mut err = DashScopeError::new(class).with_status(status);
-    if let Some(code) = fields.code.or(fields.error_type) {
-        err = err.with_code(code);
+    let mut err = DashScopeError::new(class);
+    if let Some(status) = status {
+        err = err.with_status(status);
     }
     if let Some(message) = message.filter(|m| !m.is_empty()) {
         err = err.with_message(message);
+    }
+    if let Some(code) = fields.code.or(fields.error_type) {
+        err = err.with_code(code);
     }
     let request_id = fields
         .request_id
@@ -85,7 +107,7 @@ pub fn classify_response(status: StatusCode, headers: &HeaderMap, body: &[u8]) -
     if let Some(request_id) = request_id {
         err = err.with_request_id(request_id);
     }
-    if let Some(retry_after) = parse_retry_after(headers) {
+    if let Some(retry_after) = retry_after {
         err = err.with_retry_after(retry_after);
     }
     err
@@ -116,12 +138,9 @@ fn parse_body(body: &[u8]) -> ErrorFields {
 }
 
 fn trim_start(body: &[u8]) -> &[u8] {
-    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
-    let start = body
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(body.len());
-    &body[start..]
+    body.strip_prefix(b"\xEF\xBB\xBF")
+        .unwrap_or(body)
+        .trim_ascii_start()
 }
 
 fn looks_like_sse(body: &[u8]) -> bool {
@@ -144,13 +163,13 @@ fn parse_plain(body: &[u8]) -> ErrorFields {
 }
 
 /// Parses one JSON error object in any of the JSON shapes. `None` when it is not a JSON object.
-pub(crate) fn parse_json(json: &[u8]) -> Option<ErrorFields> {
+fn parse_json(json: &[u8]) -> Option<ErrorFields> {
     let value: Value = serde_json::from_slice(json).ok()?;
     let top = value.as_object()?;
     Some(fields_from_object(top))
 }
 
-fn fields_from_object(top: &Map<String, Value>) -> ErrorFields {
+pub(crate) fn fields_from_object(top: &Map<String, Value>) -> ErrorFields {
     let error = top.get("error");
     let nested = error.and_then(Value::as_object);
     let get = |key: &str| nested.and_then(|e| e.get(key)).and_then(as_text);
@@ -200,74 +219,25 @@ fn sanitize(message: &str) -> String {
     }
 }
 
-/// Scans an SSE-framed body for its first error event.
+/// Finds the first error event of an SSE-framed error body.
 fn parse_sse(body: &[u8]) -> ErrorFields {
-    let mut status = None;
-    let mut event_is_error = false;
-    let mut data: Vec<u8> = Vec::new();
-    let mut last_status = None;
-
-    let mut lines = body.split(|&b| b == b'\n').peekable();
-    loop {
-        let line = lines.next();
-        let line = line.map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-        let end_of_event = line.is_none_or(<[u8]>::is_empty);
-        if end_of_event {
-            if !data.is_empty() {
-                if let Some(fields) = sse_event_error(&data, event_is_error, status) {
-                    return fields;
-                }
-            }
-            last_status = status.or(last_status);
-            status = None;
-            event_is_error = false;
-            data.clear();
-            if line.is_none() {
-                break;
-            }
-            continue;
-        }
-        let line = line.unwrap_or_default();
-        if let Some(comment) = line.strip_prefix(b":") {
-            if let Some(code) = parse_status_comment(comment) {
-                status = Some(code);
-            }
-        } else if let Some(value) = field_value(line, b"event") {
-            event_is_error = value == b"error";
-        } else if let Some(value) = field_value(line, b"data") {
-            if !data.is_empty() {
-                data.push(b'\n');
-            }
-            data.extend_from_slice(value);
-        }
-    }
-    // No error event: report the status a comment line gave, if any.
-    ErrorFields {
-        status: last_status,
-        ..ErrorFields::default()
-    }
-}
-
-fn sse_event_error(data: &[u8], event_is_error: bool, status: Option<u16>) -> Option<ErrorFields> {
-    let value: Option<Value> = serde_json::from_slice(data).ok();
-    let object = value.as_ref().and_then(Value::as_object);
-    match object {
-        Some(top) if event_is_error || object_is_error(top) => Some(ErrorFields {
-            status,
-            ..fields_from_object(top)
-        }),
-        None if event_is_error => Some(ErrorFields {
-            status,
+    let mut scanner = SseScanner::new(body.len().saturating_add(1), false);
+    match scanner.feed(body).or_else(|| scanner.finish()) {
+        Some(found) => found.fields,
+        // No error event: report the status a comment line gave, if any.
+        None => ErrorFields {
+            status: scanner.last_status(),
             ..ErrorFields::default()
-        }),
-        _ => None,
+        },
     }
 }
 
 /// `HTTP_STATUS/429` → `429`.
 pub(crate) fn parse_status_comment(comment: &[u8]) -> Option<u16> {
-    let digits = trim_ascii(comment).strip_prefix(b"HTTP_STATUS/")?;
-    let digits = trim_ascii(digits);
+    let digits = comment
+        .trim_ascii()
+        .strip_prefix(b"HTTP_STATUS/")?
+        .trim_ascii();
     if digits.len() != 3 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -278,18 +248,6 @@ pub(crate) fn parse_status_comment(comment: &[u8]) -> Option<u16> {
 pub(crate) fn field_value<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     let rest = line.strip_prefix(name)?.strip_prefix(b":")?;
     Some(rest.strip_prefix(b" ").unwrap_or(rest))
-}
-
-fn trim_ascii(bytes: &[u8]) -> &[u8] {
-    let start = bytes
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &bytes[start..end.max(start)]
 }
 
 /// Splits DashScope's `<400> InternalError.Algo.InvalidParameter: ` prefix off a message,
@@ -318,11 +276,11 @@ pub(crate) fn split_message_prefix(message: &str) -> (Option<&str>, &str) {
 
 /// Plain-text bodies are classified from the status alone, but for DashScope's bare
 /// `Access denied.` on a 403, which it sends when the free quota is gone.
-fn classify_plain(status: StatusCode, message: Option<&str>) -> ErrorClass {
-    if status == StatusCode::FORBIDDEN && message.map(str::trim) == Some("Access denied.") {
+fn classify_plain(status: Option<StatusCode>, message: Option<&str>) -> ErrorClass {
+    if status == Some(StatusCode::FORBIDDEN) && message.map(str::trim) == Some("Access denied.") {
         return ErrorClass::QuotaExhausted;
     }
-    by_status(Some(status), "")
+    by_status(status, "")
 }
 
 /// Decides the class from status, code (and `type`, and the code in a `<NNN> Code:` prefix),

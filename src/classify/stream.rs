@@ -1,0 +1,349 @@
+//! The inspected body of a successful response: event streams scanned for errors, truncation and
+//! usage; JSON bodies scanned for usage when a [`UsageSlot`] asks for it.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http::{HeaderMap, HeaderValue};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+use super::Config;
+use super::parse::{X_REQUEST_ID, error_from_fields};
+use super::sse::SseScanner;
+use super::usage::{UsageScanner, UsageSlot};
+use crate::error::{BoxError, DashScopeError, ErrorClass};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// The request asked for a stream but the response did not say it is one: the first
+    /// non-blank byte decides (`{` or `[` is JSON, anything else SSE).
+    Sniff,
+    Sse,
+    Json,
+}
+
+pin_project! {
+    /// State of an inspected body, kept in one `Pin<Box<_>>` so that it can move from the
+    /// response future, which reads the first event, into the
+    /// [`ResponseBody`](super::ResponseBody): one allocation per inspected response.
+    pub(crate) struct StreamState<B> {
+        #[pin]
+        body: B,
+        #[pin]
+        idle: Option<Sleep>,
+        scan: Scan,
+    }
+}
+
+/// Everything about an inspected body that is not pinned.
+struct Scan {
+    mode: Mode,
+    sse: SseScanner,
+    json_usage: Option<UsageScanner>,
+    slot: Option<UsageSlot>,
+    /// Frames already read and scanned, to be yielded before anything else.
+    replay: VecDeque<Frame<Bytes>>,
+    replay_bytes: usize,
+    /// An error to yield after the frames before it.
+    pending: Option<DashScopeError>,
+    /// The inner body is finished (ended, failed or timed out): never poll it again.
+    done: bool,
+    /// The response has been handed to the caller: a transport failure now interrupts output.
+    handed_out: bool,
+    idle_timeout: Option<Duration>,
+    request_id: Option<HeaderValue>,
+    detect_truncation: bool,
+}
+
+impl<B> StreamState<B> {
+    pub(crate) fn new(
+        body: B,
+        mode: Mode,
+        headers: &HeaderMap,
+        slot: Option<UsageSlot>,
+        config: &Config,
+    ) -> Pin<Box<Self>> {
+        let want_usage = slot.is_some();
+        Box::pin(StreamState {
+            body,
+            idle: config.idle_timeout.map(tokio::time::sleep),
+            scan: Scan {
+                mode,
+                sse: SseScanner::new(config.max_event_size, want_usage && mode != Mode::Json),
+                json_usage: (want_usage && mode != Mode::Sse).then(UsageScanner::default),
+                slot,
+                replay: VecDeque::new(),
+                replay_bytes: 0,
+                pending: None,
+                done: false,
+                handed_out: false,
+                idle_timeout: config.idle_timeout,
+                request_id: headers.get(X_REQUEST_ID).cloned(),
+                detect_truncation: config.detect_truncation,
+            },
+        })
+    }
+
+    pub(crate) fn mode(&self) -> Mode {
+        self.scan.mode
+    }
+
+    /// Ordinary (non-error) events seen so far.
+    pub(crate) fn events(&self) -> u64 {
+        self.scan.sse.events()
+    }
+
+    pub(crate) fn buffered_bytes(&self) -> usize {
+        self.scan.replay_bytes
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.scan.done
+    }
+
+    /// An error event was found before any ordinary event: the caller gets it instead of the
+    /// response.
+    pub(crate) fn take_error_before_first_event(self: Pin<&mut Self>) -> Option<DashScopeError> {
+        let scan = self.project().scan;
+        if scan.sse.events() == 0 {
+            scan.pending.take()
+        } else {
+            None
+        }
+    }
+
+    pub(crate) fn push_replay(self: Pin<&mut Self>, frame: Frame<Bytes>) {
+        let scan = self.project().scan;
+        if let Some(data) = frame.data_ref() {
+            scan.replay_bytes += data.len();
+        }
+        scan.replay.push_back(frame);
+    }
+
+    pub(crate) fn hand_out(self: Pin<&mut Self>) {
+        self.project().scan.handed_out = true;
+    }
+
+    pub(crate) fn is_end_stream(&self) -> bool {
+        self.scan.replay.is_empty() && self.scan.pending.is_none() && self.scan.done
+    }
+
+    pub(crate) fn size_hint(&self) -> SizeHint
+    where
+        B: Body,
+    {
+        let buffered = self.scan.replay_bytes as u64;
+        if self.scan.done {
+            return SizeHint::with_exact(buffered);
+        }
+        let inner = self.body.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower().saturating_add(buffered));
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(buffered));
+        }
+        hint
+    }
+}
+
+impl<B> StreamState<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    /// Reads and scans the next frame of the inner body (not the replay queue).
+    pub(crate) fn poll_scan(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, DashScopeError>>> {
+        let mut this = self.project();
+        let scan = this.scan;
+        if let Some(err) = scan.pending.take() {
+            scan.done = true;
+            return Poll::Ready(Some(Err(err)));
+        }
+        if scan.done {
+            return Poll::Ready(None);
+        }
+        let frame = match this.body.poll_frame(cx) {
+            Poll::Pending => {
+                if let Some(sleep) = this.idle.as_mut().as_pin_mut() {
+                    if sleep.poll(cx).is_ready() {
+                        scan.done = true;
+                        scan.finish_slot();
+                        return Poll::Ready(Some(Err(scan.idle_error())));
+                    }
+                }
+                return Poll::Pending;
+            }
+            Poll::Ready(None) => {
+                scan.done = true;
+                return Poll::Ready(scan.end().map(Err));
+            }
+            Poll::Ready(Some(Err(err))) => {
+                scan.done = true;
+                scan.finish_slot();
+                let err: BoxError = err.into();
+                let err = if scan.handed_out {
+                    DashScopeError::from_body_error(err)
+                } else {
+                    // Nothing was delivered yet: as retryable as a failed connection.
+                    DashScopeError::from(err)
+                };
+                return Poll::Ready(Some(Err(err)));
+            }
+            Poll::Ready(Some(Ok(frame))) => frame,
+        };
+        if let (Some(sleep), Some(timeout)) = (this.idle.as_mut().as_pin_mut(), scan.idle_timeout) {
+            sleep.reset(Instant::now() + timeout);
+        }
+        let mut data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                let trailers = frame.into_trailers().unwrap_or_default();
+                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+            }
+        };
+        let mut bytes = data.copy_to_bytes(data.remaining());
+        match scan.scan(&bytes) {
+            None => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+            Some((end, err)) => {
+                // Everything up to the end of the error event is delivered, then the error.
+                scan.done = true;
+                scan.finish_slot();
+                bytes.truncate(end);
+                if bytes.is_empty() {
+                    Poll::Ready(Some(Err(err)))
+                } else {
+                    scan.pending = Some(err);
+                    Poll::Ready(Some(Ok(Frame::data(bytes))))
+                }
+            }
+        }
+    }
+
+    /// The next frame for the caller: replayed frames first.
+    pub(crate) fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, DashScopeError>>> {
+        let scan = self.as_mut().project().scan;
+        if let Some(frame) = scan.replay.pop_front() {
+            if let Some(data) = frame.data_ref() {
+                scan.replay_bytes -= data.len();
+            }
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        self.poll_scan(cx)
+    }
+}
+
+impl Scan {
+    fn request_id(&self) -> Option<&str> {
+        self.request_id.as_ref().and_then(|v| v.to_str().ok())
+    }
+
+    fn finish_slot(&self) {
+        if let Some(slot) = &self.slot {
+            slot.mark_complete();
+        }
+    }
+
+    fn publish_usage(&mut self) {
+        let Some(slot) = &self.slot else { return };
+        let usage = match self.mode {
+            Mode::Sse => self.sse.take_usage(),
+            Mode::Json => self.json_usage.as_mut().and_then(UsageScanner::take),
+            Mode::Sniff => None,
+        };
+        if let Some(usage) = usage {
+            slot.set(usage);
+        }
+    }
+
+    /// Scans one piece of data. Returns where an error event ends in it, and the error.
+    fn scan(&mut self, data: &[u8]) -> Option<(usize, DashScopeError)> {
+        if self.mode == Mode::Sniff {
+            match data.trim_ascii_start().first() {
+                None => return None,
+                Some(b'{' | b'[') => self.mode = Mode::Json,
+                Some(_) => self.mode = Mode::Sse,
+            }
+        }
+        let found = match self.mode {
+            Mode::Sse => self.sse.feed(data).map(|found| {
+                let err = error_from_fields(None, found.fields, self.request_id(), None);
+                (found.end, err)
+            }),
+            Mode::Json | Mode::Sniff => {
+                if let Some(usage) = &mut self.json_usage {
+                    usage.feed(data);
+                }
+                None
+            }
+        };
+        self.publish_usage();
+        found
+    }
+
+    /// What the end of the inner body means: an error event left without its blank line, a
+    /// truncated stream, or a clean end.
+    fn end(&mut self) -> Option<DashScopeError> {
+        let err = match self.mode {
+            Mode::Json => None,
+            Mode::Sse | Mode::Sniff => match self.sse.finish() {
+                Some(found) => Some(error_from_fields(
+                    None,
+                    found.fields,
+                    self.request_id(),
+                    None,
+                )),
+                None if self.detect_truncation
+                    && !self.sse.saw_terminal()
+                    && !self.sse.uninspected() =>
+                {
+                    let mut err = DashScopeError::new(ErrorClass::StreamInterrupted).with_message(
+                        "the event stream ended without a final finish_reason or [DONE]: the \
+                         output is incomplete",
+                    );
+                    if let Some(id) = self.request_id() {
+                        err = err.with_request_id(id);
+                    }
+                    Some(err)
+                }
+                None => None,
+            },
+        };
+        self.publish_usage();
+        self.finish_slot();
+        err
+    }
+
+    fn idle_error(&self) -> DashScopeError {
+        let mut err = DashScopeError::new(ErrorClass::Timeout).with_message(format!(
+            "no data from the server for {:?} (idle timeout between chunks)",
+            self.idle_timeout.unwrap_or_default()
+        ));
+        if let Some(id) = self.request_id() {
+            err = err.with_request_id(id);
+        }
+        err
+    }
+}
+
+impl<B> std::fmt::Debug for StreamState<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamState")
+            .field("mode", &self.scan.mode)
+            .field("events", &self.scan.sse.events())
+            .field("buffered", &self.scan.replay_bytes)
+            .field("done", &self.scan.done)
+            .finish_non_exhaustive()
+    }
+}

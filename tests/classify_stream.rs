@@ -1,0 +1,520 @@
+//! `ClassifyDashScopeError` on event streams: errors inside HTTP 200 streams, truncation, usage,
+//! idle timeouts, pass-through fidelity.
+
+mod common;
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::ChunkedBody;
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full};
+use proptest::prelude::*;
+use tower::{Layer, ServiceExt, service_fn};
+use tower_dashscope::classify::{Usage, UsageSlot};
+use tower_dashscope::{
+    BoxError, ClassifyDashScopeError, DashScopeError, ErrorClass, RateLimitKind,
+};
+
+const NATIVE_OK: &str = include_str!("fixtures/streams/native_ok.sse");
+const NATIVE_TRUNCATED: &str = include_str!("fixtures/streams/native_truncated.sse");
+const NATIVE_429_FIRST: &str = include_str!("fixtures/streams/native_429_first.sse");
+const NATIVE_400_FIRST: &str = include_str!("fixtures/streams/native_400_first.sse");
+const NATIVE_500_FIRST: &str = include_str!("fixtures/streams/native_500_first.sse");
+const NATIVE_500_MIDWAY: &str = include_str!("fixtures/streams/native_500_midway.sse");
+const COMPAT_OK: &str = include_str!("fixtures/streams/compat_ok.sse");
+const COMPAT_TRUNCATED: &str = include_str!("fixtures/streams/compat_truncated.sse");
+const COMPAT_MODERATION: &str = include_str!("fixtures/streams/compat_moderation_midway.sse");
+const ANTHROPIC_OK: &str = include_str!("fixtures/streams/anthropic_ok.sse");
+
+const SSE: &str = "text/event-stream;charset=UTF-8";
+
+/// What the caller saw: the call's error, or the frames of the body and how it ended.
+#[derive(Debug)]
+enum Seen {
+    CallFailed(DashScopeError),
+    Body {
+        frames: Vec<Bytes>,
+        end: Option<DashScopeError>,
+    },
+}
+
+impl Seen {
+    fn bytes(&self) -> Vec<u8> {
+        match self {
+            Seen::CallFailed(_) => Vec::new(),
+            Seen::Body { frames, .. } => frames.concat(),
+        }
+    }
+
+    fn error(&self) -> Option<&DashScopeError> {
+        match self {
+            Seen::CallFailed(err) => Some(err),
+            Seen::Body { end, .. } => end.as_ref(),
+        }
+    }
+
+    fn call_error(&self) -> &DashScopeError {
+        match self {
+            Seen::CallFailed(err) => err,
+            Seen::Body { .. } => panic!("expected the call to fail, got {self:?}"),
+        }
+    }
+}
+
+fn split(body: &str, cuts: &[usize]) -> Vec<Bytes> {
+    let mut chunks = Vec::new();
+    let mut last = 0;
+    for &cut in cuts {
+        let cut = cut.clamp(last, body.len());
+        chunks.push(Bytes::copy_from_slice(&body.as_bytes()[last..cut]));
+        last = cut;
+    }
+    chunks.push(Bytes::copy_from_slice(&body.as_bytes()[last..]));
+    chunks
+}
+
+async fn send_with(
+    layer: ClassifyDashScopeError,
+    content_type: &str,
+    request: Request<Full<Bytes>>,
+    body: impl Body<Data = Bytes, Error = std::io::Error> + Send + Unpin + 'static,
+) -> Seen {
+    let content_type = content_type.to_owned();
+    let body = std::sync::Mutex::new(Some(body));
+    let client = service_fn(move |_req: Request<Full<Bytes>>| {
+        let body = body.lock().unwrap().take().unwrap();
+        let content_type = content_type.clone();
+        async move {
+            let mut response = Response::new(body);
+            response
+                .headers_mut()
+                .insert("content-type", content_type.parse().unwrap());
+            response
+                .headers_mut()
+                .insert("x-request-id", "hdr-request-id".parse().unwrap());
+            Ok::<_, BoxError>(response)
+        }
+    });
+    let response = match layer.layer(client).oneshot(request).await {
+        Ok(response) => response,
+        Err(err) => return Seen::CallFailed(err),
+    };
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let mut frames = Vec::new();
+    let mut end = None;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => frames.push(frame.into_data().unwrap()),
+            Err(err) => {
+                end = Some(err);
+                break;
+            }
+        }
+    }
+    if end.is_some() {
+        assert!(body.frame().await.is_none(), "nothing after the error");
+    }
+    Seen::Body { frames, end }
+}
+
+async fn send(body: &str, cuts: &[usize]) -> Seen {
+    send_with(
+        ClassifyDashScopeError::new(),
+        SSE,
+        Request::new(Full::default()),
+        ChunkedBody::new(split(body, cuts)),
+    )
+    .await
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+#[tokio::test]
+async fn a_429_inside_an_http_200_stream_is_the_calls_error() {
+    for (body, status, class, code) in [
+        (
+            NATIVE_429_FIRST,
+            429,
+            ErrorClass::RateLimited(RateLimitKind::Tokens),
+            "Throttling.AllocationQuota",
+        ),
+        (
+            NATIVE_400_FIRST,
+            400,
+            ErrorClass::ContextLengthExceeded,
+            "InvalidParameter",
+        ),
+        (
+            NATIVE_500_FIRST,
+            500,
+            ErrorClass::ServerError,
+            "InternalError.Algo",
+        ),
+    ] {
+        let seen = send(body, &[]).await;
+        let err = seen.call_error();
+        assert_eq!(err.status().map(|s| s.as_u16()), Some(status), "{body}");
+        assert_eq!(err.class(), class, "{body}");
+        assert_eq!(err.code(), Some(code));
+        assert_eq!(
+            err.request_id(),
+            Some("a5b1c2d3-0000-4000-8000-00000000abcd")
+        );
+    }
+}
+
+#[test]
+fn every_fixture_stream_split_at_every_byte_classifies_the_same() {
+    block_on(async {
+        for body in [
+            NATIVE_OK,
+            NATIVE_TRUNCATED,
+            NATIVE_429_FIRST,
+            NATIVE_400_FIRST,
+            NATIVE_500_FIRST,
+            NATIVE_500_MIDWAY,
+            COMPAT_OK,
+            COMPAT_TRUNCATED,
+            COMPAT_MODERATION,
+            ANTHROPIC_OK,
+        ] {
+            let whole = send(body, &[]).await;
+            let expect = whole
+                .error()
+                .map(|e| (e.class(), e.status(), e.code().map(str::to_owned)));
+            for cut in 0..=body.len() {
+                let seen = send(body, &[cut]).await;
+                let got = seen
+                    .error()
+                    .map(|e| (e.class(), e.status(), e.code().map(str::to_owned)));
+                assert_eq!(got, expect, "cut at {cut} of {body:.40}");
+                assert_eq!(seen.bytes(), whole.bytes(), "cut at {cut}");
+                assert_eq!(
+                    matches!(seen, Seen::CallFailed(_)),
+                    matches!(whole, Seen::CallFailed(_)),
+                    "cut at {cut}"
+                );
+            }
+            // One byte at a time.
+            let cuts: Vec<usize> = (1..body.len()).collect();
+            let seen = send(body, &cuts).await;
+            let got = seen
+                .error()
+                .map(|e| (e.class(), e.status(), e.code().map(str::to_owned)));
+            assert_eq!(got, expect, "byte by byte");
+            assert_eq!(seen.bytes(), whole.bytes());
+        }
+    });
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn arbitrary_splits_with_crlf_classify_the_same(
+        which in 0usize..6,
+        crlf in any::<bool>(),
+        mut cuts in proptest::collection::vec(0usize..8_000, 0..12),
+    ) {
+        let body = [NATIVE_OK, NATIVE_429_FIRST, NATIVE_500_MIDWAY, COMPAT_OK, COMPAT_MODERATION, COMPAT_TRUNCATED][which];
+        let body = if crlf { body.replace('\n', "\r\n") } else { body.to_owned() };
+        cuts.sort_unstable();
+        let (whole, seen) = block_on(async { (send(&body, &[]).await, send(&body, &cuts).await) });
+        prop_assert_eq!(
+            whole.error().map(|e| (e.class(), e.status())),
+            seen.error().map(|e| (e.class(), e.status()))
+        );
+        prop_assert_eq!(whole.bytes(), seen.bytes());
+    }
+}
+
+#[tokio::test]
+async fn good_streams_pass_through_byte_identical_in_the_same_chunks() {
+    for body in [NATIVE_OK, COMPAT_OK, ANTHROPIC_OK] {
+        let chunks = split(body, &[1, 17, 300, 301, 2000]);
+        let seen = send(body, &[1, 17, 300, 301, 2000]).await;
+        match seen {
+            Seen::Body { frames, end } => {
+                assert!(end.is_none(), "{end:?}");
+                assert_eq!(frames, chunks, "same chunks, same bytes");
+            }
+            Seen::CallFailed(err) => panic!("{err}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn errors_after_the_first_event_come_through_the_body_after_the_bytes_before_them() {
+    let seen = send(COMPAT_MODERATION, &[100, 900]).await;
+    let Seen::Body { frames, end } = &seen else {
+        panic!("{seen:?}")
+    };
+    let err = end.as_ref().expect("an error at the end");
+    assert_eq!(err.class(), ErrorClass::ContentFiltered);
+    assert_eq!(err.code(), Some("data_inspection_failed"));
+    assert!(err.status().is_none(), "no status was sent for it");
+    assert_eq!(
+        err.request_id(),
+        Some("hdr-request-id"),
+        "from the x-request-id header"
+    );
+    // Every byte up to and including the error event was delivered.
+    assert_eq!(frames.concat(), COMPAT_MODERATION.as_bytes());
+
+    let seen = send(NATIVE_500_MIDWAY, &[]).await;
+    let err = seen.error().unwrap();
+    assert_eq!(err.class(), ErrorClass::ServerError);
+    assert_eq!(err.status(), Some(StatusCode::INTERNAL_SERVER_ERROR));
+    let before_error = &NATIVE_500_MIDWAY[..NATIVE_500_MIDWAY.find("event:error").unwrap()];
+    assert!(seen.bytes().starts_with(before_error.as_bytes()));
+}
+
+#[tokio::test]
+async fn truncated_streams_end_with_stream_interrupted() {
+    for body in [NATIVE_TRUNCATED, COMPAT_TRUNCATED] {
+        let seen = send(body, &[50]).await;
+        let Seen::Body { frames, end } = &seen else {
+            panic!("{seen:?}")
+        };
+        assert_eq!(frames.concat(), body.as_bytes(), "all bytes first");
+        let err = end.as_ref().expect("truncation reported");
+        assert_eq!(err.class(), ErrorClass::StreamInterrupted);
+        assert!(!err.is_retryable());
+        assert!(err.message().unwrap().contains("finish_reason"));
+    }
+    // Off: the stream just ends.
+    let seen = send_with(
+        ClassifyDashScopeError::new().detect_truncation(false),
+        SSE,
+        Request::new(Full::default()),
+        ChunkedBody::new([NATIVE_TRUNCATED]),
+    )
+    .await;
+    assert!(seen.error().is_none());
+    // The native string "null" is not a final finish_reason, but "stop" is.
+    assert!(NATIVE_TRUNCATED.contains(r#""finish_reason":"null""#));
+    assert!(send(NATIVE_OK, &[]).await.error().is_none());
+}
+
+#[tokio::test]
+async fn a_stream_with_no_event_at_all_fails_the_call() {
+    let seen = send("", &[]).await;
+    assert_eq!(seen.call_error().class(), ErrorClass::StreamInterrupted);
+    let seen = send(": keep-alive\n\n", &[]).await;
+    assert_eq!(seen.call_error().class(), ErrorClass::StreamInterrupted);
+}
+
+#[tokio::test]
+async fn transport_failures_before_and_after_the_first_event() {
+    let before = ChunkedBody::new([": ping\n\n"]).then_fail(std::io::ErrorKind::ConnectionReset);
+    let seen = send_with(
+        ClassifyDashScopeError::new(),
+        SSE,
+        Request::new(Full::default()),
+        before,
+    )
+    .await;
+    let err = seen.call_error();
+    assert_eq!(
+        err.class(),
+        ErrorClass::Connection,
+        "nothing was delivered: retryable"
+    );
+    assert!(err.is_retryable());
+
+    let first_event = &NATIVE_OK[..NATIVE_OK.find("id:2").unwrap()];
+    let after = ChunkedBody::new([first_event]).then_fail(std::io::ErrorKind::ConnectionReset);
+    let seen = send_with(
+        ClassifyDashScopeError::new(),
+        SSE,
+        Request::new(Full::default()),
+        after,
+    )
+    .await;
+    assert_eq!(seen.bytes(), first_event.as_bytes());
+    assert_eq!(seen.error().unwrap().class(), ErrorClass::StreamInterrupted);
+}
+
+#[tokio::test]
+async fn usage_from_both_stream_shapes_and_json_bodies() {
+    async fn usage_of(content_type: &str, body: &str) -> (Option<Usage>, bool) {
+        let slot = UsageSlot::new();
+        let mut request = Request::new(Full::default());
+        request.extensions_mut().insert(slot.clone());
+        let seen = send_with(
+            ClassifyDashScopeError::new(),
+            content_type,
+            request,
+            ChunkedBody::new(split(body, &[body.len() / 3, body.len() / 2])),
+        )
+        .await;
+        assert!(seen.error().is_none(), "{seen:?}");
+        (slot.get(), slot.is_complete())
+    }
+    // Native: cumulative usage on every event, the last one wins.
+    assert_eq!(
+        usage_of(SSE, NATIVE_OK).await,
+        (Some(Usage::new(20, 24)), true)
+    );
+    // Compatible: the final chunk with `"choices":[]`.
+    assert_eq!(
+        usage_of(SSE, COMPAT_OK).await,
+        (Some(Usage::new(20, 24)), true)
+    );
+    // Non-streaming JSON, both shapes.
+    let native = r#"{"output":{"choices":[{"finish_reason":"stop","message":{"role":"assistant","content":"hi"}}]},"usage":{"input_tokens":9,"output_tokens":3,"total_tokens":12},"request_id":"r"}"#;
+    assert_eq!(
+        usage_of("application/json", native).await,
+        (Some(Usage::new(9, 3)), true)
+    );
+    let compat = r#"{"choices":[{"message":{"role":"assistant","content":"hi"},"finish_reason":"stop","index":0}],"object":"chat.completion","usage":{"prompt_tokens":11,"completion_tokens":2,"total_tokens":13},"model":"qwen-plus","id":"chatcmpl-1"}"#;
+    assert_eq!(
+        usage_of("application/json", compat).await,
+        (Some(Usage::new(11, 2)), true)
+    );
+}
+
+#[tokio::test]
+async fn a_request_that_asked_to_stream_is_inspected_whatever_the_content_type() {
+    let request = || {
+        Request::builder()
+            .header("X-DashScope-SSE", "enable")
+            .body(Full::default())
+            .unwrap()
+    };
+    let seen = send_with(
+        ClassifyDashScopeError::new(),
+        "application/json",
+        request(),
+        ChunkedBody::new([NATIVE_429_FIRST]),
+    )
+    .await;
+    assert_eq!(
+        seen.call_error().status(),
+        Some(StatusCode::TOO_MANY_REQUESTS)
+    );
+
+    // The server answered with plain JSON after all: not a truncated stream.
+    let json = r#"{"output":{"text":"hi","finish_reason":"stop"},"request_id":"r"}"#;
+    let seen = send_with(
+        ClassifyDashScopeError::new(),
+        "application/json",
+        request(),
+        ChunkedBody::new(["  ", json]),
+    )
+    .await;
+    assert!(seen.error().is_none(), "{seen:?}");
+    assert_eq!(seen.bytes(), format!("  {json}").as_bytes());
+
+    // Without asking, an application/json body is never scanned.
+    let seen = send_with(
+        ClassifyDashScopeError::new(),
+        "application/json",
+        Request::new(Full::default()),
+        ChunkedBody::new([NATIVE_429_FIRST]),
+    )
+    .await;
+    assert!(seen.error().is_none());
+}
+
+/// A body that yields its chunks, then never anything again.
+struct ThenPending(ChunkedBody);
+
+impl Body for ThenPending {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match Pin::new(&mut self.0).poll_frame(cx) {
+            Poll::Ready(None) => Poll::Pending,
+            other => other,
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_timeout_between_chunks() {
+    let first_event = &NATIVE_OK[..NATIVE_OK.find("id:2").unwrap()];
+    let layer = ClassifyDashScopeError::new().idle_timeout(Duration::from_secs(5));
+    let start = tokio::time::Instant::now();
+    let seen = send_with(
+        layer.clone(),
+        SSE,
+        Request::new(Full::default()),
+        ThenPending(ChunkedBody::new([first_event])),
+    )
+    .await;
+    assert_eq!(seen.bytes(), first_event.as_bytes());
+    let err = seen.error().unwrap();
+    assert_eq!(err.class(), ErrorClass::Timeout);
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(5),
+        "paused time: exactly the idle timeout"
+    );
+
+    // Nothing at all: the call itself times out, retryably.
+    let seen = send_with(
+        layer,
+        SSE,
+        Request::new(Full::default()),
+        ThenPending(ChunkedBody::new(Vec::<Bytes>::new())),
+    )
+    .await;
+    assert_eq!(seen.call_error().class(), ErrorClass::Timeout);
+    assert!(seen.call_error().is_retryable());
+}
+
+#[tokio::test]
+async fn non_streams_are_not_delayed() {
+    // A JSON body that has not produced a byte yet: the response is still handed out at once.
+    let client = service_fn(|_req: Request<Full<Bytes>>| async {
+        let mut response = Response::new(ThenPending(ChunkedBody::new(Vec::<Bytes>::new())));
+        response
+            .headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        Ok::<_, BoxError>(response)
+    });
+    let future = ClassifyDashScopeError::new()
+        .layer(client)
+        .oneshot(Request::new(Full::default()));
+    let response = tokio::time::timeout(Duration::from_secs(3600), future).await;
+    assert!(
+        response
+            .expect("handed out without waiting for the body")
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn a_first_event_bigger_than_the_limit_is_handed_out_not_held() {
+    // 100 chunks of comment padding before any event; limit 1 KiB.
+    let padding: Vec<Bytes> = (0..100)
+        .map(|_| Bytes::from(format!(": {}\n", "p".repeat(60))))
+        .collect();
+    let total: usize = padding.iter().map(Bytes::len).sum();
+    let mut chunks = padding.clone();
+    chunks.push(Bytes::from(format!("\n{NATIVE_OK}")));
+    let layer = ClassifyDashScopeError::new().first_event_limit(1024);
+    let seen = send_with(
+        layer,
+        SSE,
+        Request::new(Full::default()),
+        ChunkedBody::new(chunks),
+    )
+    .await;
+    assert!(seen.error().is_none(), "{seen:?}");
+    assert_eq!(seen.bytes().len(), total + 1 + NATIVE_OK.len());
+}
