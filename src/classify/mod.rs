@@ -10,8 +10,38 @@
 //! - a transport error from the client becomes `Err(DashScopeError)` of class
 //!   [`Timeout`](crate::ErrorClass::Timeout) or [`Connection`](crate::ErrorClass::Connection),
 //!   the original kept as its `source()`;
-//! - a 2xx response passes through untouched: no copy, no allocation; its body is wrapped in
-//!   [`ResponseBody`], whose errors are `DashScopeError`s too.
+//! - a 2xx response passes through: its body is wrapped in [`ResponseBody`], whose errors are
+//!   `DashScopeError`s too. A response that is not an event stream is handed out at once, with
+//!   no copy and no allocation.
+//!
+//! # Event streams
+//!
+//! DashScope reports throttling and failures *inside* successful-looking streams. A 2xx response
+//! whose `content-type` is `text/event-stream` — or any 2xx answer to a request that asked to
+//! stream (`X-DashScope-SSE: enable` or `Accept: text/event-stream`) — is scanned as it is read,
+//! split across chunks at any byte, `\n` or `\r\n`, comments and multi-line `data:` included:
+//!
+//! - **An error before the first event is the call's `Err`.** The future holds the response
+//!   until the first complete event has arrived (at most
+//!   [`first_event_limit`](ClassifyDashScopeError::first_event_limit) bytes, 64 KiB). If it is an
+//!   error — native `event:error` with `:HTTP_STATUS/429` on an HTTP 200, or a compatible
+//!   `data: {"error":…}` — the call fails with the real status, code, message and request id,
+//!   so retry and fallback layers above can act on a streaming 429. Otherwise the response is
+//!   handed out and the bytes read so far are replayed first.
+//! - **An error after the first event** ends the body with `Err(DashScopeError)`, after every
+//!   byte up to the end of the error event has been yielded.
+//! - **A truncated stream** — one that ends without a final `finish_reason` (the native string
+//!   `"null"` is not final), `data: [DONE]` or Anthropic's `message_stop` — ends with
+//!   [`ErrorClass::StreamInterrupted`](crate::ErrorClass::StreamInterrupted).
+//!   [Configurable](ClassifyDashScopeError::detect_truncation).
+//! - **Idle streams** can be failed with [`ErrorClass::Timeout`](crate::ErrorClass::Timeout)
+//!   ([`idle_timeout`](ClassifyDashScopeError::idle_timeout), off by default).
+//! - **Usage**: with a [`UsageSlot`] in the request's extensions, the last `usage` the response
+//!   reports (streamed or not, either API shape) is recorded in it.
+//!
+//! The bytes the caller reads are exactly the bytes the server sent, in the same chunks. The
+//! scanner allocates nothing per chunk once warm and parses JSON only for events that look like
+//! errors (or carry usage, when a slot asks for it).
 //!
 //! # Example
 //!
