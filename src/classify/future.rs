@@ -94,11 +94,7 @@ where
                         Err(err) => {
                             this.state.set(State::Done);
                             let err = into_dashscope_error(err);
-                            tracing::debug!(
-                                class = err.class().as_str(),
-                                error = %err,
-                                "transport error classified"
-                            );
+                            log_classified(&err, "transport");
                             return Poll::Ready(Err(err));
                         }
                     };
@@ -160,14 +156,14 @@ where
                             Some(Err(err)) => {
                                 // Before the first event: an error event, a transport failure,
                                 // or a stream that ended with no event at all.
-                                log_stream_error(&err);
+                                log_classified(&err, "stream before its first event");
                                 this.state.set(State::Done);
                                 return Poll::Ready(Err(err));
                             }
                             None => {}
                         }
                         if let Some(err) = state.as_mut().take_error_before_first_event() {
-                            log_stream_error(&err);
+                            log_classified(&err, "stream before its first event");
                             this.state.set(State::Done);
                             return Poll::Ready(Err(err));
                         }
@@ -214,13 +210,7 @@ where
                     if let Some(source) = body_error {
                         err = err.with_source(source);
                     }
-                    tracing::debug!(
-                        class = err.class().as_str(),
-                        status = err.status().map(|s| s.as_u16()),
-                        code = err.code(),
-                        request_id = err.request_id(),
-                        "error response classified"
-                    );
+                    log_classified(&err, "error response");
                     this.state.set(State::Done);
                     return Poll::Ready(Err(err));
                 }
@@ -232,13 +222,16 @@ where
     }
 }
 
-fn log_stream_error(err: &DashScopeError) {
+/// One `tracing` event for every classified failure.
+fn log_classified(err: &DashScopeError, phase: &'static str) {
     tracing::debug!(
+        phase,
         class = err.class().as_str(),
         status = err.status().map(|s| s.as_u16()),
         code = err.code(),
         request_id = err.request_id(),
-        "error before the first event of a stream classified"
+        error = %err,
+        "DashScope error classified"
     );
 }
 
