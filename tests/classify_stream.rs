@@ -518,3 +518,45 @@ async fn a_first_event_bigger_than_the_limit_is_handed_out_not_held() {
     assert!(seen.error().is_none(), "{seen:?}");
     assert_eq!(seen.bytes().len(), total + 1 + NATIVE_OK.len());
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    #[test]
+    fn arbitrary_streams_never_panic_and_never_lose_bytes(
+        body in proptest::collection::vec(prop_oneof![
+            Just(b"data: ".to_vec()), Just(b"event:error\n".to_vec()), Just(b":HTTP_STATUS/429\n".to_vec()),
+            Just(b"\n".to_vec()), Just(b"\r\n".to_vec()), Just(b"{\"error\":{\"code\":\"x\"}}".to_vec()),
+            Just(b"\"finish_reason\":\"stop\"".to_vec()), Just(b"[DONE]".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..16),
+        ], 0..40).prop_map(|parts| parts.concat()),
+        mut cuts in proptest::collection::vec(0usize..600, 0..8),
+    ) {
+        cuts.sort_unstable();
+        let chunks: Vec<Bytes> = {
+            let mut out = Vec::new();
+            let mut last = 0;
+            for cut in cuts {
+                let cut = cut.clamp(last, body.len());
+                out.push(Bytes::copy_from_slice(&body[last..cut]));
+                last = cut;
+            }
+            out.push(Bytes::copy_from_slice(&body[last..]));
+            out
+        };
+        let seen = block_on(send_with(
+            ClassifyDashScopeError::new(),
+            SSE,
+            Request::new(Full::default()),
+            ChunkedBody::new(chunks),
+        ));
+        let got = seen.bytes();
+        prop_assert!(body.starts_with(&got), "delivered bytes are a prefix of the sent ones");
+        match &seen {
+            Seen::Body { end: None, .. } => prop_assert_eq!(&got, &body),
+            Seen::Body { end: Some(err), .. } if err.class() == ErrorClass::StreamInterrupted => {
+                prop_assert_eq!(&got, &body)
+            }
+            _ => {}
+        }
+    }
+}
