@@ -529,6 +529,10 @@ impl fmt::Display for DashScopeError {
                 retry_after.as_secs_f64()
             )?;
         }
+        if let Some(attempts) = inner.attempts {
+            let plural = if attempts == 1 { "" } else { "s" };
+            write!(f, "; after {attempts} attempt{plural}")?;
+        }
         write!(f, "; {}", inner.class.advice())
     }
 }

@@ -62,11 +62,15 @@
 
 pub mod classify;
 mod error;
+mod extensions;
+pub mod retry;
 mod retry_after;
 pub mod wait_timeout;
 
 pub use classify::{ClassifyDashScopeError, ClassifyDashScopeErrorService};
 pub use error::{BoxError, DashScopeError, ErrorClass, RateLimitKind};
+pub use extensions::Attempts;
+pub use retry::{RetryWithJitter, RetryWithJitterService};
 pub use retry_after::{MAX_RETRY_AFTER, RETRY_AFTER_MS, parse_retry_after, parse_retry_after_at};
 pub use wait_timeout::{WaitTimeoutHeader, WaitTimeoutHeaderService};
 

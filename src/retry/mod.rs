@@ -1,0 +1,417 @@
+//! Retry what can succeed, wait as the server asks, never amplify an outage.
+//!
+//! [`RetryWithJitter`] retries failures that a later attempt can fix — rate limits, server
+//! errors, unavailability, timeouts, connection errors ([`DashScopeError::is_retryable`]) — with
+//! capped exponential backoff and full jitter, as Alibaba recommends:
+//!
+//! - **Retry-After wins.** When a failure carries a server-requested delay (`retry-after-ms`,
+//!   `Retry-After` as integer or float seconds, or an HTTP-date), the retry waits at least that
+//!   long. A delay above [`max_retry_after`](RetryWithJitter::max_retry_after) (120 s) is not
+//!   waited for: the failure is returned at once, so the caller (or a fallback layer) can decide.
+//! - **A deadline** ([`deadline`](RetryWithJitter::deadline)): no wait starts that would end
+//!   past it.
+//! - **A retry budget** shared by every clone of the layer: retries may add at most 20% to the
+//!   load, above a floor of 10 retries per second so a lone request still gets its retries.
+//!   During a total outage, attempts per request stay near 1.2 instead of the attempt limit.
+//! - **Replay.** Each attempt sends a copy of the request (method, URI, headers, extensions and
+//!   a clone of the body; see [`ReplayBody`]) and readies the inner service again first. A
+//!   request whose body cannot be cloned is sent once.
+//!
+//! Over a [`ClassifyDashScopeError`](crate::ClassifyDashScopeError) it sees typed errors. Without
+//! one below, it retries `Ok` responses with status 408, 429, 500, 502, 503 and 504 (honouring
+//! their `Retry-After`) and transport errors; when it gives up it hands back the last response
+//! or error as it was. Successful responses carry [`Attempts`](crate::Attempts) in their
+//! extensions, errors their attempt count ([`DashScopeError::attempts`]); every retry is a
+//! `tracing` event.
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::Full;
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use std::sync::Arc;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_dashscope::{Attempts, BoxError, ClassifyDashScopeError, RetryWithJitter};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! // A server that is throttled twice, then answers.
+//! let calls = Arc::new(AtomicU32::new(0));
+//! let client = service_fn(move |_req: Request<Full<Bytes>>| {
+//!     let n = calls.fetch_add(1, Ordering::SeqCst);
+//!     async move {
+//!         let status = if n < 2 { StatusCode::TOO_MANY_REQUESTS } else { StatusCode::OK };
+//!         let body = r#"{"code":"Throttling.RateQuota","message":"Requests rate limit exceeded"}"#;
+//!         Ok::<_, BoxError>(Response::builder().status(status).body(Full::new(Bytes::from(body))).unwrap())
+//!     }
+//! });
+//!
+//! let service = ServiceBuilder::new()
+//!     .layer(RetryWithJitter::new()) // 6 attempts, 1 s .. 60 s, full jitter, 20% budget
+//!     .layer(ClassifyDashScopeError::new())
+//!     .service(client);
+//!
+//! let response = service.oneshot(Request::new(Full::default())).await.unwrap();
+//! assert_eq!(response.extensions().get::<Attempts>(), Some(&Attempts(3)));
+//! # }
+//! ```
+//!
+//! Customised:
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_dashscope::RetryWithJitter;
+//! use tower_dashscope::retry::Jitter;
+//!
+//! let retry = RetryWithJitter::new()
+//!     .max_attempts(4)
+//!     .base_delay(Duration::from_millis(500))
+//!     .max_delay(Duration::from_secs(20))
+//!     .deadline(Duration::from_secs(45))
+//!     .max_retry_after(Duration::from_secs(30))
+//!     .jitter(Jitter::Decorrelated)
+//!     .budget(5, 0.1)
+//!     .seed(42); // reproducible jitter, for tests
+//! # let _ = retry;
+//! ```
+
+mod backoff;
+pub mod future;
+
+use std::fmt;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http::{Request, Response};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use tower::retry::budget::TpsBudget;
+use tower::{Layer, Service};
+
+pub use self::backoff::Jitter;
+use self::future::ResponseFuture;
+use crate::error::{BoxError, DashScopeError, into_dashscope_error};
+
+/// Layer that retries retryable failures with backoff, jitter, Retry-After, a deadline and a
+/// shared budget; see the [module docs](self).
+///
+/// Cloning is cheap and shares the retry budget and the jitter source: configure the layer
+/// first, then clone it or apply it to services.
+///
+/// # Default
+///
+/// - [`max_attempts`](Self::max_attempts): 6 (the first included);
+/// - [`base_delay`](Self::base_delay): 1 s; [`max_delay`](Self::max_delay): 60 s;
+/// - [`jitter`](Self::jitter): [`Jitter::Full`];
+/// - [`max_retry_after`](Self::max_retry_after): 120 s;
+/// - [`deadline`](Self::deadline): none;
+/// - [`budget`](Self::budget): 10 retries per second, plus 20% of requests, over 10 s;
+/// - jitter seeded from the process's random state ([`seed`](Self::seed) to fix it).
+#[derive(Clone)]
+#[must_use]
+pub struct RetryWithJitter {
+    config: Config,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Config {
+    pub(crate) max_attempts: u32,
+    pub(crate) base_delay: Duration,
+    pub(crate) max_delay: Duration,
+    pub(crate) max_retry_after: Duration,
+    pub(crate) deadline: Option<Duration>,
+    pub(crate) jitter: Jitter,
+}
+
+/// State shared by every clone of a layer and every service made from it.
+pub(crate) struct Shared {
+    /// `None` when the budget was turned off.
+    pub(crate) budget: Option<TpsBudget>,
+    pub(crate) rng: Mutex<SmallRng>,
+    min_per_sec: u32,
+    retry_ratio: f32,
+    seed: u64,
+}
+
+impl Shared {
+    fn new(budget: bool, min_per_sec: u32, retry_ratio: f32, seed: u64) -> Arc<Self> {
+        // TpsBudget asserts on its inputs: keep them in its range instead of panicking.
+        let retry_ratio = if retry_ratio.is_finite() {
+            retry_ratio.clamp(0.0, 1000.0)
+        } else {
+            0.0
+        };
+        let min_per_sec = min_per_sec.min(i32::MAX as u32 / 10);
+        Arc::new(Shared {
+            budget: budget
+                .then(|| TpsBudget::new(Duration::from_secs(10), min_per_sec, retry_ratio)),
+            rng: Mutex::new(SmallRng::seed_from_u64(seed)),
+            min_per_sec,
+            retry_ratio,
+            seed,
+        })
+    }
+}
+
+impl RetryWithJitter {
+    /// The layer with its defaults.
+    pub fn new() -> Self {
+        let seed = std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64);
+        RetryWithJitter {
+            config: Config {
+                max_attempts: 6,
+                base_delay: Duration::from_secs(1),
+                max_delay: Duration::from_secs(60),
+                max_retry_after: Duration::from_secs(120),
+                deadline: None,
+                jitter: Jitter::Full,
+            },
+            shared: Shared::new(true, 10, 0.2, seed),
+        }
+    }
+
+    /// How many attempts in total, the first included. `0` is taken as `1` (no retries).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.config.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// The base of the exponential backoff: the wait before retry `n` is drawn from
+    /// `0 ..= min(max_delay, base_delay · 2ⁿ)`.
+    pub fn base_delay(mut self, delay: Duration) -> Self {
+        self.config.base_delay = delay;
+        self
+    }
+
+    /// The longest backoff between two attempts (a server's Retry-After may ask for longer; see
+    /// [`max_retry_after`](Self::max_retry_after)).
+    pub fn max_delay(mut self, delay: Duration) -> Self {
+        self.config.max_delay = delay;
+        self
+    }
+
+    /// The longest server-requested delay this layer waits for. A failure asking for longer is
+    /// returned at once, so that the caller or a fallback layer can decide.
+    pub fn max_retry_after(mut self, delay: Duration) -> Self {
+        self.config.max_retry_after = delay;
+        self
+    }
+
+    /// The total time, from the call, within which attempts may start: a wait that would end
+    /// after it is not started, and the last failure is returned instead.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.config.deadline = Some(deadline);
+        self
+    }
+
+    /// How waits are drawn; [`Jitter::Full`] by default.
+    pub fn jitter(mut self, jitter: Jitter) -> Self {
+        self.config.jitter = jitter;
+        self
+    }
+
+    /// The retry budget: retries may add `retry_ratio` (e.g. `0.2` for 20%) of the requests
+    /// made in the last 10 seconds, plus `min_per_sec` retries per second so that a lone
+    /// request still gets its retries. When it is spent, failures are returned without retrying.
+    /// `retry_ratio` is clamped to `0.0 ..= 1000.0` (NaN is `0.0`).
+    ///
+    /// This makes a new budget: layers configured afterwards and their clones share it.
+    pub fn budget(mut self, min_per_sec: u32, retry_ratio: f32) -> Self {
+        self.shared = Shared::new(true, min_per_sec, retry_ratio, self.shared.seed);
+        self
+    }
+
+    /// Seeds the jitter, for reproducible delays (tests, simulations). Also makes a new budget.
+    pub fn seed(mut self, seed: u64) -> Self {
+        let shared = &self.shared;
+        self.shared = Shared::new(
+            shared.budget.is_some(),
+            shared.min_per_sec,
+            shared.retry_ratio,
+            seed,
+        );
+        self
+    }
+
+    /// Turns the retry budget off: every retryable failure is retried up to
+    /// [`max_attempts`](Self::max_attempts). During an outage this multiplies the load by the
+    /// attempt count; prefer a budget unless another layer limits retries.
+    pub fn without_budget(mut self) -> Self {
+        self.shared = Shared::new(false, 0, 0.0, self.shared.seed);
+        self
+    }
+}
+
+impl Default for RetryWithJitter {
+    fn default() -> Self {
+        RetryWithJitter::new()
+    }
+}
+
+impl fmt::Debug for RetryWithJitter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryWithJitter")
+            .field("config", &self.config)
+            .field("budget", &self.shared.budget.is_some())
+            .field("budget_min_per_sec", &self.shared.min_per_sec)
+            .field("budget_retry_ratio", &self.shared.retry_ratio)
+            .finish()
+    }
+}
+
+impl<S> Layer<S> for RetryWithJitter {
+    type Service = RetryWithJitterService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RetryWithJitterService {
+            inner,
+            config: self.config,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Service that retries retryable failures of `S`; made by [`RetryWithJitter`], see the
+/// [module docs](self).
+pub struct RetryWithJitterService<S> {
+    inner: S,
+    config: Config,
+    shared: Arc<Shared>,
+}
+
+impl<S: Clone> Clone for RetryWithJitterService<S> {
+    fn clone(&self) -> Self {
+        RetryWithJitterService {
+            inner: self.inner.clone(),
+            config: self.config,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for RetryWithJitterService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryWithJitterService")
+            .field("inner", &self.inner)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> RetryWithJitterService<S> {
+    /// A reference to the inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// A mutable reference to the inner service.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the service, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RetryWithJitterService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    S::Error: Into<BoxError>,
+    ReqBody: ReplayBody,
+{
+    type Response = Response<ResBody>;
+    type Error = DashScopeError;
+    type Future = ResponseFuture<S, ReqBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(into_dashscope_error)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        // The readied service makes the first call; the future keeps it for the retries and
+        // readies it again before each one.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        self.shared.budget_deposit();
+        let spare = clone_request(&req);
+        let future = inner.call(req);
+        ResponseFuture::new(inner, future, spare, self.config, self.shared.clone())
+    }
+}
+
+impl Shared {
+    fn budget_deposit(&self) {
+        use tower::retry::budget::Budget;
+        if let Some(budget) = &self.budget {
+            budget.deposit();
+        }
+    }
+}
+
+/// A copy of `req` for another attempt, if its body can be cloned.
+pub(crate) fn clone_request<B: ReplayBody>(req: &Request<B>) -> Option<Request<B>> {
+    let body = req.body().try_clone_body()?;
+    let mut copy = Request::new(body);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    *copy.extensions_mut() = req.extensions().clone();
+    Some(copy)
+}
+
+/// A request body that can be sent again.
+///
+/// Implemented for the bodies that are cheap to clone: `Full<D>` and `Empty<D>` of
+/// http-body-util (with a cloneable buffer such as [`Bytes`]), `Bytes`, `String`, `Vec<u8>`,
+/// `&'static str`, `&'static [u8]` and `()`. Boxed bodies (`BoxBody`, `UnsyncBoxBody`) return
+/// `None`: such requests are sent once, never failed. Implement it for your own body type to
+/// make it retryable.
+pub trait ReplayBody: Sized {
+    /// A copy of the body for another attempt, or `None` if it cannot be replayed.
+    fn try_clone_body(&self) -> Option<Self>;
+}
+
+impl<D: Buf + Clone> ReplayBody for http_body_util::Full<D> {
+    fn try_clone_body(&self) -> Option<Self> {
+        Some(self.clone())
+    }
+}
+
+impl<D> ReplayBody for http_body_util::Empty<D> {
+    fn try_clone_body(&self) -> Option<Self> {
+        Some(http_body_util::Empty::new())
+    }
+}
+
+impl<D, E> ReplayBody for http_body_util::combinators::BoxBody<D, E> {
+    fn try_clone_body(&self) -> Option<Self> {
+        None
+    }
+}
+
+impl<D, E> ReplayBody for http_body_util::combinators::UnsyncBoxBody<D, E> {
+    fn try_clone_body(&self) -> Option<Self> {
+        None
+    }
+}
+
+macro_rules! replay_by_clone {
+    ($($ty:ty),*) => {$(
+        impl ReplayBody for $ty {
+            fn try_clone_body(&self) -> Option<Self> {
+                Some(self.clone())
+            }
+        }
+    )*};
+}
+
+replay_by_clone!(Bytes, String, Vec<u8>, &'static str, &'static [u8], ());

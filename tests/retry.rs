@@ -1,0 +1,388 @@
+//! `RetryWithJitter`: what is retried, how long it waits, deadline, budget, readiness, replay.
+//! All in paused time with seeded jitter.
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+use tower_dashscope::retry::Jitter;
+use tower_dashscope::{
+    Attempts, BoxError, ClassifyDashScopeError, DashScopeError, ErrorClass, RateLimitKind,
+    RetryWithJitter, RetryWithJitterService,
+};
+
+type Req = Request<Full<Bytes>>;
+type Res = Response<Full<Bytes>>;
+
+/// One scripted answer: status, headers, body.
+type Answer = (u16, Vec<(&'static str, &'static str)>, &'static str);
+
+/// A scripted server: answers with the script's statuses in order (the last one repeats),
+/// recording when each call arrived. Panics when called without a successful `poll_ready` on
+/// the same clone, the bug tower's docs warn about.
+#[derive(Clone)]
+struct Scripted {
+    script: Arc<Vec<Answer>>,
+    calls: Arc<Mutex<Vec<Instant>>>,
+    ready: bool,
+}
+
+impl Scripted {
+    fn new(script: Vec<Answer>) -> Self {
+        Scripted {
+            script: Arc::new(script),
+            calls: Arc::default(),
+            ready: false,
+        }
+    }
+
+    fn statuses(statuses: &[u16]) -> Self {
+        Scripted::new(statuses.iter().map(|&s| (s, vec![], "")).collect())
+    }
+
+    fn call_count(&self) -> usize {
+        self.calls.lock().unwrap().len()
+    }
+
+    fn gaps(&self) -> Vec<Duration> {
+        let calls = self.calls.lock().unwrap();
+        calls.windows(2).map(|w| w[1] - w[0]).collect()
+    }
+}
+
+impl Service<Req> for Scripted {
+    type Response = Res;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<Res, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.ready = true;
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        assert!(self.ready, "called without poll_ready on this clone");
+        self.ready = false;
+        // The replayed request is the original.
+        assert_eq!(req.headers()["x-test"], "kept");
+        let mut calls = self.calls.lock().unwrap();
+        calls.push(Instant::now());
+        let (status, headers, body) =
+            self.script[(calls.len() - 1).min(self.script.len() - 1)].clone();
+        std::future::ready(Ok(common::response(status, &headers, body)))
+    }
+}
+
+fn request() -> Req {
+    Request::post("/compatible-mode/v1/chat/completions")
+        .header("x-test", "kept")
+        .body(Full::new(Bytes::from_static(b"{\"model\":\"qwen-plus\"}")))
+        .unwrap()
+}
+
+fn seeded() -> RetryWithJitter {
+    RetryWithJitter::new().seed(7)
+}
+
+#[tokio::test(start_paused = true)]
+async fn exact_delays_for_a_seed_within_the_exponential_caps() {
+    let run = |seed| async move {
+        let server = Scripted::statuses(&[503]);
+        let service = RetryWithJitter::new().seed(seed).layer(server.clone());
+        let response = service.oneshot(request()).await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the last response, unchanged"
+        );
+        assert_eq!(response.extensions().get::<Attempts>(), Some(&Attempts(6)));
+        server.gaps()
+    };
+    let gaps = run(7).await;
+    assert_eq!(gaps.len(), 5, "6 attempts");
+    for (n, gap) in gaps.iter().enumerate() {
+        let cap = Duration::from_secs(1 << n);
+        assert!(*gap <= cap, "retry {n}: {gap:?} > {cap:?}");
+    }
+    assert_eq!(run(7).await, gaps, "same seed, same delays");
+    assert_ne!(run(8).await, gaps, "another seed, other delays");
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_float_seconds_and_milliseconds_are_respected() {
+    for header in [("retry-after", "0.35"), ("retry-after-ms", "350")] {
+        let server = Scripted::new(vec![(429, vec![header], ""), (200, vec![], "ok")]);
+        // A base delay far larger than the server's request shows which one was used.
+        let service = seeded()
+            .base_delay(Duration::from_secs(30))
+            .layer(server.clone());
+        let response = service.oneshot(request()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.extensions().get::<Attempts>(), Some(&Attempts(2)));
+        let gap = server.gaps()[0];
+        assert!(
+            gap >= Duration::from_millis(350) && gap <= Duration::from_millis(385),
+            "{header:?}: {gap:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_beyond_the_maximum_is_returned_at_once() {
+    let server = Scripted::new(vec![(429, vec![("retry-after", "600")], "")]);
+    let service = seeded().layer(ClassifyDashScopeError::new().layer(server.clone()));
+    let err = service.oneshot(request()).await.unwrap_err();
+    assert_eq!(server.call_count(), 1);
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(600)));
+    assert_eq!(err.attempts(), Some(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn fatal_classes_are_sent_once() {
+    for (status, body) in [
+        (
+            400,
+            r#"{"code":"InvalidParameter","message":"Range of input length should be [1, 6000]"}"#,
+        ),
+        (
+            401,
+            r#"{"code":"InvalidApiKey","message":"Invalid API-key provided."}"#,
+        ),
+        (
+            400,
+            r#"{"code":"DataInspectionFailed","message":"Input data may contain inappropriate content."}"#,
+        ),
+        (
+            429,
+            r#"{"code":"Throttling.AllocationQuota","message":"Free allocated quota exceeded."}"#,
+        ),
+        (
+            404,
+            r#"{"code":"ModelNotFound","message":"Model can not be found."}"#,
+        ),
+    ] {
+        let server = Scripted::new(vec![(status, vec![], body)]);
+        let service = seeded().layer(ClassifyDashScopeError::new().layer(server.clone()));
+        let err = service.oneshot(request()).await.unwrap_err();
+        assert!(!err.is_retryable());
+        assert_eq!(server.call_count(), 1, "{body}");
+        assert_eq!(err.attempts(), Some(1));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retryable_classes_are_retried_over_the_classifier() {
+    let throttled = r#"{"code":"Throttling.RateQuota","message":"Requests rate limit exceeded"}"#;
+    let server = Scripted::new(vec![
+        (429, vec![], throttled),
+        (500, vec![], "{}"),
+        (200, vec![], "fine"),
+    ]);
+    let service = ServiceBuilder::new()
+        .layer(seeded())
+        .layer(ClassifyDashScopeError::new())
+        .service(server.clone());
+    let response = service.oneshot(request()).await.unwrap();
+    assert_eq!(response.extensions().get::<Attempts>(), Some(&Attempts(3)));
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"fine");
+
+    // Giving up returns the last error with its attempt count.
+    let server = Scripted::new(vec![(429, vec![], throttled)]);
+    let service = seeded()
+        .max_attempts(3)
+        .layer(ClassifyDashScopeError::new().layer(server.clone()));
+    let err = service.oneshot(request()).await.unwrap_err();
+    assert_eq!(
+        err.class(),
+        ErrorClass::RateLimited(RateLimitKind::Requests)
+    );
+    assert_eq!(err.attempts(), Some(3));
+    assert!(err.to_string().contains("after 3 attempts"), "{err}");
+    assert_eq!(server.call_count(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_classifier_statuses_decide() {
+    for (status, retried) in [
+        (408, true),
+        (429, true),
+        (500, true),
+        (502, true),
+        (503, true),
+        (504, true),
+        (400, false),
+        (401, false),
+        (404, false),
+        (501, false),
+    ] {
+        let server = Scripted::statuses(&[status, 200]);
+        let response = seeded()
+            .layer(server.clone())
+            .oneshot(request())
+            .await
+            .unwrap();
+        let expected = if retried {
+            StatusCode::OK
+        } else {
+            StatusCode::from_u16(status).unwrap()
+        };
+        assert_eq!(response.status(), expected, "{status}");
+        assert_eq!(server.call_count(), if retried { 2 } else { 1 }, "{status}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn transport_errors_are_retried() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let flaky = tower::service_fn(move |_req: Req| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                Err(BoxError::from(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "reset",
+                )))
+            } else {
+                Ok(Response::new(Full::<Bytes>::default()))
+            }
+        }
+    });
+    let response = seeded().layer(flaky).oneshot(request()).await.unwrap();
+    assert_eq!(response.extensions().get::<Attempts>(), Some(&Attempts(2)));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_bounds_the_whole_call() {
+    let server = Scripted::statuses(&[503]);
+    let start = Instant::now();
+    let service = seeded()
+        .max_attempts(100)
+        .base_delay(Duration::from_secs(2))
+        .max_delay(Duration::from_secs(2))
+        .jitter(Jitter::Decorrelated)
+        .deadline(Duration::from_secs(7))
+        .layer(server.clone());
+    let response = service.oneshot(request()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // Decorrelated jitter with base = max = 2 s waits exactly 2 s: attempts at 0, 2, 4, 6.
+    assert_eq!(server.call_count(), 4);
+    assert!(start.elapsed() <= Duration::from_secs(7));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_budget_bounds_amplification_during_a_total_outage() {
+    async fn attempts_per_request(layer: RetryWithJitter, requests: usize) -> f64 {
+        let server = Scripted::statuses(&[503]);
+        let service = layer.layer(server.clone());
+        let mut tasks = Vec::new();
+        for _ in 0..requests {
+            let service = service.clone();
+            tasks.push(tokio::spawn(async move {
+                service.oneshot(request()).await.unwrap()
+            }));
+        }
+        for task in tasks {
+            assert_eq!(
+                task.await.unwrap().status(),
+                StatusCode::SERVICE_UNAVAILABLE
+            );
+        }
+        server.call_count() as f64 / requests as f64
+    }
+    let with_budget = attempts_per_request(seeded(), 1000).await;
+    // 20% of 1000 requests plus the floor's reserve of 100 retries: about 1.3 at most.
+    assert!(with_budget <= 1.35, "{with_budget}");
+    assert!(
+        with_budget > 1.0,
+        "some retries still happen: {with_budget}"
+    );
+    // Without a budget, every request makes all six attempts.
+    let unbounded = attempts_per_request(seeded().without_budget(), 200).await;
+    assert_eq!(unbounded, 6.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancellation_mid_wait_stops_all_attempts() {
+    let server = Scripted::statuses(&[503]);
+    let service = seeded().layer(server.clone());
+    let call = tokio::spawn(service.oneshot(request()));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(server.call_count(), 1);
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(server.call_count(), 1, "no attempt after the caller left");
+}
+
+#[tokio::test(start_paused = true)]
+async fn bodies_that_cannot_be_replayed_are_sent_once() {
+    type Boxed = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let server = tower::service_fn(move |_req: Request<Boxed>| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async { Ok::<_, BoxError>(common::response(503, &[], "")) }
+    });
+    let request = Request::new(Full::new(Bytes::from_static(b"stream")).boxed());
+    let response = seeded().layer(server).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn readiness_errors_before_a_retry_end_the_call() {
+    #[derive(Clone)]
+    struct BreaksAfterFirst(Arc<AtomicU32>);
+    impl Service<Req> for BreaksAfterFirst {
+        type Response = Res;
+        type Error = BoxError;
+        type Future = std::future::Ready<Result<Res, BoxError>>;
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            if self.0.fetch_add(1, Ordering::SeqCst) == 0 {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Ready(Err("connection pool closed".into()))
+            }
+        }
+        fn call(&mut self, _req: Req) -> Self::Future {
+            std::future::ready(Ok(common::response(503, &[], "")))
+        }
+    }
+    let err = seeded()
+        .layer(BreaksAfterFirst(Arc::default()))
+        .oneshot(request())
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Connection);
+    assert_eq!(err.attempts(), Some(1));
+}
+
+#[test]
+fn layer_service_and_future_are_send_sync_static() {
+    fn assert_send_sync_static<T: Send + Sync + 'static>() {}
+    assert_send_sync_static::<RetryWithJitter>();
+    assert_send_sync_static::<RetryWithJitterService<Scripted>>();
+    assert_send_sync_static::<<RetryWithJitterService<Scripted> as Service<Req>>::Future>();
+    let _: fn(DashScopeError) = |_| {};
+}
+
+#[test]
+fn zero_attempts_means_one() {
+    let debug = format!(
+        "{:?}",
+        RetryWithJitter::new().max_attempts(0).budget(1, f32::NAN)
+    );
+    assert!(debug.contains("max_attempts: 1"), "{debug}");
+    assert!(debug.contains("budget_retry_ratio: 0.0"), "{debug}");
+}
