@@ -9,6 +9,8 @@
 //! - [`ClassifyDashScopeError`] turns every failure — non-2xx responses in any of DashScope's
 //!   body shapes, SSE-framed error bodies, transport errors and timeouts — into a
 //!   [`DashScopeError`] with an [`ErrorClass`]; success bodies pass through untouched.
+//! - [`RetryWithJitter`] retries what a later attempt can fix, with capped exponential backoff
+//!   and jitter, `Retry-After` honoured, a deadline and a retry budget shared by its clones.
 //! - [`WaitTimeoutHeader`] sets `X-DashScope-Wait-Timeout` so the server queues burst-throttled
 //!   requests instead of answering 429.
 //!
