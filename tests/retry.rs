@@ -386,3 +386,38 @@ fn zero_attempts_means_one() {
     assert!(debug.contains("max_attempts: 1"), "{debug}");
     assert!(debug.contains("budget_retry_ratio: 0.0"), "{debug}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn with_tower_test_a_retry_waits_for_readiness() {
+    use tokio_test::{assert_pending, assert_ready_ok};
+    use tower_test::mock;
+
+    let (mut service, mut handle) =
+        mock::spawn_layer::<Req, Res, _>(seeded().base_delay(Duration::from_millis(10)));
+    handle.allow(0);
+    assert_pending!(service.poll_ready());
+    handle.allow(1);
+    assert_ready_ok!(service.poll_ready());
+
+    let call = tokio::spawn(service.call(request()));
+    let (first, send) = handle.next_request().await.unwrap();
+    assert_eq!(first.headers()["x-test"], "kept");
+    send.send_response(common::response(503, &[], ""));
+
+    // The backoff passes, but the inner service is not ready: no second call is made.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!call.is_finished());
+    handle.allow(1);
+    let (second, send) = handle.next_request().await.unwrap();
+    assert_eq!(second.uri(), first.uri());
+    let body = second.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        &body[..],
+        b"{\"model\":\"qwen-plus\"}",
+        "the body is replayed"
+    );
+    send.send_response(common::response(200, &[], "ok"));
+
+    let response = call.await.unwrap().unwrap();
+    assert_eq!(response.extensions().get::<Attempts>(), Some(&Attempts(2)));
+}
