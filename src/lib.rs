@@ -65,6 +65,9 @@
 pub mod classify;
 mod error;
 mod extensions;
+#[cfg(feature = "mock")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mock")))]
+pub mod mock;
 pub mod retry;
 mod retry_after;
 pub mod wait_timeout;

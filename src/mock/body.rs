@@ -1,0 +1,140 @@
+//! The simulator's response body: whole, or event-stream frames paced over (tokio) time.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::Sleep;
+
+use super::Shared;
+
+/// Response body of [`MockDashScope`](super::MockDashScope).
+///
+/// Streaming answers yield one frame per event, each after its delay (time to first token, then
+/// one token per `1 / tokens_per_sec`), measured with `tokio::time`: paused time drives it.
+pub struct MockBody {
+    kind: Kind,
+    _in_flight: Option<InFlight>,
+}
+
+enum Kind {
+    Full(Option<Bytes>),
+    Stream {
+        frames: VecDeque<(Duration, Bytes)>,
+        sleep: Option<Pin<Box<Sleep>>>,
+    },
+}
+
+/// Counts a request as in flight until its body is finished or dropped.
+pub(crate) struct InFlight(pub(crate) Arc<Shared>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.finish_in_flight();
+    }
+}
+
+impl MockBody {
+    pub(crate) fn full(bytes: impl Into<Bytes>) -> Self {
+        MockBody {
+            kind: Kind::Full(Some(bytes.into())).normalise(),
+            _in_flight: None,
+        }
+    }
+
+    pub(crate) fn stream(frames: VecDeque<(Duration, Bytes)>, in_flight: Option<InFlight>) -> Self {
+        MockBody {
+            kind: Kind::Stream {
+                frames,
+                sleep: None,
+            },
+            _in_flight: in_flight,
+        }
+    }
+
+    pub(crate) fn with_in_flight(mut self, in_flight: InFlight) -> Self {
+        self._in_flight = Some(in_flight);
+        self
+    }
+}
+
+impl Kind {
+    fn normalise(self) -> Self {
+        match self {
+            Kind::Full(Some(bytes)) if bytes.is_empty() => Kind::Full(None),
+            other => other,
+        }
+    }
+}
+
+impl Body for MockBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = &mut *self;
+        let frame = match &mut this.kind {
+            Kind::Full(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
+            Kind::Stream { frames, sleep } => loop {
+                let Some((delay, _)) = frames.front() else {
+                    break None;
+                };
+                if !delay.is_zero() {
+                    let timer = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(*delay)));
+                    if timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    *sleep = None;
+                }
+                if let Some((_, bytes)) = frames.pop_front() {
+                    break Some(Ok(Frame::data(bytes)));
+                }
+            },
+        };
+        if frame.is_none() {
+            this._in_flight = None;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Stream { frames, .. } => frames.is_empty(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Stream { frames, .. } => {
+                SizeHint::with_exact(frames.iter().map(|(_, b)| b.len() as u64).sum())
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for MockBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            Kind::Full(bytes) => f
+                .debug_struct("MockBody")
+                .field("bytes", &bytes.as_ref().map_or(0, Bytes::len))
+                .finish(),
+            Kind::Stream { frames, .. } => f
+                .debug_struct("MockBody")
+                .field("frames_left", &frames.len())
+                .finish(),
+        }
+    }
+}

@@ -1,0 +1,705 @@
+//! `MockDashScope`: a DashScope simulator for tests, benchmarks and demos (feature `mock`).
+//!
+//! It answers chat requests the way DashScope does — the OpenAI-compatible, native and
+//! Anthropic-compatible endpoints, streaming and not — and fails the way DashScope does: per-model
+//! requests- and tokens-per-minute quotas enforced per second, a burst limit that
+//! `X-DashScope-Wait-Timeout` can queue, DashScope's own error bodies in the shape of each path
+//! (a native streaming 429 arrives inside an HTTP 200 as `event:error` + `:HTTP_STATUS/429`), and
+//! scripted faults: outages, a rate of 500s, connection resets, latency, cut streams, moderation,
+//! context overflow, exhausted quota.
+//!
+//! It is a `tower::Service` (in-process, no sockets, driven by `tokio::time`, so
+//! `tokio::time::pause()` makes it deterministic), and [`serve`](MockDashScope::serve) puts it on
+//! a loopback port for real HTTP clients.
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::Request;
+//! use http_body_util::Full;
+//! use tower::{Layer, ServiceExt};
+//! use tower_dashscope::mock::{MockDashScope, ModelConfig};
+//! use tower_dashscope::{ClassifyDashScopeError, ErrorClass, RateLimitKind};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let mock = MockDashScope::builder()
+//!     .model("qwen-plus", ModelConfig::new().rpm(60)) // one request per second
+//!     .build();
+//! let client = ClassifyDashScopeError::new().layer(mock.clone());
+//!
+//! let chat = || {
+//!     Request::post("/compatible-mode/v1/chat/completions")
+//!         .body(Full::new(Bytes::from(r#"{"model":"qwen-plus","messages":[{"role":"user","content":"hi"}]}"#)))
+//!         .unwrap()
+//! };
+//! assert!(client.clone().oneshot(chat()).await.is_ok());
+//! let err = client.clone().oneshot(chat()).await.unwrap_err();
+//! assert_eq!(err.class(), ErrorClass::RateLimited(RateLimitKind::Requests));
+//! assert_eq!(err.code(), Some("limit_requests"));
+//! assert_eq!(mock.stats().model("qwen-plus").unwrap().throttled_requests, 1);
+//! # }
+//! ```
+//!
+//! A customised simulator: two models, a tokens-per-minute quota, an outage, gateway-style
+//! `Retry-After` and a required key.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_dashscope::mock::{MockDashScope, ModelConfig};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let mock = MockDashScope::builder()
+//!     .model("qwen-plus", ModelConfig::new().rpm(600).tpm(50_000).retry_after(Duration::from_millis(1500)))
+//!     .model("qwen-flash", ModelConfig::new().outage(Duration::ZERO..Duration::from_secs(30)))
+//!     .api_key("sk-test")
+//!     .seed(7)
+//!     .build();
+//! # let _ = mock;
+//! # }
+//! ```
+
+mod body;
+mod model;
+mod respond;
+mod server;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Limited};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::time::Instant;
+use tower::Service;
+
+use self::body::InFlight;
+pub use self::body::MockBody;
+pub use self::model::{Exhausted, ModelConfig};
+use self::respond::{Api, Chat, Failure};
+pub use self::server::MockServer;
+use crate::error::BoxError;
+
+/// The gateway's request body limit: larger bodies get 413 with an empty body.
+pub const MAX_REQUEST_BODY: usize = 16 * 1024 * 1024;
+
+/// A DashScope simulator; see the [module docs](self). Clones share all state.
+#[derive(Clone)]
+pub struct MockDashScope {
+    shared: Arc<Shared>,
+}
+
+/// Builds a [`MockDashScope`].
+#[derive(Debug, Default)]
+#[must_use]
+pub struct MockBuilder {
+    models: BTreeMap<String, ModelConfig>,
+    keys: Vec<String>,
+    seed: u64,
+}
+
+impl MockBuilder {
+    /// Serves `name` with `config`. Requests for models not configured get 404
+    /// `ModelNotFound`.
+    pub fn model(mut self, name: impl Into<String>, config: ModelConfig) -> Self {
+        self.models.insert(name.into(), config);
+        self
+    }
+
+    /// Accepts only `Authorization: Bearer <key>` with one of the keys given this way (any key,
+    /// or none, when never called). Others get 401 `InvalidApiKey`, as a key from another
+    /// region or plan does.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.keys.push(key.into());
+        self
+    }
+
+    /// Seeds the generator behind error and reset rates.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// The simulator. Its clock (outage windows, statistics) starts now.
+    pub fn build(self) -> MockDashScope {
+        let now = Instant::now();
+        let models = self
+            .models
+            .into_iter()
+            .map(|(name, config)| {
+                let state = ModelState::new(&config, now);
+                (name, (config, state))
+            })
+            .collect();
+        MockDashScope {
+            shared: Arc::new(Shared {
+                start: now,
+                keys: self.keys,
+                state: Mutex::new(State {
+                    models,
+                    rng: SmallRng::seed_from_u64(self.seed),
+                    stats: MockStats::default(),
+                }),
+                next_id: AtomicU64::new(1),
+            }),
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    start: Instant,
+    keys: Vec<String>,
+    state: Mutex<State>,
+    next_id: AtomicU64,
+}
+
+struct State {
+    models: BTreeMap<String, (ModelConfig, ModelState)>,
+    rng: SmallRng,
+    stats: MockStats,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn finish_in_flight(&self) {
+        let mut state = self.lock();
+        state.stats.in_flight = state.stats.in_flight.saturating_sub(1);
+    }
+}
+
+/// A bucket refilled continuously, holding at most one second's worth: DashScope's per-second
+/// enforcement of a per-minute limit.
+#[derive(Debug)]
+struct Bucket {
+    per_sec: f64,
+    capacity: f64,
+    level: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn per_minute(per_minute: u32, now: Instant) -> Self {
+        let per_sec = f64::from(per_minute) / 60.0;
+        let capacity = per_sec.max(1.0);
+        Bucket {
+            per_sec,
+            capacity,
+            level: capacity,
+            at: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.level = (self.level + elapsed * self.per_sec).min(self.capacity);
+        self.at = now;
+    }
+
+    /// Takes `amount` if there is that much — or if the bucket is full, so that a request larger
+    /// than one second's worth can ever pass.
+    fn has(&self, amount: f64) -> bool {
+        self.level >= amount || self.level >= self.capacity
+    }
+}
+
+#[derive(Debug)]
+struct ModelState {
+    requests: Option<Bucket>,
+    tokens: Option<Bucket>,
+    /// Requests admitted in the current and the previous whole second (for the burst limit).
+    second: u64,
+    this_second: u32,
+    last_second: u32,
+}
+
+impl ModelState {
+    fn new(config: &ModelConfig, now: Instant) -> Self {
+        ModelState {
+            requests: config.rpm.map(|rpm| Bucket::per_minute(rpm, now)),
+            tokens: config.tpm.map(|tpm| Bucket::per_minute(tpm, now)),
+            second: 0,
+            this_second: 0,
+            last_second: 0,
+        }
+    }
+}
+
+/// What the simulator has seen so far; [`MockDashScope::stats`].
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct MockStats {
+    /// Requests received, all of them.
+    pub requests: u64,
+    /// Requests being answered now (until their response body ends or is dropped).
+    pub in_flight: u64,
+    /// Per model, for requests that named a configured model.
+    pub models: BTreeMap<String, ModelStats>,
+}
+
+impl MockStats {
+    /// The statistics of one model.
+    #[must_use]
+    pub fn model(&self, name: &str) -> Option<&ModelStats> {
+        self.models.get(name)
+    }
+
+    /// 429s sent, all models and kinds.
+    #[must_use]
+    pub fn throttled(&self) -> u64 {
+        self.models
+            .values()
+            .map(|m| m.throttled_requests + m.throttled_tokens + m.throttled_burst)
+            .sum()
+    }
+}
+
+/// What the simulator has seen for one model.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct ModelStats {
+    /// Requests for this model.
+    pub requests: u64,
+    /// Requests answered successfully.
+    pub succeeded: u64,
+    /// 429 `Throttling.RateQuota` / `limit_requests`.
+    pub throttled_requests: u64,
+    /// 429 `Throttling.AllocationQuota` / `insufficient_quota`.
+    pub throttled_tokens: u64,
+    /// 429 `Throttling.BurstRate` / `limit_burst_rate`.
+    pub throttled_burst: u64,
+    /// Requests queued by `X-DashScope-Wait-Timeout` instead of throttled.
+    pub queued: u64,
+    /// Other failures (outages, 500s, resets, moderation, context, exhaustion).
+    pub failed: u64,
+    /// Tokens (input + output) admitted, by whole second since the simulator was built.
+    pub tokens_per_second: BTreeMap<u64, u64>,
+}
+
+impl MockDashScope {
+    /// A simulator to configure.
+    pub fn builder() -> MockBuilder {
+        MockBuilder::default()
+    }
+
+    /// A snapshot of what the simulator has seen.
+    #[must_use]
+    pub fn stats(&self) -> MockStats {
+        self.shared.lock().stats.clone()
+    }
+
+    /// Serves the simulator over HTTP/1.1 on `addr` (use `127.0.0.1:0` for a free loopback
+    /// port) until the returned [`MockServer`] is shut down or dropped.
+    pub async fn serve(&self, addr: std::net::SocketAddr) -> std::io::Result<MockServer> {
+        MockServer::start(self.clone(), addr).await
+    }
+
+    fn request_id(&self) -> String {
+        let n = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("00000000-0000-4000-8000-{n:012x}")
+    }
+
+    /// Answers one request whose body has been read.
+    async fn answer(
+        self,
+        api: Option<Api>,
+        headers: http::HeaderMap,
+        body: Result<Bytes, StatusCode>,
+    ) -> Result<Response<MockBody>, std::io::Error> {
+        let request_id = self.request_id();
+        self.shared.lock().stats.requests += 1;
+        let Some(api) = api else {
+            // A wrong base path: DashScope's gateway answers a bare 404.
+            return Ok(bare(StatusCode::NOT_FOUND, &request_id));
+        };
+        let body = match body {
+            Ok(body) => body,
+            Err(status) => return Ok(bare(status, &request_id)),
+        };
+        let sse_header = headers
+            .get("x-dashscope-sse")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"enable"))
+            || headers
+                .get(http::header::ACCEPT)
+                .is_some_and(|v| v.as_bytes().windows(17).any(|w| w == b"text/event-stream"));
+        if !self.shared.keys.is_empty() {
+            let key = headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if !key.is_some_and(|k| self.shared.keys.iter().any(|known| known == k)) {
+                let failure = Failure::new(
+                    401,
+                    "InvalidApiKey",
+                    "invalid_api_key",
+                    "authentication_error",
+                    "Invalid API-key provided.",
+                );
+                return Ok(failure.respond(api, sse_header, &request_id, None));
+            }
+        }
+        let Some(chat) = Chat::parse(api, &body, sse_header) else {
+            let failure = Failure::new(
+                400,
+                "InvalidParameter",
+                "invalid_parameter_error",
+                "invalid_request_error",
+                "The request body is not valid JSON.",
+            );
+            return Ok(failure.respond(api, sse_header, &request_id, None));
+        };
+        let Some(model) = chat.model.clone() else {
+            let failure = Failure::new(
+                400,
+                "InvalidParameter",
+                "invalid_parameter_error",
+                "invalid_request_error",
+                "Model not specified.",
+            );
+            return Ok(failure.respond(api, chat.stream, &request_id, None));
+        };
+        let wait = headers
+            .get("x-dashscope-wait-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map_or(Duration::ZERO, Duration::from_secs);
+        let waited_until = Instant::now() + wait;
+
+        loop {
+            let decision = self.decide(&model, &chat);
+            match decision {
+                Decision::Answer(config) => {
+                    let per_token = if config.tokens_per_sec > 0.0 {
+                        Duration::from_secs_f64(1.0 / config.tokens_per_sec)
+                    } else {
+                        Duration::ZERO
+                    };
+                    let in_flight = InFlight(self.shared.clone());
+                    if !chat.stream {
+                        let generation = config.ttft + per_token * chat.output_tokens();
+                        tokio::time::sleep(generation).await;
+                    }
+                    let response = respond::success(
+                        api,
+                        &chat,
+                        &model,
+                        &request_id,
+                        config.ttft,
+                        per_token,
+                        config.cut_streams_after,
+                    );
+                    return Ok(response.map(|b| b.with_in_flight(in_flight)));
+                }
+                Decision::Fail(failure, retry_after) => {
+                    return Ok(failure.respond(api, chat.stream, &request_id, retry_after));
+                }
+                Decision::Reset => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "MockDashScope reset the connection (scripted fault)",
+                    ));
+                }
+                Decision::Burst { next_second } if next_second <= waited_until => {
+                    self.shared
+                        .lock()
+                        .stats
+                        .models
+                        .entry(model.clone())
+                        .or_default()
+                        .queued += 1;
+                    tokio::time::sleep_until(next_second).await;
+                }
+                Decision::Burst { .. } => {
+                    let failure = Failure::new(
+                        429,
+                        "Throttling.BurstRate",
+                        "limit_burst_rate",
+                        "rate_limit_error",
+                        "Request rate increased too quickly. To ensure system stability, please adjust your client logic to scale requests more smoothly over time.",
+                    );
+                    let retry_after = self
+                        .shared
+                        .lock()
+                        .models
+                        .get(&model)
+                        .and_then(|(c, _)| c.retry_after);
+                    let mut state = self.shared.lock();
+                    state
+                        .stats
+                        .models
+                        .entry(model.clone())
+                        .or_default()
+                        .throttled_burst += 1;
+                    drop(state);
+                    return Ok(failure.respond(api, chat.stream, &request_id, retry_after));
+                }
+            }
+        }
+    }
+
+    /// Decides, under the lock, what happens to a request for `model` now.
+    fn decide(&self, model: &str, chat: &Chat) -> Decision {
+        let now = Instant::now();
+        let since_start = now.saturating_duration_since(self.shared.start);
+        let mut guard = self.shared.lock();
+        let state = &mut *guard;
+        let Some((config, quota)) = state.models.get_mut(model) else {
+            let failure = Failure::new(
+                404,
+                "ModelNotFound",
+                "model_not_found",
+                "not_found_error",
+                format!("The model `{model}` does not exist or you do not have access to it."),
+            );
+            return Decision::Fail(failure, None);
+        };
+        let stats = state.stats.models.entry(model.to_owned()).or_default();
+        stats.requests += 1;
+        let fail = |stats: &mut ModelStats, failure: Failure| {
+            stats.failed += 1;
+            Decision::Fail(failure, None)
+        };
+
+        match config.exhausted {
+            Some(Exhausted::FreeTier) => {
+                return fail(
+                    stats,
+                    Failure::new(
+                        403,
+                        "AllocationQuota.FreeTierOnly",
+                        "AllocationQuota.FreeTierOnly",
+                        "billing_error",
+                        "The free tier of the model has been exhausted. If you want to continue access the model on a paid basis, please disable the \"use free tier only\" mode.",
+                    ),
+                );
+            }
+            Some(Exhausted::Billing) => {
+                return fail(
+                    stats,
+                    Failure::new(
+                        400,
+                        "Arrearage",
+                        "Arrearage",
+                        "billing_error",
+                        "Access denied, please make sure your account is in good standing.",
+                    ),
+                );
+            }
+            None => {}
+        }
+        if config.outages.iter().any(|w| w.contains(&since_start)) {
+            return fail(
+                stats,
+                Failure::new(
+                    503,
+                    "ModelUnavailable",
+                    "ServiceUnavailable",
+                    "overloaded_error",
+                    "Model is unavailable, please try again later.",
+                ),
+            );
+        }
+        if config.reset_rate > 0.0 && state.rng.random_bool(config.reset_rate) {
+            stats.failed += 1;
+            return Decision::Reset;
+        }
+        if config
+            .moderation_marker
+            .as_deref()
+            .is_some_and(|m| chat.input_text.contains(m))
+        {
+            return fail(
+                stats,
+                Failure::new(
+                    400,
+                    "DataInspectionFailed",
+                    "data_inspection_failed",
+                    "invalid_request_error",
+                    "Input data may contain inappropriate content.",
+                ),
+            );
+        }
+        if chat.input_tokens() > config.context_window {
+            return fail(
+                stats,
+                Failure::new(
+                    400,
+                    "InvalidParameter",
+                    "invalid_parameter_error",
+                    "invalid_request_error",
+                    format!(
+                        "<400> InternalError.Algo.InvalidParameter: Range of input length should be [1, {}]",
+                        config.context_window
+                    ),
+                ),
+            );
+        }
+
+        // Quotas.
+        let second = since_start.as_secs();
+        if second != quota.second {
+            quota.last_second = if second == quota.second + 1 {
+                quota.this_second
+            } else {
+                0
+            };
+            quota.this_second = 0;
+            quota.second = second;
+        }
+        if let Some(floor) = config.burst {
+            if quota.this_second >= floor && quota.this_second >= 2 * quota.last_second.max(1) {
+                let next_second = self.shared.start + Duration::from_secs(second + 1);
+                return Decision::Burst { next_second };
+            }
+        }
+        let tokens = f64::from(chat.input_tokens()) + f64::from(chat.output_tokens());
+        if let Some(bucket) = &mut quota.requests {
+            bucket.refill(now);
+            if !bucket.has(1.0) {
+                stats.throttled_requests += 1;
+                return Decision::Fail(
+                    Failure::new(
+                        429,
+                        "Throttling.RateQuota",
+                        "limit_requests",
+                        "rate_limit_error",
+                        "Requests rate limit exceeded, please try again later.",
+                    ),
+                    config.retry_after,
+                );
+            }
+        }
+        if let Some(bucket) = &mut quota.tokens {
+            bucket.refill(now);
+            if !bucket.has(tokens) {
+                stats.throttled_tokens += 1;
+                return Decision::Fail(
+                    Failure::new(
+                        429,
+                        "Throttling.AllocationQuota",
+                        "insufficient_quota",
+                        "rate_limit_error",
+                        "Allocated quota exceeded, please increase your quota limit.",
+                    ),
+                    config.retry_after,
+                );
+            }
+        }
+        if config.error_rate > 0.0 && state.rng.random_bool(config.error_rate) {
+            return fail(
+                stats,
+                Failure::new(
+                    500,
+                    "InternalError",
+                    "internal_error",
+                    "api_error",
+                    "An internal error has occured, try again later or contact service support.",
+                ),
+            );
+        }
+        // Admitted: pay for it.
+        if let Some(bucket) = &mut quota.requests {
+            bucket.level -= 1.0;
+        }
+        if let Some(bucket) = &mut quota.tokens {
+            bucket.level -= tokens;
+        }
+        quota.this_second += 1;
+        stats.succeeded += 1;
+        *stats.tokens_per_second.entry(second).or_default() += tokens as u64;
+        state.stats.in_flight += 1;
+        Decision::Answer(config.clone())
+    }
+}
+
+enum Decision {
+    Answer(ModelConfig),
+    Fail(Failure, Option<Duration>),
+    Reset,
+    Burst { next_second: Instant },
+}
+
+fn bare(status: StatusCode, request_id: &str) -> Response<MockBody> {
+    Response::builder()
+        .status(status)
+        .header("x-request-id", request_id)
+        .body(MockBody::full(Bytes::new()))
+        .unwrap_or_else(|_| Response::new(MockBody::full(Bytes::new())))
+}
+
+impl fmt::Debug for MockDashScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.shared.lock();
+        f.debug_struct("MockDashScope")
+            .field("models", &state.models.keys().collect::<Vec<_>>())
+            .field("requests", &state.stats.requests)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Response future of [`MockDashScope`].
+#[must_use = "futures do nothing unless polled"]
+pub struct MockFuture {
+    inner: Pin<Box<dyn Future<Output = Result<Response<MockBody>, std::io::Error>> + Send>>,
+}
+
+impl Future for MockFuture {
+    type Output = Result<Response<MockBody>, std::io::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for MockFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MockFuture").finish_non_exhaustive()
+    }
+}
+
+impl<B> Service<Request<B>> for MockDashScope
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<MockBody>;
+    /// Only scripted connection resets ([`ModelConfig::reset_rate`]).
+    type Error = std::io::Error;
+    type Future = MockFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let this = self.clone();
+        let (parts, body) = req.into_parts();
+        let api = Api::from_path(parts.uri.path());
+        MockFuture {
+            inner: Box::pin(async move {
+                let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
+                    Ok(collected) => Ok(collected.to_bytes()),
+                    Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+                        Err(StatusCode::PAYLOAD_TOO_LARGE)
+                    }
+                    Err(_) => Err(StatusCode::BAD_REQUEST),
+                };
+                this.answer(api, parts.headers, body).await
+            }),
+        }
+    }
+}

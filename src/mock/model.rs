@@ -1,0 +1,173 @@
+//! Per-model configuration of the simulator: quotas, context window, latency and faults.
+
+use std::ops::Range;
+use std::time::Duration;
+
+/// What the simulator does for one model. Every setting is optional; see [`ModelConfig::new`].
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_dashscope::mock::ModelConfig;
+///
+/// let qwen_plus = ModelConfig::new()
+///     .rpm(600)
+///     .tpm(100_000)
+///     .context_window(129_024)
+///     .latency(Duration::from_millis(300), 50.0)
+///     .outage(Duration::from_secs(10)..Duration::from_secs(20));
+/// # let _ = qwen_plus;
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ModelConfig {
+    pub(crate) rpm: Option<u32>,
+    pub(crate) tpm: Option<u32>,
+    pub(crate) burst: Option<u32>,
+    pub(crate) context_window: u32,
+    pub(crate) ttft: Duration,
+    pub(crate) tokens_per_sec: f64,
+    pub(crate) outages: Vec<Range<Duration>>,
+    pub(crate) error_rate: f64,
+    pub(crate) reset_rate: f64,
+    pub(crate) cut_streams_after: Option<u32>,
+    pub(crate) moderation_marker: Option<String>,
+    pub(crate) exhausted: Option<Exhausted>,
+    pub(crate) retry_after: Option<Duration>,
+}
+
+/// Why a model's quota is gone for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Exhausted {
+    /// The free quota is used up and the model is not bought: 403
+    /// `AllocationQuota.FreeTierOnly`.
+    FreeTier,
+    /// The account is overdue: 400 `Arrearage`.
+    Billing,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig::new()
+    }
+}
+
+impl ModelConfig {
+    /// No quota, a 128 Ki-token context window, no latency, no faults.
+    pub fn new() -> Self {
+        ModelConfig {
+            rpm: None,
+            tpm: None,
+            burst: None,
+            context_window: 131_072,
+            ttft: Duration::ZERO,
+            tokens_per_sec: 0.0,
+            outages: Vec::new(),
+            error_rate: 0.0,
+            reset_rate: 0.0,
+            cut_streams_after: None,
+            moderation_marker: None,
+            exhausted: None,
+            retry_after: None,
+        }
+    }
+
+    /// Requests per minute, enforced per second as DashScope does: a bucket refilled at
+    /// `rpm / 60` requests per second holding at most one second's worth (at least one request).
+    /// Over it: 429 `Throttling.RateQuota` / `limit_requests`.
+    pub fn rpm(mut self, rpm: u32) -> Self {
+        self.rpm = Some(rpm);
+        self
+    }
+
+    /// Tokens per minute (input + output), enforced per second like [`rpm`](Self::rpm). Over it:
+    /// 429 `Throttling.AllocationQuota` / `insufficient_quota`. A request larger than one
+    /// second's worth is admitted when the bucket is full, as a real server must.
+    pub fn tpm(mut self, tpm: u32) -> Self {
+        self.tpm = Some(tpm);
+        self
+    }
+
+    /// The growth-rate ("burst") limit: more than `floor` requests in one second, and more than
+    /// twice the previous second's, is answered 429 `Throttling.BurstRate` /
+    /// `limit_burst_rate` — unless the request carries `X-DashScope-Wait-Timeout`, in which
+    /// case it is queued (up to that many seconds) until the next second.
+    pub fn burst_limit(mut self, floor: u32) -> Self {
+        self.burst = Some(floor);
+        self
+    }
+
+    /// The context window: more input tokens are answered 400 `InvalidParameter` "Range of
+    /// input length should be [1, N]".
+    pub fn context_window(mut self, tokens: u32) -> Self {
+        self.context_window = tokens;
+        self
+    }
+
+    /// Time to first token, and output tokens per second (`0` for instant output).
+    pub fn latency(mut self, time_to_first_token: Duration, tokens_per_sec: f64) -> Self {
+        self.ttft = time_to_first_token;
+        self.tokens_per_sec = if tokens_per_sec.is_finite() {
+            tokens_per_sec.max(0.0)
+        } else {
+            0.0
+        };
+        self
+    }
+
+    /// An outage, from and to these offsets after the simulator was built: 503
+    /// `ModelUnavailable`. May be called several times.
+    pub fn outage(mut self, window: Range<Duration>) -> Self {
+        self.outages.push(window);
+        self
+    }
+
+    /// The share of admitted requests answered 500 `InternalError` (drawn from the seeded
+    /// generator; clamped to `0.0..=1.0`).
+    pub fn error_rate(mut self, rate: f64) -> Self {
+        self.error_rate = clamp_rate(rate);
+        self
+    }
+
+    /// The share of requests whose connection is reset without an answer (HTTP mode: the
+    /// connection is closed; in-process: the call fails with a `ConnectionReset` IO error).
+    pub fn reset_rate(mut self, rate: f64) -> Self {
+        self.reset_rate = clamp_rate(rate);
+        self
+    }
+
+    /// Streams stop after this many output tokens, without a final `finish_reason` or
+    /// `[DONE]`.
+    pub fn cut_streams_after(mut self, tokens: u32) -> Self {
+        self.cut_streams_after = Some(tokens);
+        self
+    }
+
+    /// Input containing `marker` is answered 400 `DataInspectionFailed` /
+    /// `data_inspection_failed`.
+    pub fn moderation_marker(mut self, marker: impl Into<String>) -> Self {
+        self.moderation_marker = Some(marker.into());
+        self
+    }
+
+    /// Every request fails as the account's quota or balance is gone.
+    pub fn exhausted(mut self, why: Exhausted) -> Self {
+        self.exhausted = Some(why);
+        self
+    }
+
+    /// Adds `Retry-After: <float seconds>` to 429 answers, as a gateway in front of DashScope
+    /// would.
+    pub fn retry_after(mut self, delay: Duration) -> Self {
+        self.retry_after = Some(delay);
+        self
+    }
+}
+
+fn clamp_rate(rate: f64) -> f64 {
+    if rate.is_nan() {
+        0.0
+    } else {
+        rate.clamp(0.0, 1.0)
+    }
+}

@@ -1,0 +1,376 @@
+//! Requests and answers in DashScope's three API shapes.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use serde_json::{Value, json};
+
+use super::body::MockBody;
+
+/// Which API a path belongs to; it decides the shape of every answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Api {
+    /// `/compatible-mode/v1/chat/completions` (and Coding Plan's `/v1/chat/completions`).
+    Compatible,
+    /// `/api/v1/services/aigc/{text,multimodal}-generation/generation`.
+    Native,
+    /// `/apps/anthropic/v1/messages`.
+    Anthropic,
+}
+
+impl Api {
+    pub(crate) fn from_path(path: &str) -> Option<Api> {
+        match path {
+            "/compatible-mode/v1/chat/completions" | "/v1/chat/completions" => {
+                Some(Api::Compatible)
+            }
+            "/api/v1/services/aigc/text-generation/generation"
+            | "/api/v1/services/aigc/multimodal-generation/generation" => Some(Api::Native),
+            "/apps/anthropic/v1/messages" => Some(Api::Anthropic),
+            _ => None,
+        }
+    }
+}
+
+/// What the simulator needs from a chat request.
+#[derive(Debug)]
+pub(crate) struct Chat {
+    pub(crate) model: Option<String>,
+    pub(crate) input_text: String,
+    pub(crate) max_tokens: Option<u32>,
+    pub(crate) stream: bool,
+    pub(crate) include_usage: bool,
+}
+
+/// Output tokens when the request sets no `max_tokens`.
+pub(crate) const DEFAULT_OUTPUT_TOKENS: u32 = 16;
+
+impl Chat {
+    /// Reads the request body of `api`. `None` when it is not a JSON object.
+    pub(crate) fn parse(api: Api, body: &[u8], sse_header: bool) -> Option<Chat> {
+        let value: Value = serde_json::from_slice(body).ok()?;
+        let object = value.as_object()?;
+        let model = object
+            .get("model")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let mut input_text = String::new();
+        let messages = match api {
+            Api::Native => object
+                .get("input")
+                .and_then(|i| i.get("messages").or(i.get("prompt"))),
+            Api::Compatible | Api::Anthropic => object.get("messages"),
+        };
+        collect_text(messages.unwrap_or(&Value::Null), &mut input_text);
+        if api == Api::Anthropic {
+            collect_text(
+                object.get("system").unwrap_or(&Value::Null),
+                &mut input_text,
+            );
+        }
+        let parameters = match api {
+            Api::Native => object.get("parameters"),
+            _ => Some(&value),
+        };
+        let max_tokens = parameters
+            .and_then(|p| p.get("max_tokens"))
+            .and_then(Value::as_u64)
+            .map(|n| n.min(u64::from(u32::MAX)) as u32);
+        let stream = match api {
+            Api::Native => sse_header,
+            _ => object
+                .get("stream")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        };
+        let include_usage = object
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        Some(Chat {
+            model,
+            input_text,
+            max_tokens,
+            stream,
+            include_usage,
+        })
+    }
+
+    /// Input tokens: one per four UTF-8 characters of message text, rounded up (at least one).
+    pub(crate) fn input_tokens(&self) -> u32 {
+        count_tokens(&self.input_text).max(1)
+    }
+
+    pub(crate) fn output_tokens(&self) -> u32 {
+        self.max_tokens.unwrap_or(DEFAULT_OUTPUT_TOKENS)
+    }
+}
+
+/// The simulator's token count: `ceil(chars / 4)`.
+pub(crate) fn count_tokens(text: &str) -> u32 {
+    let chars = text.chars().count();
+    u32::try_from(chars.div_ceil(4)).unwrap_or(u32::MAX)
+}
+
+/// Appends every string found in `value` (message contents, content parts) to `out`.
+fn collect_text(value: &Value, out: &mut String) {
+    match value {
+        Value::String(s) => {
+            out.push_str(s);
+            out.push(' ');
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_text(v, out)),
+        Value::Object(map) => {
+            for key in ["content", "text"] {
+                if let Some(v) = map.get(key) {
+                    collect_text(v, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// One error answer, in the shape of `api`.
+#[derive(Debug, Clone)]
+pub(crate) struct Failure {
+    pub(crate) status: StatusCode,
+    pub(crate) native_code: &'static str,
+    pub(crate) compat_code: &'static str,
+    pub(crate) anthropic_type: &'static str,
+    pub(crate) message: String,
+}
+
+impl Failure {
+    pub(crate) fn new(
+        status: u16,
+        native_code: &'static str,
+        compat_code: &'static str,
+        anthropic_type: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Failure {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            native_code,
+            compat_code,
+            anthropic_type,
+            message: message.into(),
+        }
+    }
+
+    fn json(&self, api: Api, request_id: &str) -> Value {
+        match api {
+            Api::Native => json!({
+                "code": self.native_code,
+                "message": self.message,
+                "request_id": request_id,
+            }),
+            Api::Compatible => json!({
+                "error": {
+                    "message": self.message,
+                    "type": self.compat_code,
+                    "param": null,
+                    "code": self.compat_code,
+                },
+                "id": format!("chatcmpl-{request_id}"),
+                "request_id": request_id,
+            }),
+            Api::Anthropic => json!({
+                "type": "error",
+                "error": {
+                    "type": self.anthropic_type,
+                    "message": format!("<{}> {}: {}", self.status.as_u16(), self.native_code, self.message),
+                },
+                "request_id": request_id,
+            }),
+        }
+    }
+
+    /// The answer: a JSON error body, or for a native streaming request an HTTP 200 event
+    /// stream with `event:error` and `:HTTP_STATUS/NNN`, as DashScope sends it.
+    pub(crate) fn respond(
+        &self,
+        api: Api,
+        stream: bool,
+        request_id: &str,
+        retry_after: Option<Duration>,
+    ) -> Response<MockBody> {
+        let body = self.json(api, request_id);
+        let mut builder = Response::builder().header("x-request-id", request_id);
+        if let Some(delay) = retry_after.filter(|_| self.status == StatusCode::TOO_MANY_REQUESTS) {
+            builder = builder.header("retry-after", format!("{:.3}", delay.as_secs_f64()));
+        }
+        let response = if api == Api::Native && stream {
+            let frame = format!(
+                "id:1\nevent:error\n:HTTP_STATUS/{}\ndata:{}\n\n",
+                self.status.as_u16(),
+                body
+            );
+            builder
+                .status(StatusCode::OK)
+                .header("content-type", "text/event-stream;charset=UTF-8")
+                .header("x-dashscope-finished", "true")
+                .body(MockBody::full(frame))
+        } else {
+            builder
+                .status(self.status)
+                .header("content-type", "application/json")
+                .body(MockBody::full(body.to_string()))
+        };
+        response.unwrap_or_else(|_| Response::new(MockBody::full(Bytes::new())))
+    }
+}
+
+/// The words the simulated model says, one token each.
+const WORDS: [&str; 8] = [
+    "Qwen",
+    " answers",
+    " your",
+    " question",
+    " with",
+    " care",
+    " and",
+    " detail.",
+];
+
+fn text_of(tokens: u32) -> String {
+    (0..tokens as usize)
+        .map(|i| WORDS[i % WORDS.len()])
+        .collect()
+}
+
+/// A successful answer. `cut` stops a stream early (no final event).
+pub(crate) fn success(
+    api: Api,
+    chat: &Chat,
+    model: &str,
+    request_id: &str,
+    ttft: Duration,
+    per_token: Duration,
+    cut: Option<u32>,
+) -> Response<MockBody> {
+    let input = chat.input_tokens();
+    let output = chat.output_tokens();
+    let builder = Response::builder().header("x-request-id", request_id);
+    if !chat.stream {
+        let text = text_of(output);
+        let body = match api {
+            Api::Native => json!({
+                "output": {"choices": [{"finish_reason": "stop", "message": {"role": "assistant", "content": text}}]},
+                "usage": {"input_tokens": input, "output_tokens": output, "total_tokens": input + output},
+                "request_id": request_id,
+            }),
+            Api::Compatible => json!({
+                "choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop", "index": 0, "logprobs": null}],
+                "object": "chat.completion",
+                "usage": {"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output},
+                "created": 1_763_875_200,
+                "system_fingerprint": null,
+                "model": model,
+                "id": format!("chatcmpl-{request_id}"),
+            }),
+            Api::Anthropic => json!({
+                "id": format!("msg_{request_id}"),
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": "end_turn",
+                "stop_sequence": null,
+                "usage": {"input_tokens": input, "output_tokens": output},
+            }),
+        };
+        return builder
+            .header("content-type", "application/json")
+            .body(MockBody::full(body.to_string()))
+            .unwrap_or_else(|_| Response::new(MockBody::full(Bytes::new())));
+    }
+
+    let mut frames = VecDeque::new();
+    let mut text = String::new();
+    let sent = cut.map_or(output, |c| c.min(output));
+    for i in 0..sent {
+        let word = WORDS[i as usize % WORDS.len()];
+        text.push_str(word);
+        let last = i + 1 == output;
+        let delay = if i == 0 { ttft } else { per_token };
+        let frame = match api {
+            Api::Native => format!(
+                "id:{}\nevent:result\n:HTTP_STATUS/200\ndata:{}\n\n",
+                i + 1,
+                json!({
+                    "output": {"choices": [{"message": {"content": text, "role": "assistant"}, "finish_reason": if last { "stop" } else { "null" }}]},
+                    "usage": {"total_tokens": input + i + 1, "output_tokens": i + 1, "input_tokens": input},
+                    "request_id": request_id,
+                })
+            ),
+            Api::Compatible | Api::Anthropic => format!(
+                "data: {}\n\n",
+                json!({
+                    "choices": [{"delta": {"content": word}, "finish_reason": null, "index": 0, "logprobs": null}],
+                    "object": "chat.completion.chunk",
+                    "usage": null,
+                    "created": 1_763_875_200,
+                    "model": model,
+                    "id": format!("chatcmpl-{request_id}"),
+                })
+            ),
+        };
+        frames.push_back((delay, Bytes::from(frame)));
+    }
+    if cut.is_none_or(|c| c >= output) && api != Api::Native {
+        let id = format!("chatcmpl-{request_id}");
+        let stop = json!({"choices": [{"finish_reason": "stop", "delta": {"content": ""}, "index": 0, "logprobs": null}], "object": "chat.completion.chunk", "usage": null, "created": 1_763_875_200, "model": model, "id": id});
+        let mut tail = format!("data: {stop}\n\n");
+        if chat.include_usage {
+            let usage = json!({"choices": [], "object": "chat.completion.chunk", "usage": {"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output}, "created": 1_763_875_200, "model": model, "id": id});
+            tail.push_str(&format!("data: {usage}\n\n"));
+        }
+        tail.push_str("data: [DONE]\n\n");
+        frames.push_back((Duration::ZERO, Bytes::from(tail)));
+    }
+    builder
+        .header("content-type", "text/event-stream;charset=UTF-8")
+        .body(MockBody::stream(frames, None))
+        .unwrap_or_else(|_| Response::new(MockBody::full(Bytes::new())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_count() {
+        assert_eq!(count_tokens(""), 0);
+        assert_eq!(count_tokens("abcd"), 1);
+        assert_eq!(count_tokens("abcde"), 2);
+        assert_eq!(count_tokens("通义千问"), 1, "characters, not bytes");
+    }
+
+    #[test]
+    fn parses_each_shape() {
+        let compat = br#"{"model":"qwen-plus","messages":[{"role":"user","content":"12345678"}],"max_tokens":5,"stream":true,"stream_options":{"include_usage":true}}"#;
+        let chat = Chat::parse(Api::Compatible, compat, false).unwrap();
+        assert_eq!(chat.model.as_deref(), Some("qwen-plus"));
+        assert_eq!(
+            (
+                chat.input_tokens(),
+                chat.output_tokens(),
+                chat.stream,
+                chat.include_usage
+            ),
+            (3, 5, true, true)
+        );
+        let native = br#"{"model":"qwen-max","input":{"messages":[{"role":"user","content":[{"text":"abcd"}]}]},"parameters":{"max_tokens":7}}"#;
+        let chat = Chat::parse(Api::Native, native, true).unwrap();
+        assert_eq!(
+            (chat.input_tokens(), chat.output_tokens(), chat.stream),
+            (2, 7, true)
+        );
+        assert!(Chat::parse(Api::Native, b"[1]", false).is_none());
+        assert!(Chat::parse(Api::Native, b"nope", false).is_none());
+    }
+}
