@@ -13,6 +13,8 @@
 //!   and jitter, `Retry-After` honoured, a deadline and a retry budget shared by its clones.
 //! - [`WaitTimeoutHeader`] sets `X-DashScope-Wait-Timeout` so the server queues burst-throttled
 //!   requests instead of answering 429.
+//! - `mock::MockDashScope` (feature `mock`) is a DashScope simulator — quotas, error bodies,
+//!   streams and scripted faults — for tests, benchmarks and demos.
 //!
 //! # Example
 //!
