@@ -560,3 +560,21 @@ proptest! {
         }
     }
 }
+
+#[tokio::test]
+async fn a_gateways_retry_after_reaches_errors_found_in_streams() {
+    let client = service_fn(|_req: Request<Full<Bytes>>| async {
+        let mut response = Response::new(ChunkedBody::new([NATIVE_429_FIRST]));
+        let headers = response.headers_mut();
+        headers.insert("content-type", SSE.parse().unwrap());
+        headers.insert("retry-after", "1.5".parse().unwrap());
+        Ok::<_, BoxError>(response)
+    });
+    let err = ClassifyDashScopeError::new()
+        .layer(client)
+        .oneshot(Request::new(Full::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::TOO_MANY_REQUESTS));
+    assert_eq!(err.retry_after(), Some(Duration::from_millis(1500)));
+}

@@ -18,6 +18,7 @@ use super::parse::{X_REQUEST_ID, error_from_fields};
 use super::sse::SseScanner;
 use super::usage::{UsageScanner, UsageSlot};
 use crate::error::{BoxError, DashScopeError, ErrorClass};
+use crate::retry_after::parse_retry_after;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
@@ -58,6 +59,8 @@ struct Scan {
     handed_out: bool,
     idle_timeout: Option<Duration>,
     request_id: Option<HeaderValue>,
+    /// The response's `Retry-After`, for errors found in the stream.
+    retry_after: Option<Duration>,
     detect_truncation: bool,
 }
 
@@ -85,6 +88,7 @@ impl<B> StreamState<B> {
                 handed_out: false,
                 idle_timeout: config.idle_timeout,
                 request_id: headers.get(X_REQUEST_ID).cloned(),
+                retry_after: parse_retry_after(headers),
                 detect_truncation: config.detect_truncation,
             },
         })
@@ -278,7 +282,8 @@ impl Scan {
         }
         let found = match self.mode {
             Mode::Sse => self.sse.feed(data).map(|found| {
-                let err = error_from_fields(None, found.fields, self.request_id(), None);
+                let err =
+                    error_from_fields(None, found.fields, self.request_id(), self.retry_after);
                 (found.end, err)
             }),
             Mode::Json | Mode::Sniff => {
@@ -302,7 +307,7 @@ impl Scan {
                     None,
                     found.fields,
                     self.request_id(),
-                    None,
+                    self.retry_after,
                 )),
                 None if self.detect_truncation
                     && !self.sse.saw_terminal()
