@@ -15,8 +15,8 @@ use tokio::time::Instant;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_dashscope::retry::Jitter;
 use tower_dashscope::{
-    Attempts, BoxError, ClassifyDashScopeError, DashScopeError, ErrorClass, RateLimitKind,
-    RetryWithJitter, RetryWithJitterService,
+    Attempts, BoxError, ClassifyDashScopeError, ErrorClass, RateLimitKind, RetryWithJitter,
+    RetryWithJitterService,
 };
 
 type Req = Request<Full<Bytes>>;
@@ -374,7 +374,6 @@ fn layer_service_and_future_are_send_sync_static() {
     assert_send_sync_static::<RetryWithJitter>();
     assert_send_sync_static::<RetryWithJitterService<Scripted>>();
     assert_send_sync_static::<<RetryWithJitterService<Scripted> as Service<Req>>::Future>();
-    let _: fn(DashScopeError) = |_| {};
 }
 
 #[test]

@@ -281,7 +281,7 @@ where
 
 /// Whether the request asked for a stream: `X-DashScope-SSE: enable` or
 /// `Accept: text/event-stream`.
-fn asks_for_stream(headers: &HeaderMap) -> bool {
+pub(crate) fn asks_for_stream(headers: &HeaderMap) -> bool {
     const X_DASHSCOPE_SSE: http::HeaderName = http::HeaderName::from_static("x-dashscope-sse");
     let sse = headers
         .get(X_DASHSCOPE_SSE)

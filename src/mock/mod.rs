@@ -329,12 +329,7 @@ impl MockDashScope {
             Ok(body) => body,
             Err(status) => return Ok(bare(status, &request_id)),
         };
-        let sse_header = headers
-            .get("x-dashscope-sse")
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"enable"))
-            || headers
-                .get(http::header::ACCEPT)
-                .is_some_and(|v| v.as_bytes().windows(17).any(|w| w == b"text/event-stream"));
+        let sse_header = crate::classify::asks_for_stream(&headers);
         if !self.shared.keys.is_empty() {
             let key = headers
                 .get(http::header::AUTHORIZATION)
@@ -381,15 +376,15 @@ impl MockDashScope {
         loop {
             let decision = self.decide(&model, &chat);
             match decision {
-                Decision::Answer(config) => {
-                    let per_token = if config.tokens_per_sec > 0.0 {
-                        Duration::from_secs_f64(1.0 / config.tokens_per_sec)
+                Decision::Answer(pace) => {
+                    let per_token = if pace.tokens_per_sec > 0.0 {
+                        Duration::from_secs_f64(1.0 / pace.tokens_per_sec)
                     } else {
                         Duration::ZERO
                     };
                     let in_flight = InFlight(self.shared.clone());
                     if !chat.stream {
-                        let generation = config.ttft + per_token * chat.output_tokens();
+                        let generation = pace.ttft + per_token * chat.output_tokens();
                         tokio::time::sleep(generation).await;
                     }
                     let response = respond::success(
@@ -397,9 +392,9 @@ impl MockDashScope {
                         &chat,
                         &model,
                         &request_id,
-                        config.ttft,
+                        pace.ttft,
                         per_token,
-                        config.cut_streams_after,
+                        pace.cut_streams_after,
                     );
                     return Ok(response.map(|b| b.with_in_flight(in_flight)));
                 }
@@ -430,13 +425,8 @@ impl MockDashScope {
                         "rate_limit_error",
                         "Request rate increased too quickly. To ensure system stability, please adjust your client logic to scale requests more smoothly over time.",
                     );
-                    let retry_after = self
-                        .shared
-                        .lock()
-                        .models
-                        .get(&model)
-                        .and_then(|(c, _)| c.retry_after);
                     let mut state = self.shared.lock();
+                    let retry_after = state.models.get(&model).and_then(|(c, _)| c.retry_after);
                     state
                         .stats
                         .models
@@ -621,12 +611,24 @@ impl MockDashScope {
         stats.succeeded += 1;
         *stats.tokens_per_second.entry(second).or_default() += tokens as u64;
         state.stats.in_flight += 1;
-        Decision::Answer(config.clone())
+        Decision::Answer(Pace {
+            ttft: config.ttft,
+            tokens_per_sec: config.tokens_per_sec,
+            cut_streams_after: config.cut_streams_after,
+        })
     }
 }
 
+/// How an admitted answer is paced.
+#[derive(Clone, Copy)]
+struct Pace {
+    ttft: Duration,
+    tokens_per_sec: f64,
+    cut_streams_after: Option<u32>,
+}
+
 enum Decision {
-    Answer(ModelConfig),
+    Answer(Pace),
     Fail(Failure, Option<Duration>),
     Reset,
     Burst { next_second: Instant },

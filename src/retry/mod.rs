@@ -90,7 +90,7 @@ use bytes::{Buf, Bytes};
 use http::{Request, Response};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use tower::retry::budget::TpsBudget;
+use tower::retry::budget::{Budget, TpsBudget};
 use tower::{Layer, Service};
 
 pub use self::backoff::Jitter;
@@ -349,7 +349,6 @@ where
 
 impl Shared {
     fn budget_deposit(&self) {
-        use tower::retry::budget::Budget;
         if let Some(budget) = &self.budget {
             budget.deposit();
         }
