@@ -8,6 +8,8 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
+mod support;
+
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
@@ -39,23 +41,6 @@ fn classify_fixtures(c: &mut Criterion) {
     group.finish();
 }
 
-/// One ready-call-poll cycle over a service whose future is immediately ready.
-fn call_once<S>(service: &mut S, cx: &mut Context<'_>) -> S::Response
-where
-    S: Service<Request<Full<Bytes>>>,
-    S::Error: std::fmt::Debug,
-{
-    let Poll::Ready(ready) = service.poll_ready(cx) else {
-        panic!("not ready")
-    };
-    ready.unwrap();
-    let future = pin!(service.call(Request::new(Full::new(Bytes::from_static(b"{}")))));
-    match future.poll(cx) {
-        Poll::Ready(response) => response.unwrap(),
-        Poll::Pending => panic!("not ready"),
-    }
-}
-
 fn success_path(c: &mut Criterion) {
     let inner = || {
         service_fn(|_req: Request<Full<Bytes>>| async {
@@ -69,18 +54,36 @@ fn success_path(c: &mut Criterion) {
 
     let mut bare = inner();
     group.bench_function("bare service", |b| {
-        b.iter(|| black_box(call_once(&mut bare, &mut cx)))
+        b.iter(|| {
+            black_box(support::call_once(
+                &mut bare,
+                &mut cx,
+                Request::new(Full::new(Bytes::from_static(b"{}"))),
+            ))
+        })
     });
 
     let mut classified = ClassifyDashScopeError::new().layer(inner());
     group.bench_function("ClassifyDashScopeError", |b| {
-        b.iter(|| black_box(call_once(&mut classified, &mut cx)))
+        b.iter(|| {
+            black_box(support::call_once(
+                &mut classified,
+                &mut cx,
+                Request::new(Full::new(Bytes::from_static(b"{}"))),
+            ))
+        })
     });
 
     let mut both = WaitTimeoutHeader::new(std::time::Duration::from_secs(30))
         .layer(ClassifyDashScopeError::new().layer(inner()));
     group.bench_function("WaitTimeoutHeader + ClassifyDashScopeError", |b| {
-        b.iter(|| black_box(call_once(&mut both, &mut cx)))
+        b.iter(|| {
+            black_box(support::call_once(
+                &mut both,
+                &mut cx,
+                Request::new(Full::new(Bytes::from_static(b"{}"))),
+            ))
+        })
     });
     group.finish();
 }

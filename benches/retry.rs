@@ -3,38 +3,26 @@
 //! `cargo bench --bench retry`. Amplification during an outage is measured by
 //! `cargo run --release --example outage_amplification`.
 
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Waker};
 
 use bytes::Bytes;
+mod support;
+
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body_util::Full;
-use tower::{Layer, Service, service_fn};
+use tower::{Layer, service_fn};
 use tower_dashscope::{BoxError, ClassifyDashScopeError, RetryWithJitter, WaitTimeoutHeader};
 
-fn call_once<S>(service: &mut S, cx: &mut Context<'_>) -> S::Response
-where
-    S: Service<Request<Full<Bytes>>>,
-    S::Error: std::fmt::Debug,
-{
-    let Poll::Ready(ready) = service.poll_ready(cx) else {
-        panic!("not ready")
-    };
-    ready.unwrap();
-    let request = Request::post("/compatible-mode/v1/chat/completions")
+/// The request every retry benchmark sends.
+fn chat_request() -> Request<Full<Bytes>> {
+    Request::post("/compatible-mode/v1/chat/completions")
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from_static(
             br#"{"model":"qwen-plus","messages":[]}"#,
         )))
-        .unwrap();
-    let future = pin!(service.call(request));
-    match future.poll(cx) {
-        Poll::Ready(response) => response.unwrap(),
-        Poll::Pending => panic!("not ready"),
-    }
+        .unwrap()
 }
 
 fn success_path(c: &mut Criterion) {
@@ -56,17 +44,23 @@ fn success_path(c: &mut Criterion) {
 
     let mut bare = inner();
     group.bench_function("bare service", |b| {
-        b.iter(|| black_box(call_once(&mut bare, &mut cx)))
+        b.iter(|| black_box(support::call_once(&mut bare, &mut cx, chat_request())))
     });
 
     let mut retry = RetryWithJitter::new().layer(inner());
     group.bench_function("RetryWithJitter", |b| {
-        b.iter(|| black_box(call_once(&mut retry, &mut cx)))
+        b.iter(|| black_box(support::call_once(&mut retry, &mut cx, chat_request())))
     });
 
     let mut tower_retry = tower::retry::RetryLayer::new(AlwaysOnce).layer(inner());
     group.bench_function("tower::retry::Retry (clone request, no retries)", |b| {
-        b.iter(|| black_box(call_once(&mut tower_retry, &mut cx)))
+        b.iter(|| {
+            black_box(support::call_once(
+                &mut tower_retry,
+                &mut cx,
+                chat_request(),
+            ))
+        })
     });
 
     let mut stack = RetryWithJitter::new().layer(
@@ -75,7 +69,7 @@ fn success_path(c: &mut Criterion) {
     );
     group.bench_function(
         "RetryWithJitter + WaitTimeoutHeader + ClassifyDashScopeError",
-        |b| b.iter(|| black_box(call_once(&mut stack, &mut cx))),
+        |b| b.iter(|| black_box(support::call_once(&mut stack, &mut cx, chat_request()))),
     );
     group.finish();
 }
