@@ -120,8 +120,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let stats = mock.stats();
     server.shutdown();
 
-    let plus = stats.model("qwen-plus").cloned().unwrap_or_default();
-    let max = stats.model("qwen-max").cloned().unwrap_or_default();
+    let all = stats.total();
+    let max = stats.model("qwen-max").map(|m| m.total).unwrap_or_default();
     println!(
         "tower-dashscope quickstart: 40 chat requests at once, over HTTP, to the DashScope simulator"
     );
@@ -134,14 +134,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "  429s the server sent         {:>3}  (requests {}, tokens {}, burst {})",
         stats.throttled(),
-        plus.throttled_requests + max.throttled_requests,
-        plus.throttled_tokens + max.throttled_tokens,
-        plus.throttled_burst + max.throttled_burst,
+        all.throttled_requests,
+        all.throttled_tokens,
+        all.throttled_burst,
     );
     println!("  503s during the outage       {:>3}", max.failed);
     println!(
         "  queued by the server         {:>3}  (X-DashScope-Wait-Timeout instead of a burst 429)",
-        plus.queued + max.queued
+        all.queued
     );
     println!(
         "  retries, with jitter         {retries:>3}  (RetryWithJitter, budget shared by all 40)"

@@ -90,8 +90,8 @@ async fn requests_per_minute_are_enforced_per_second() {
     );
     let stats = mock.stats();
     let model = stats.model("qwen-plus").unwrap();
-    assert_eq!(model.requests, 607);
-    assert_eq!(model.succeeded + model.throttled_requests, 607);
+    assert_eq!(model.total.requests, 607);
+    assert_eq!(model.total.succeeded + model.total.throttled_requests, 607);
 }
 
 #[tokio::test(start_paused = true)]
@@ -121,8 +121,8 @@ async fn tokens_per_minute_count_input_and_output() {
         .stats()
         .model("qwen-max")
         .unwrap()
-        .tokens_per_second
-        .values()
+        .tokens_per_second()
+        .map(|(_, tokens)| tokens)
         .sum();
     assert_eq!(tokens, 2 * 95);
 }
@@ -277,7 +277,7 @@ async fn burst_limit_and_wait_timeout_queueing() {
     let start = tokio::time::Instant::now();
     assert!(send(&mock, request).await.is_ok());
     assert_eq!(start.elapsed(), Duration::from_secs(1));
-    assert_eq!(mock.stats().model("m").unwrap().queued, 1);
+    assert_eq!(mock.stats().model("m").unwrap().total.queued, 1);
 }
 
 #[tokio::test(start_paused = true)]

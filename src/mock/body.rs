@@ -1,6 +1,5 @@
 //! The simulator's response body: whole, or event-stream frames paced over (tokio) time.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -13,6 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 
 use super::Shared;
+use super::respond::Script;
 
 /// Response body of [`MockDashScope`](super::MockDashScope).
 ///
@@ -26,7 +26,9 @@ pub struct MockBody {
 enum Kind {
     Full(Option<Bytes>),
     Stream {
-        frames: VecDeque<(Duration, Bytes)>,
+        script: Script,
+        /// The next frame, once made, and the time to wait before it.
+        next: Option<(Duration, Bytes)>,
         sleep: Option<Pin<Box<Sleep>>>,
     },
 }
@@ -48,13 +50,15 @@ impl MockBody {
         }
     }
 
-    pub(crate) fn stream(frames: VecDeque<(Duration, Bytes)>, in_flight: Option<InFlight>) -> Self {
+    pub(crate) fn stream(mut script: Script) -> Self {
+        let next = script.next_frame();
         MockBody {
             kind: Kind::Stream {
-                frames,
+                script,
+                next,
                 sleep: None,
             },
-            _in_flight: in_flight,
+            _in_flight: None,
         }
     }
 
@@ -84,19 +88,23 @@ impl Body for MockBody {
         let this = &mut *self;
         let frame = match &mut this.kind {
             Kind::Full(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
-            Kind::Stream { frames, sleep } => loop {
-                let Some((delay, _)) = frames.front() else {
-                    break None;
-                };
-                if !delay.is_zero() {
-                    let timer = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(*delay)));
-                    if timer.as_mut().poll(cx).is_pending() {
-                        return Poll::Pending;
+            Kind::Stream {
+                script,
+                next,
+                sleep,
+            } => match next {
+                None => None,
+                Some((delay, _)) => {
+                    if !delay.is_zero() {
+                        let timer =
+                            sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(*delay)));
+                        if timer.as_mut().poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                        *sleep = None;
                     }
-                    *sleep = None;
-                }
-                if let Some((_, bytes)) = frames.pop_front() {
-                    break Some(Ok(Frame::data(bytes)));
+                    let following = script.next_frame();
+                    std::mem::replace(next, following).map(|(_, bytes)| Ok(Frame::data(bytes)))
                 }
             },
         };
@@ -109,7 +117,7 @@ impl Body for MockBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
-            Kind::Stream { frames, .. } => frames.is_empty(),
+            Kind::Stream { next, .. } => next.is_none(),
         }
     }
 
@@ -117,9 +125,7 @@ impl Body for MockBody {
         match &self.kind {
             Kind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
-            Kind::Stream { frames, .. } => {
-                SizeHint::with_exact(frames.iter().map(|(_, b)| b.len() as u64).sum())
-            }
+            Kind::Stream { .. } => SizeHint::default(),
         }
     }
 }
@@ -131,10 +137,9 @@ impl std::fmt::Debug for MockBody {
                 .debug_struct("MockBody")
                 .field("bytes", &bytes.as_ref().map_or(0, Bytes::len))
                 .finish(),
-            Kind::Stream { frames, .. } => f
-                .debug_struct("MockBody")
-                .field("frames_left", &frames.len())
-                .finish(),
+            Kind::Stream { script, .. } => {
+                f.debug_struct("MockBody").field("stream", script).finish()
+            }
         }
     }
 }

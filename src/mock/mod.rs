@@ -38,7 +38,7 @@
 //! let err = client.clone().oneshot(chat()).await.unwrap_err();
 //! assert_eq!(err.class(), ErrorClass::RateLimited(RateLimitKind::Requests));
 //! assert_eq!(err.code(), Some("limit_requests"));
-//! assert_eq!(mock.stats().model("qwen-plus").unwrap().throttled_requests, 1);
+//! assert_eq!(mock.stats().model("qwen-plus").unwrap().total.throttled_requests, 1);
 //! # }
 //! ```
 //!
@@ -101,12 +101,40 @@ pub struct MockDashScope {
 }
 
 /// Builds a [`MockDashScope`].
-#[derive(Debug, Default)]
+#[derive(Default)]
 #[must_use]
 pub struct MockBuilder {
     models: BTreeMap<String, ModelConfig>,
-    keys: Vec<String>,
+    keys: Vec<ApiKey>,
     seed: u64,
+}
+
+/// A key the simulator accepts, everywhere or on one host only.
+struct ApiKey {
+    key: String,
+    /// Lowercase, without a port.
+    host: Option<String>,
+}
+
+impl ApiKey {
+    fn accepts(&self, key: &str, host: Option<&str>) -> bool {
+        self.key == key
+            && self
+                .host
+                .as_deref()
+                .is_none_or(|bound| host.is_some_and(|h| h.eq_ignore_ascii_case(bound)))
+    }
+}
+
+impl fmt::Debug for MockBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Keys are secrets, even test ones: only their number is shown.
+        f.debug_struct("MockBuilder")
+            .field("models", &self.models)
+            .field("keys", &self.keys.len())
+            .field("seed", &self.seed)
+            .finish()
+    }
 }
 
 impl MockBuilder {
@@ -117,11 +145,58 @@ impl MockBuilder {
         self
     }
 
-    /// Accepts only `Authorization: Bearer <key>` with one of the keys given this way (any key,
-    /// or none, when never called). Others get 401 `InvalidApiKey`, as a key from another
-    /// region or plan does.
+    /// Accepts only `Authorization: Bearer <key>` with one of the keys given this way or with
+    /// [`api_key_for_host`](Self::api_key_for_host) (any key, or none, when neither is
+    /// called). Others get 401 `InvalidApiKey`, as a key from another region or plan does.
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
-        self.keys.push(key.into());
+        self.keys.push(ApiKey {
+            key: key.into(),
+            host: None,
+        });
+        self
+    }
+
+    /// Accepts `key` only on requests for `host` — the request URI's host, or else its `Host`
+    /// header, compared without the port and ignoring case — as DashScope accepts a key only
+    /// in its own region and plan: a Singapore key sent to Beijing, or a Coding Plan key
+    /// (`sk-sp-…`) sent to a pay-as-you-go host, gets 401 `InvalidApiKey`.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http::Request;
+    /// use http_body_util::Full;
+    /// use tower::{Layer, ServiceExt};
+    /// use tower_dashscope::mock::{MockDashScope, ModelConfig};
+    /// use tower_dashscope::{ClassifyDashScopeError, ErrorClass};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let mock = MockDashScope::builder()
+    ///     .model("qwen-plus", ModelConfig::new())
+    ///     .api_key_for_host("sk-intl", "dashscope-intl.aliyuncs.com")
+    ///     .build();
+    /// let client = ClassifyDashScopeError::new().layer(mock);
+    /// let chat = |host: &str| {
+    ///     Request::post(format!("https://{host}/compatible-mode/v1/chat/completions"))
+    ///         .header("authorization", "Bearer sk-intl")
+    ///         .body(Full::new(Bytes::from(r#"{"model":"qwen-plus","messages":[]}"#)))
+    ///         .unwrap()
+    /// };
+    /// assert!(client.clone().oneshot(chat("dashscope-intl.aliyuncs.com")).await.is_ok());
+    /// let err = client.oneshot(chat("dashscope.aliyuncs.com")).await.unwrap_err();
+    /// assert_eq!(err.class(), ErrorClass::Authentication);
+    /// # }
+    /// ```
+    pub fn api_key_for_host(mut self, key: impl Into<String>, host: impl Into<String>) -> Self {
+        let host: String = host.into();
+        let host = match host.parse::<http::uri::Authority>() {
+            Ok(authority) => authority.host().to_ascii_lowercase(),
+            Err(_) => host.to_ascii_lowercase(),
+        };
+        self.keys.push(ApiKey {
+            key: key.into(),
+            host: Some(host),
+        });
         self
     }
 
@@ -159,7 +234,7 @@ impl MockBuilder {
 
 pub(crate) struct Shared {
     start: Instant,
-    keys: Vec<String>,
+    keys: Vec<ApiKey>,
     state: Mutex<State>,
     next_id: AtomicU64,
 }
@@ -178,6 +253,11 @@ impl Shared {
     pub(crate) fn finish_in_flight(&self) {
         let mut state = self.lock();
         state.stats.in_flight = state.stats.in_flight.saturating_sub(1);
+    }
+
+    /// The whole second since the simulator was built that `now` falls in.
+    fn second(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.start).as_secs()
     }
 }
 
@@ -238,14 +318,21 @@ impl ModelState {
     }
 }
 
+/// How many whole seconds of [`ModelStats::timeline`] the simulator keeps per model: the last
+/// hour. Older seconds are dropped, so a long-running simulator's memory stays bounded.
+pub const TIMELINE_SECONDS: usize = 3600;
+
 /// What the simulator has seen so far; [`MockDashScope::stats`].
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct MockStats {
-    /// Requests received, all of them.
+    /// Requests received, all of them (bad input and unknown models included).
     pub requests: u64,
-    /// Requests being answered now (until their response body ends or is dropped).
+    /// Requests being answered now: admitted, and their response body not yet finished or
+    /// dropped.
     pub in_flight: u64,
+    /// The most requests ever in flight at once.
+    pub peak_in_flight: u64,
     /// Per model, for requests that named a configured model.
     pub models: BTreeMap<String, ModelStats>,
 }
@@ -260,20 +347,53 @@ impl MockStats {
     /// 429s sent, all models and kinds.
     #[must_use]
     pub fn throttled(&self) -> u64 {
+        self.models.values().map(|m| m.total.throttled()).sum()
+    }
+
+    /// The counts of all models added up.
+    #[must_use]
+    pub fn total(&self) -> Counts {
         self.models
             .values()
-            .map(|m| m.throttled_requests + m.throttled_tokens + m.throttled_burst)
-            .sum()
+            .fold(Counts::default(), |sum, m| sum + m.total)
     }
 }
 
-/// What the simulator has seen for one model.
+/// What the simulator has seen for one model: totals, and the same counts second by second.
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct ModelStats {
+    /// Everything since the simulator was built.
+    pub total: Counts,
+    /// The counts of each whole second since the simulator was built (the key; second `0` is
+    /// the first), for the last [`TIMELINE_SECONDS`] seconds that saw a request. Seconds
+    /// without requests are absent.
+    pub timeline: BTreeMap<u64, Counts>,
+}
+
+impl ModelStats {
+    /// Tokens (input + output) admitted in each second of the timeline.
+    pub fn tokens_per_second(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.timeline.iter().map(|(&second, c)| (second, c.tokens))
+    }
+
+    fn record(&mut self, second: u64, count: impl Fn(&mut Counts)) {
+        count(&mut self.total);
+        count(self.timeline.entry(second).or_default());
+        if self.timeline.len() > TIMELINE_SECONDS {
+            self.timeline.pop_first();
+        }
+    }
+}
+
+/// What happened to one model's requests, over the simulator's life ([`ModelStats::total`]) or
+/// in one second ([`ModelStats::timeline`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Counts {
     /// Requests for this model.
     pub requests: u64,
-    /// Requests answered successfully.
+    /// Requests admitted and answered successfully.
     pub succeeded: u64,
     /// 429 `Throttling.RateQuota` / `limit_requests`.
     pub throttled_requests: u64,
@@ -281,12 +401,38 @@ pub struct ModelStats {
     pub throttled_tokens: u64,
     /// 429 `Throttling.BurstRate` / `limit_burst_rate`.
     pub throttled_burst: u64,
-    /// Requests queued by `X-DashScope-Wait-Timeout` instead of throttled.
+    /// Requests queued by `X-DashScope-Wait-Timeout` instead of throttled (a request queued
+    /// and then admitted also counts as a request and a success).
     pub queued: u64,
-    /// Other failures (outages, 500s, resets, moderation, context, exhaustion).
+    /// Other failures: outages, 500s, resets, moderation, context overflow, exhausted quota.
     pub failed: u64,
-    /// Tokens (input + output) admitted, by whole second since the simulator was built.
-    pub tokens_per_second: BTreeMap<u64, u64>,
+    /// Tokens (input + output) of the admitted requests.
+    pub tokens: u64,
+}
+
+impl Counts {
+    /// 429s of every kind.
+    #[must_use]
+    pub fn throttled(&self) -> u64 {
+        self.throttled_requests + self.throttled_tokens + self.throttled_burst
+    }
+}
+
+impl std::ops::Add for Counts {
+    type Output = Counts;
+
+    fn add(self, other: Counts) -> Counts {
+        Counts {
+            requests: self.requests + other.requests,
+            succeeded: self.succeeded + other.succeeded,
+            throttled_requests: self.throttled_requests + other.throttled_requests,
+            throttled_tokens: self.throttled_tokens + other.throttled_tokens,
+            throttled_burst: self.throttled_burst + other.throttled_burst,
+            queued: self.queued + other.queued,
+            failed: self.failed + other.failed,
+            tokens: self.tokens + other.tokens,
+        }
+    }
 }
 
 impl MockDashScope {
@@ -316,6 +462,7 @@ impl MockDashScope {
     async fn answer(
         self,
         api: Option<Api>,
+        host: Option<String>,
         headers: http::HeaderMap,
         body: Result<Bytes, StatusCode>,
     ) -> Result<Response<MockBody>, std::io::Error> {
@@ -335,7 +482,8 @@ impl MockDashScope {
                 .get(http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "));
-            if !key.is_some_and(|k| self.shared.keys.iter().any(|known| known == k)) {
+            let host = host.as_deref();
+            if !key.is_some_and(|k| self.shared.keys.iter().any(|known| known.accepts(k, host))) {
                 let failure = Failure::new(
                     401,
                     "InvalidApiKey",
@@ -373,8 +521,10 @@ impl MockDashScope {
             .map_or(Duration::ZERO, Duration::from_secs);
         let waited_until = Instant::now() + wait;
 
+        // A request queued for the burst limit is decided again, but counted once.
+        let mut queued = false;
         loop {
-            let decision = self.decide(&model, &chat);
+            let decision = self.decide(&model, &chat, queued);
             match decision {
                 Decision::Answer(pace) => {
                     let per_token = if pace.tokens_per_sec > 0.0 {
@@ -408,14 +558,12 @@ impl MockDashScope {
                     ));
                 }
                 Decision::Burst { next_second } if next_second <= waited_until => {
-                    self.shared
-                        .lock()
-                        .stats
-                        .models
-                        .entry(model.clone())
-                        .or_default()
-                        .queued += 1;
+                    let second = self.shared.second(Instant::now());
+                    if let Some(stats) = self.shared.lock().stats.models.get_mut(&model) {
+                        stats.record(second, |c| c.queued += 1);
+                    }
                     tokio::time::sleep_until(next_second).await;
+                    queued = true;
                 }
                 Decision::Burst { .. } => {
                     let failure = Failure::new(
@@ -425,14 +573,12 @@ impl MockDashScope {
                         "rate_limit_error",
                         "Request rate increased too quickly. To ensure system stability, please adjust your client logic to scale requests more smoothly over time.",
                     );
+                    let second = self.shared.second(Instant::now());
                     let mut state = self.shared.lock();
                     let retry_after = state.models.get(&model).and_then(|(c, _)| c.retry_after);
-                    state
-                        .stats
-                        .models
-                        .entry(model.clone())
-                        .or_default()
-                        .throttled_burst += 1;
+                    if let Some(stats) = state.stats.models.get_mut(&model) {
+                        stats.record(second, |c| c.throttled_burst += 1);
+                    }
                     drop(state);
                     return Ok(failure.respond(api, chat.stream, &request_id, retry_after));
                 }
@@ -440,10 +586,12 @@ impl MockDashScope {
         }
     }
 
-    /// Decides, under the lock, what happens to a request for `model` now.
-    fn decide(&self, model: &str, chat: &Chat) -> Decision {
+    /// Decides, under the lock, what happens to a request for `model` now. `again`: the request
+    /// was queued and has been counted already.
+    fn decide(&self, model: &str, chat: &Chat, again: bool) -> Decision {
         let now = Instant::now();
         let since_start = now.saturating_duration_since(self.shared.start);
+        let second = since_start.as_secs();
         let mut guard = self.shared.lock();
         let state = &mut *guard;
         let Some((config, quota)) = state.models.get_mut(model) else {
@@ -457,9 +605,11 @@ impl MockDashScope {
             return Decision::Fail(failure, None);
         };
         let stats = state.stats.models.entry(model.to_owned()).or_default();
-        stats.requests += 1;
+        if !again {
+            stats.record(second, |c| c.requests += 1);
+        }
         let fail = |stats: &mut ModelStats, failure: Failure| {
-            stats.failed += 1;
+            stats.record(second, |c| c.failed += 1);
             Decision::Fail(failure, None)
         };
 
@@ -503,7 +653,7 @@ impl MockDashScope {
             );
         }
         if config.reset_rate > 0.0 && state.rng.random_bool(config.reset_rate) {
-            stats.failed += 1;
+            stats.record(second, |c| c.failed += 1);
             return Decision::Reset;
         }
         if config
@@ -538,8 +688,26 @@ impl MockDashScope {
             );
         }
 
+        if chat
+            .max_tokens
+            .is_some_and(|n| n == 0 || n > config.max_output_tokens)
+        {
+            return fail(
+                stats,
+                Failure::new(
+                    400,
+                    "InvalidParameter",
+                    "invalid_parameter_error",
+                    "invalid_request_error",
+                    format!(
+                        "<400> InternalError.Algo.InvalidParameter: Range of max_tokens should be [1, {}]",
+                        config.max_output_tokens
+                    ),
+                ),
+            );
+        }
+
         // Quotas.
-        let second = since_start.as_secs();
         if second != quota.second {
             quota.last_second = if second == quota.second + 1 {
                 quota.this_second
@@ -559,7 +727,7 @@ impl MockDashScope {
         if let Some(bucket) = &mut quota.requests {
             bucket.refill(now);
             if !bucket.has(1.0) {
-                stats.throttled_requests += 1;
+                stats.record(second, |c| c.throttled_requests += 1);
                 return Decision::Fail(
                     Failure::new(
                         429,
@@ -575,7 +743,7 @@ impl MockDashScope {
         if let Some(bucket) = &mut quota.tokens {
             bucket.refill(now);
             if !bucket.has(tokens) {
-                stats.throttled_tokens += 1;
+                stats.record(second, |c| c.throttled_tokens += 1);
                 return Decision::Fail(
                     Failure::new(
                         429,
@@ -608,9 +776,12 @@ impl MockDashScope {
             bucket.level -= tokens;
         }
         quota.this_second += 1;
-        stats.succeeded += 1;
-        *stats.tokens_per_second.entry(second).or_default() += tokens as u64;
+        stats.record(second, |c| {
+            c.succeeded += 1;
+            c.tokens += tokens as u64;
+        });
         state.stats.in_flight += 1;
+        state.stats.peak_in_flight = state.stats.peak_in_flight.max(state.stats.in_flight);
         Decision::Answer(Pace {
             ttft: config.ttft,
             tokens_per_sec: config.tokens_per_sec,
@@ -632,6 +803,16 @@ enum Decision {
     Fail(Failure, Option<Duration>),
     Reset,
     Burst { next_second: Instant },
+}
+
+/// The host a request is for: its URI's, or else its `Host` header's, without the port.
+fn request_host(parts: &http::request::Parts) -> Option<String> {
+    if let Some(host) = parts.uri.host() {
+        return Some(host.to_owned());
+    }
+    let header = parts.headers.get(http::header::HOST)?.to_str().ok()?;
+    let authority = header.parse::<http::uri::Authority>().ok()?;
+    Some(authority.host().to_owned())
 }
 
 fn bare(status: StatusCode, request_id: &str) -> Response<MockBody> {
@@ -691,6 +872,7 @@ where
         let this = self.clone();
         let (parts, body) = req.into_parts();
         let api = Api::from_path(parts.uri.path());
+        let host = request_host(&parts);
         MockFuture {
             inner: Box::pin(async move {
                 let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
@@ -700,7 +882,7 @@ where
                     }
                     Err(_) => Err(StatusCode::BAD_REQUEST),
                 };
-                this.answer(api, parts.headers, body).await
+                this.answer(api, host, parts.headers, body).await
             }),
         }
     }

@@ -24,6 +24,7 @@ pub struct ModelConfig {
     pub(crate) tpm: Option<u32>,
     pub(crate) burst: Option<u32>,
     pub(crate) context_window: u32,
+    pub(crate) max_output_tokens: u32,
     pub(crate) ttft: Duration,
     pub(crate) tokens_per_sec: f64,
     pub(crate) outages: Vec<Range<Duration>>,
@@ -53,13 +54,15 @@ impl Default for ModelConfig {
 }
 
 impl ModelConfig {
-    /// No quota, a 128 Ki-token context window, no latency, no faults.
+    /// No quota, a 128 Ki-token context window, at most 16,384 output tokens, no latency, no
+    /// faults.
     pub fn new() -> Self {
         ModelConfig {
             rpm: None,
             tpm: None,
             burst: None,
             context_window: 131_072,
+            max_output_tokens: 16_384,
             ttft: Duration::ZERO,
             tokens_per_sec: 0.0,
             outages: Vec::new(),
@@ -101,6 +104,14 @@ impl ModelConfig {
     /// input length should be [1, N]".
     pub fn context_window(mut self, tokens: u32) -> Self {
         self.context_window = tokens;
+        self
+    }
+
+    /// The largest `max_tokens` a request may ask for: `0`, or more than this, is answered 400
+    /// `InvalidParameter` "Range of max_tokens should be [1, N]", as DashScope does. (It also
+    /// bounds what one simulated answer can make the simulator generate.)
+    pub fn max_output_tokens(mut self, tokens: u32) -> Self {
+        self.max_output_tokens = tokens;
         self
     }
 

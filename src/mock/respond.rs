@@ -1,6 +1,5 @@
 //! Requests and answers in DashScope's three API shapes.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -42,6 +41,8 @@ pub(crate) struct Chat {
     pub(crate) max_tokens: Option<u32>,
     pub(crate) stream: bool,
     pub(crate) include_usage: bool,
+    /// Native `parameters.incremental_output`.
+    pub(crate) incremental: bool,
 }
 
 /// Output tokens when the request sets no `max_tokens`.
@@ -90,12 +91,18 @@ impl Chat {
             .and_then(|o| o.get("include_usage"))
             .and_then(Value::as_bool)
             .unwrap_or(false);
+        let incremental = api == Api::Native
+            && parameters
+                .and_then(|p| p.get("incremental_output"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
         Some(Chat {
             model,
             input_text,
             max_tokens,
             stream,
             include_usage,
+            incremental,
         })
     }
 
@@ -182,7 +189,11 @@ impl Failure {
                 "type": "error",
                 "error": {
                     "type": self.anthropic_type,
-                    "message": format!("<{}> {}: {}", self.status.as_u16(), self.native_code, self.message),
+                    "message": if self.message.starts_with('<') {
+                        self.message.clone()
+                    } else {
+                        format!("<{}> {}: {}", self.status.as_u16(), self.native_code, self.message)
+                    },
                 },
                 "request_id": request_id,
             }),
@@ -289,53 +300,165 @@ pub(crate) fn success(
             .unwrap_or_else(|_| Response::new(MockBody::full(Bytes::new())));
     }
 
-    let mut frames = VecDeque::new();
-    let mut text = String::new();
-    let sent = cut.map_or(output, |c| c.min(output));
-    for i in 0..sent {
+    let script = Script {
+        api,
+        model: model.to_owned(),
+        request_id: request_id.to_owned(),
+        input,
+        output,
+        sent: cut.map_or(output, |c| c.min(output)),
+        include_usage: chat.include_usage,
+        incremental: chat.incremental,
+        ttft,
+        per_token,
+        next: 0,
+        text: String::new(),
+        ended: false,
+    };
+    builder
+        .header("content-type", "text/event-stream;charset=UTF-8")
+        .body(MockBody::stream(script))
+        .unwrap_or_else(|_| Response::new(MockBody::full(Bytes::new())))
+}
+
+/// The events of one streamed answer, made one at a time as the body is read: memory stays
+/// proportional to the answer, not to the square of it (native frames repeat the text so far).
+#[derive(Debug)]
+pub(crate) struct Script {
+    api: Api,
+    model: String,
+    request_id: String,
+    input: u32,
+    output: u32,
+    /// Tokens sent before the stream ends: `output`, or fewer when the stream is cut.
+    sent: u32,
+    include_usage: bool,
+    /// Native `parameters.incremental_output`: each event carries only its new text.
+    incremental: bool,
+    ttft: Duration,
+    per_token: Duration,
+    /// The next token to send.
+    next: u32,
+    /// The answer so far (native events without `incremental_output` repeat it).
+    text: String,
+    ended: bool,
+}
+
+/// One server-sent event with an `event:` line, as the Anthropic endpoint frames them.
+fn event(name: &str, data: &Value) -> String {
+    format!("event: {name}\ndata: {data}\n\n")
+}
+
+impl Script {
+    /// The next frame and how long to wait before sending it; `None` at the end.
+    pub(crate) fn next_frame(&mut self) -> Option<(Duration, Bytes)> {
+        if self.ended {
+            return None;
+        }
+        if self.next >= self.sent {
+            self.ended = true;
+            return self.tail().map(|tail| (Duration::ZERO, Bytes::from(tail)));
+        }
+        let i = self.next;
+        self.next += 1;
         let word = WORDS[i as usize % WORDS.len()];
-        text.push_str(word);
-        let last = i + 1 == output;
-        let delay = if i == 0 { ttft } else { per_token };
-        let frame = match api {
-            Api::Native => format!(
-                "id:{}\nevent:result\n:HTTP_STATUS/200\ndata:{}\n\n",
-                i + 1,
-                json!({
-                    "output": {"choices": [{"message": {"content": text, "role": "assistant"}, "finish_reason": if last { "stop" } else { "null" }}]},
-                    "usage": {"total_tokens": input + i + 1, "output_tokens": i + 1, "input_tokens": input},
-                    "request_id": request_id,
-                })
-            ),
-            Api::Compatible | Api::Anthropic => format!(
+        let delay = if i == 0 { self.ttft } else { self.per_token };
+        let id = &self.request_id;
+        let frame = match self.api {
+            Api::Native => {
+                let last = i + 1 == self.output;
+                if self.incremental {
+                    self.text.clear();
+                }
+                self.text.push_str(word);
+                format!(
+                    "id:{}\nevent:result\n:HTTP_STATUS/200\ndata:{}\n\n",
+                    i + 1,
+                    json!({
+                        "output": {"choices": [{"message": {"content": self.text, "role": "assistant"}, "finish_reason": if last { "stop" } else { "null" }}]},
+                        "usage": {"total_tokens": self.input + i + 1, "output_tokens": i + 1, "input_tokens": self.input},
+                        "request_id": id,
+                    })
+                )
+            }
+            Api::Compatible => format!(
                 "data: {}\n\n",
                 json!({
                     "choices": [{"delta": {"content": word}, "finish_reason": null, "index": 0, "logprobs": null}],
                     "object": "chat.completion.chunk",
                     "usage": null,
                     "created": 1_763_875_200,
-                    "model": model,
-                    "id": format!("chatcmpl-{request_id}"),
+                    "model": self.model,
+                    "id": format!("chatcmpl-{id}"),
                 })
             ),
+            Api::Anthropic => {
+                let mut frame = String::new();
+                if i == 0 {
+                    frame.push_str(&self.anthropic_start());
+                }
+                frame.push_str(&event(
+                    "content_block_delta",
+                    &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word}}),
+                ));
+                frame
+            }
         };
-        frames.push_back((delay, Bytes::from(frame)));
+        Some((delay, Bytes::from(frame)))
     }
-    if cut.is_none_or(|c| c >= output) && api != Api::Native {
-        let id = format!("chatcmpl-{request_id}");
-        let stop = json!({"choices": [{"finish_reason": "stop", "delta": {"content": ""}, "index": 0, "logprobs": null}], "object": "chat.completion.chunk", "usage": null, "created": 1_763_875_200, "model": model, "id": id});
-        let mut tail = format!("data: {stop}\n\n");
-        if chat.include_usage {
-            let usage = json!({"choices": [], "object": "chat.completion.chunk", "usage": {"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output}, "created": 1_763_875_200, "model": model, "id": id});
-            tail.push_str(&format!("data: {usage}\n\n"));
+
+    fn anthropic_start(&self) -> String {
+        let start = json!({
+            "type": "message_start",
+            "message": {
+                "id": format!("msg_{}", self.request_id),
+                "type": "message",
+                "role": "assistant",
+                "model": self.model,
+                "content": [],
+                "stop_reason": null,
+                "stop_sequence": null,
+                "usage": {"input_tokens": self.input, "output_tokens": 0},
+            },
+        });
+        let block = json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}});
+        event("message_start", &start) + &event("content_block_start", &block)
+    }
+
+    /// What follows the last token of a complete stream; nothing after a cut one (and nothing
+    /// for native streams, whose last event carries the final `finish_reason`).
+    fn tail(&self) -> Option<String> {
+        if self.sent < self.output {
+            return None;
         }
-        tail.push_str("data: [DONE]\n\n");
-        frames.push_back((Duration::ZERO, Bytes::from(tail)));
+        let (input, output) = (self.input, self.output);
+        match self.api {
+            Api::Native => None,
+            Api::Compatible => {
+                let id = format!("chatcmpl-{}", self.request_id);
+                let stop = json!({"choices": [{"finish_reason": "stop", "delta": {"content": ""}, "index": 0, "logprobs": null}], "object": "chat.completion.chunk", "usage": null, "created": 1_763_875_200, "model": self.model, "id": id});
+                let mut tail = format!("data: {stop}\n\n");
+                if self.include_usage {
+                    let usage = json!({"choices": [], "object": "chat.completion.chunk", "usage": {"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output}, "created": 1_763_875_200, "model": self.model, "id": id});
+                    tail.push_str(&format!("data: {usage}\n\n"));
+                }
+                tail.push_str("data: [DONE]\n\n");
+                Some(tail)
+            }
+            Api::Anthropic => {
+                let mut tail = event(
+                    "content_block_stop",
+                    &json!({"type": "content_block_stop", "index": 0}),
+                );
+                tail.push_str(&event(
+                    "message_delta",
+                    &json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": output}}),
+                ));
+                tail.push_str(&event("message_stop", &json!({"type": "message_stop"})));
+                Some(tail)
+            }
+        }
     }
-    builder
-        .header("content-type", "text/event-stream;charset=UTF-8")
-        .body(MockBody::stream(frames, None))
-        .unwrap_or_else(|_| Response::new(MockBody::full(Bytes::new())))
 }
 
 #[cfg(test)]
