@@ -150,9 +150,6 @@ async fn every_error_it_emits_is_classified_correctly() {
     use ErrorClass::*;
     for path in [COMPAT, NATIVE, ANTHROPIC] {
         for stream in [false, true] {
-            if path == ANTHROPIC && stream {
-                continue;
-            }
             let cases: Vec<(&str, String, ErrorClass, u16)> = vec![
                 (
                     "tpm",
@@ -228,7 +225,7 @@ async fn streams_are_framed_paced_and_report_usage() {
         )
         .model("cut", ModelConfig::new().cut_streams_after(2))
         .build();
-    for path in [COMPAT, NATIVE] {
+    for path in [COMPAT, NATIVE, ANTHROPIC] {
         let slot = UsageSlot::new();
         let mut request = chat(path, "m", "12345678", true);
         request.extensions_mut().insert(slot.clone());
@@ -241,6 +238,27 @@ async fn streams_are_framed_paced_and_report_usage() {
         if path == NATIVE {
             assert_eq!(text.matches("\"finish_reason\":\"null\"").count(), 3);
             assert!(text.contains("\"finish_reason\":\"stop\""));
+        } else if path == ANTHROPIC {
+            let events: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("event: "))
+                .collect();
+            assert_eq!(
+                events,
+                [
+                    "message_start",
+                    "content_block_start",
+                    "content_block_delta",
+                    "content_block_delta",
+                    "content_block_delta",
+                    "content_block_delta",
+                    "content_block_stop",
+                    "message_delta",
+                    "message_stop"
+                ]
+            );
+            assert!(text.contains(r#""usage":{"input_tokens":3,"output_tokens":0}"#));
+            assert!(text.contains(r#""usage":{"output_tokens":4}"#));
         } else {
             assert!(text.ends_with("data: [DONE]\n\n"));
         }

@@ -143,7 +143,39 @@ impl fmt::Debug for UsageSlot {
 pub(crate) struct UsageScanner {
     state: ScanState,
     object: Vec<u8>,
+    /// Every count seen so far, the latest of each: Anthropic's streams report input tokens in
+    /// `message_start` and output tokens in `message_delta`, each without the other.
+    seen: Counts,
     found: Option<Usage>,
+}
+
+/// The counts one `usage` object declared.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    input: Option<u64>,
+    output: Option<u64>,
+    total: Option<u64>,
+}
+
+impl Counts {
+    /// `newer`'s counts, and this one's input and output where `newer` has none. A missing
+    /// total is the sum of input and output, never an older total.
+    fn update(self, newer: Counts) -> Counts {
+        Counts {
+            input: newer.input.or(self.input),
+            output: newer.output.or(self.output),
+            total: newer.total,
+        }
+    }
+
+    fn usage(self) -> Usage {
+        let (input, output) = (self.input.unwrap_or(0), self.output.unwrap_or(0));
+        Usage {
+            input_tokens: input,
+            output_tokens: output,
+            total_tokens: self.total.unwrap_or_else(|| input.saturating_add(output)),
+        }
+    }
 }
 
 /// A `usage` object longer than this is ignored.
@@ -260,8 +292,9 @@ impl UsageScanner {
                     }
                     self.object.extend_from_slice(piece);
                     if closed {
-                        if let Some(usage) = decode_usage(&self.object) {
-                            self.found = Some(usage);
+                        if let Some(counts) = decode_usage(&self.object) {
+                            self.seen = self.seen.update(counts);
+                            self.found = Some(self.seen.usage());
                         }
                         self.object.clear();
                         self.state = ScanState::Searching;
@@ -289,8 +322,8 @@ impl UsageScanner {
     }
 }
 
-/// Decodes a `usage` object of either shape without allocating.
-fn decode_usage(object: &[u8]) -> Option<Usage> {
+/// Decodes a `usage` object of any shape without allocating.
+fn decode_usage(object: &[u8]) -> Option<Counts> {
     let mut de = serde_json::Deserializer::from_slice(object);
     de.deserialize_map(UsageVisitor).ok().flatten()
 }
@@ -298,7 +331,7 @@ fn decode_usage(object: &[u8]) -> Option<Usage> {
 struct UsageVisitor;
 
 impl<'de> Visitor<'de> for UsageVisitor {
-    type Value = Option<Usage>;
+    type Value = Option<Counts>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a usage object")
@@ -321,15 +354,12 @@ impl<'de> Visitor<'de> for UsageVisitor {
                 *slot = Some(n);
             }
         }
-        if input.is_none() && output.is_none() && total.is_none() {
-            return Ok(None);
-        }
-        let (input, output) = (input.unwrap_or(0), output.unwrap_or(0));
-        Ok(Some(Usage {
-            input_tokens: input,
-            output_tokens: output,
-            total_tokens: total.unwrap_or_else(|| input.saturating_add(output)),
-        }))
+        let counts = Counts {
+            input,
+            output,
+            total,
+        };
+        Ok((counts != Counts::default()).then_some(counts))
     }
 }
 
@@ -461,6 +491,25 @@ mod tests {
             "x".repeat(10_000)
         );
         assert_eq!(scan(&[huge.as_bytes()]), None);
+    }
+
+    #[test]
+    fn anthropic_streams_report_input_and_output_in_different_events() {
+        let start = br#"event: message_start
+data: {"type":"message_start","message":{"id":"msg_1","usage":{"input_tokens":20,"output_tokens":0}}}"#;
+        let delta = br#"event: message_delta
+data: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":15}}"#;
+        let mut scanner = UsageScanner::default();
+        scanner.feed(start);
+        assert_eq!(scanner.take(), Some(Usage::new(20, 0)));
+        scanner.reset_partial();
+        scanner.feed(delta);
+        assert_eq!(scanner.take(), Some(Usage::new(20, 15)));
+        // A later total replaces an earlier one; a missing total is recomputed, not kept.
+        scanner.feed(br#"{"usage":{"input_tokens":1,"output_tokens":2,"total_tokens":9}}"#);
+        assert_eq!(scanner.take().map(|u| u.total_tokens), Some(9));
+        scanner.feed(br#"{"usage":{"output_tokens":5}}"#);
+        assert_eq!(scanner.take(), Some(Usage::new(1, 5)));
     }
 
     #[test]
