@@ -436,3 +436,226 @@ async fn http_mode_over_loopback_with_hyper_utils_client() {
     assert_eq!(mock.stats().requests, 3);
     server.shutdown();
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_timeline_counts_each_second() {
+    // 120 RPM = 2 requests per second. Five requests at the start of each of three seconds:
+    // two admitted and three throttled in every second.
+    let mock = MockDashScope::builder()
+        .model("m", ModelConfig::new().rpm(120))
+        .build();
+    for _ in 0..3 {
+        for _ in 0..5 {
+            let _ = send(&mock, chat(COMPAT, "m", "12345678", false)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let stats = mock.stats();
+    let model = stats.model("m").unwrap();
+    assert_eq!(
+        model.timeline.keys().copied().collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+    for (second, counts) in &model.timeline {
+        assert_eq!(counts.requests, 5, "second {second}");
+        assert_eq!(counts.succeeded, 2, "second {second}");
+        assert_eq!(counts.throttled_requests, 3, "second {second}");
+        // 3 input tokens (8 characters and a separator, 4 a token) + 4 output, each.
+        assert_eq!(counts.tokens, 2 * (3 + 4), "second {second}");
+    }
+    assert_eq!(model.total.requests, 15);
+    assert_eq!(model.total.throttled(), 9);
+    assert_eq!(stats.total(), model.total);
+    assert_eq!(
+        model.tokens_per_second().collect::<Vec<_>>(),
+        [(0, 14), (1, 14), (2, 14)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_timeline_keeps_the_last_hour() {
+    use tower_dashscope::mock::TIMELINE_SECONDS;
+    let mock = MockDashScope::builder()
+        .model("m", ModelConfig::new())
+        .build();
+    let seconds = TIMELINE_SECONDS as u64 + 100;
+    for _ in 0..seconds {
+        send(&mock, chat(COMPAT, "m", "hi", false)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let stats = mock.stats();
+    let model = stats.model("m").unwrap();
+    assert_eq!(model.timeline.len(), TIMELINE_SECONDS);
+    assert_eq!(
+        model.timeline.keys().next(),
+        Some(&100),
+        "the oldest seconds go first"
+    );
+    assert_eq!(model.total.requests, seconds, "totals are kept whole");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_queued_request_counts_once_and_in_flight_peaks_are_kept() {
+    let mock = MockDashScope::builder()
+        .model(
+            "m",
+            ModelConfig::new()
+                .burst_limit(2)
+                .latency(Duration::from_millis(100), 10.0),
+        )
+        .build();
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let mut request = chat(COMPAT, "m", "hi", true);
+            request
+                .headers_mut()
+                .insert("x-dashscope-wait-timeout", "10".parse().unwrap());
+            let mock = mock.clone();
+            tokio::spawn(async move { send(&mock, request).await })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    let stats = mock.stats();
+    let model = stats.model("m").unwrap();
+    // Two admitted in second 0; two queued to second 1, where two more are allowed.
+    assert_eq!(model.total.requests, 4);
+    assert_eq!(model.total.queued, 2);
+    assert_eq!(model.total.succeeded, 4);
+    assert_eq!(model.timeline[&0].succeeded, 2);
+    assert_eq!(model.timeline[&1].succeeded, 2);
+    // Each stream takes 100 ms + 3 × 100 ms, so the two of each second overlap.
+    assert_eq!(stats.peak_in_flight, 2);
+    assert_eq!(stats.in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn keys_bound_to_a_host_work_only_there() {
+    let mock = MockDashScope::builder()
+        .model("m", ModelConfig::new())
+        .api_key_for_host("sk-intl", "DashScope-Intl.aliyuncs.com")
+        .api_key_for_host("sk-sp-coding", "coding-intl.dashscope.aliyuncs.com:443")
+        .api_key("sk-anywhere")
+        .build();
+    let request = |uri: &str, host: Option<&str>, key: &str| {
+        let mut request = chat(COMPAT, "m", "hi", false);
+        *request.uri_mut() = uri.parse().unwrap();
+        if let Some(host) = host {
+            request.headers_mut().insert("host", host.parse().unwrap());
+        }
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        request
+    };
+    const INTL: &str = "https://dashscope-intl.aliyuncs.com/compatible-mode/v1/chat/completions";
+    const BEIJING: &str = "https://dashscope.aliyuncs.com/compatible-mode/v1/chat/completions";
+    const CODING: &str = "https://coding-intl.dashscope.aliyuncs.com/v1/chat/completions";
+    const PATH: &str = "/compatible-mode/v1/chat/completions";
+    let accepted = [
+        (INTL, None, "sk-intl"),
+        (PATH, Some("dashscope-intl.aliyuncs.com:8443"), "sk-intl"),
+        (CODING, None, "sk-sp-coding"),
+        (BEIJING, None, "sk-anywhere"),
+    ];
+    for (uri, host, key) in accepted {
+        assert!(
+            send(&mock, request(uri, host, key)).await.is_ok(),
+            "{uri} {host:?} {key}"
+        );
+    }
+    let refused = [
+        (BEIJING, None, "sk-intl"),
+        (PATH, None, "sk-intl"),
+        (PATH, Some("dashscope.aliyuncs.com"), "sk-intl"),
+        (INTL, None, "sk-sp-coding"),
+        (CODING, None, "sk-other"),
+    ];
+    for (uri, host, key) in refused {
+        let err = send(&mock, request(uri, host, key)).await.unwrap_err();
+        assert_eq!(
+            err.class(),
+            ErrorClass::Authentication,
+            "{uri} {host:?} {key}"
+        );
+        assert_eq!(err.code(), Some("invalid_api_key"));
+    }
+    // Keys are not shown by Debug.
+    let debug = format!(
+        "{:?}",
+        MockDashScope::builder().api_key_for_host("sk-secret-value", "h")
+    );
+    assert!(!debug.contains("sk-secret-value"), "{debug}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_tokens_out_of_range_is_refused_as_dashscope_does() {
+    let mock = MockDashScope::builder()
+        .model("m", ModelConfig::new().max_output_tokens(100))
+        .build();
+    for (path, body) in [
+        (COMPAT, r#"{"model":"m","messages":[],"max_tokens":0}"#),
+        (COMPAT, r#"{"model":"m","messages":[],"max_tokens":101}"#),
+        (
+            NATIVE,
+            r#"{"model":"m","input":{"messages":[]},"parameters":{"max_tokens":4000000000}}"#,
+        ),
+        (ANTHROPIC, r#"{"model":"m","messages":[],"max_tokens":101}"#),
+    ] {
+        let request = Request::post(path)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let err = send(&mock, request).await.unwrap_err();
+        assert_eq!(
+            err.class(),
+            ErrorClass::InvalidRequest,
+            "{path} {body}: {err}"
+        );
+        assert_eq!(
+            err.message(),
+            Some("Range of max_tokens should be [1, 100]"),
+            "{path} {body}"
+        );
+    }
+    let request = Request::post(COMPAT)
+        .body(Full::new(Bytes::from(
+            r#"{"model":"m","messages":[],"max_tokens":100}"#,
+        )))
+        .unwrap();
+    assert!(send(&mock, request).await.is_ok());
+    assert_eq!(mock.stats().model("m").unwrap().total.failed, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn native_streams_repeat_the_text_unless_incremental() {
+    let mock = MockDashScope::builder()
+        .model("m", ModelConfig::new())
+        .build();
+    for (incremental, last) in [(false, "Qwen answers your"), (true, " your")] {
+        let body = serde_json::json!({"model": "m", "input": {"messages": [{"role": "user", "content": "hi"}]}, "parameters": {"max_tokens": 3, "incremental_output": incremental}});
+        let request = Request::post(NATIVE)
+            .header("x-dashscope-sse", "enable")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        let body = send(&mock, request).await.unwrap();
+        let text = std::str::from_utf8(&body).unwrap();
+        let contents: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(|d| {
+                let v: serde_json::Value = serde_json::from_str(d).unwrap();
+                v["output"]["choices"][0]["message"]["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(contents.len(), 3);
+        assert_eq!(
+            contents.last().map(String::as_str),
+            Some(last),
+            "{incremental}"
+        );
+    }
+}
