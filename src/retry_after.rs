@@ -194,6 +194,7 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig { rng_seed: proptest::test_runner::RngSeed::Fixed(2026), ..ProptestConfig::default() })]
         #[test]
         fn never_panics_on_arbitrary_values(
             ra in proptest::collection::vec(any::<u8>(), 0..80),
