@@ -27,8 +27,14 @@ impl MockServer {
             // Connections live in this set: dropping it (when the server stops) ends them.
             let mut connections = tokio::task::JoinSet::new();
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(err) => {
+                        // Out of file descriptors, say: back off rather than spin.
+                        tracing::warn!(error = %err, "MockDashScope could not accept a connection");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
                 };
                 let mock = mock.clone();
                 connections.spawn(async move {
