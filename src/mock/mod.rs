@@ -10,7 +10,18 @@
 //!
 //! It is a `tower::Service` (in-process, no sockets, driven by `tokio::time`, so
 //! `tokio::time::pause()` makes it deterministic), and [`serve`](MockDashScope::serve) puts it on
-//! a loopback port for real HTTP clients.
+//! a loopback port for real HTTP clients. [`stats`](MockDashScope::stats) tells what it saw:
+//! per model, requests, successes, 429s by kind, queued requests, other failures and tokens
+//! admitted, in total and second by second ([`ModelStats::timeline`]), and requests in flight.
+//!
+//! # Token counts
+//!
+//! Deterministic, so tests can compute quotas exactly: the input is every string in the
+//! messages (and Anthropic's `system`), each followed by one separator, at one token per four
+//! characters (not bytes), rounded up, and at least one — a single message `"12345678"` is 9
+//! characters, 3 tokens. The output is the request's `max_tokens` (16 when it sets none), one
+//! word of a fixed sentence per token. Every answer's `usage` reports exactly these counts, and
+//! the tokens-per-minute quota charges their sum when the request is admitted.
 //!
 //! # Example
 //!
