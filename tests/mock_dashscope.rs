@@ -371,6 +371,13 @@ async fn bad_input_gets_dashscopes_answers() {
         (ErrorClass::NotFound, None),
         "a bare 404 for a wrong base path"
     );
+    // A wait-timeout too large to add to a clock: read as the longest wait, no panic.
+    let mut request = chat(COMPAT, "m", "hi", false);
+    request.headers_mut().insert(
+        "x-dashscope-wait-timeout",
+        u64::MAX.to_string().parse().unwrap(),
+    );
+    assert!(send(&mock, request).await.is_ok());
     let err = send(&mock, raw(COMPAT, vec![b' '; 16 * 1024 * 1024 + 1]))
         .await
         .unwrap_err();

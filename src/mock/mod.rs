@@ -102,6 +102,10 @@ use self::respond::{Api, Chat, Failure};
 pub use self::server::MockServer;
 use crate::error::BoxError;
 
+/// The longest `X-DashScope-Wait-Timeout` the simulator honours, in seconds; larger values are
+/// read as this.
+pub const MAX_WAIT_TIMEOUT_SECS: u64 = 3600;
+
 /// The gateway's request body limit: larger bodies get 413 with an empty body.
 pub const MAX_REQUEST_BODY: usize = 16 * 1024 * 1024;
 
@@ -506,30 +510,20 @@ impl MockDashScope {
             }
         }
         let Some(chat) = Chat::parse(api, &body, sse_header) else {
-            let failure = Failure::new(
-                400,
-                "InvalidParameter",
-                "invalid_parameter_error",
-                "invalid_request_error",
-                "The request body is not valid JSON.",
-            );
+            let failure = Failure::invalid_parameter("The request body is not valid JSON.");
             return Ok(failure.respond(api, sse_header, &request_id, None));
         };
         let Some(model) = chat.model.clone() else {
-            let failure = Failure::new(
-                400,
-                "InvalidParameter",
-                "invalid_parameter_error",
-                "invalid_request_error",
-                "Model not specified.",
-            );
+            let failure = Failure::invalid_parameter("Model not specified.");
             return Ok(failure.respond(api, chat.stream, &request_id, None));
         };
         let wait = headers
             .get("x-dashscope-wait-timeout")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
-            .map_or(Duration::ZERO, Duration::from_secs);
+            .map_or(Duration::ZERO, |secs| {
+                Duration::from_secs(secs.min(MAX_WAIT_TIMEOUT_SECS))
+            });
         let waited_until = Instant::now() + wait;
 
         // A request queued for the burst limit is decided again, but counted once.
@@ -538,14 +532,18 @@ impl MockDashScope {
             let decision = self.decide(&model, &chat, queued);
             match decision {
                 Decision::Answer(pace) => {
+                    // Any rate, however slow, gives a delay: no overflow, no panic.
                     let per_token = if pace.tokens_per_sec > 0.0 {
-                        Duration::from_secs_f64(1.0 / pace.tokens_per_sec)
+                        Duration::try_from_secs_f64(1.0 / pace.tokens_per_sec)
+                            .unwrap_or(Duration::MAX)
                     } else {
                         Duration::ZERO
                     };
                     let in_flight = InFlight(self.shared.clone());
                     if !chat.stream {
-                        let generation = pace.ttft + per_token * chat.output_tokens();
+                        let generation = pace
+                            .ttft
+                            .saturating_add(per_token.saturating_mul(chat.output_tokens()));
                         tokio::time::sleep(generation).await;
                     }
                     let response = respond::success(
@@ -686,16 +684,10 @@ impl MockDashScope {
         if chat.input_tokens() > config.context_window {
             return fail(
                 stats,
-                Failure::new(
-                    400,
-                    "InvalidParameter",
-                    "invalid_parameter_error",
-                    "invalid_request_error",
-                    format!(
-                        "<400> InternalError.Algo.InvalidParameter: Range of input length should be [1, {}]",
-                        config.context_window
-                    ),
-                ),
+                Failure::invalid_parameter(format!(
+                    "<400> InternalError.Algo.InvalidParameter: Range of input length should be [1, {}]",
+                    config.context_window
+                )),
             );
         }
 
@@ -705,16 +697,10 @@ impl MockDashScope {
         {
             return fail(
                 stats,
-                Failure::new(
-                    400,
-                    "InvalidParameter",
-                    "invalid_parameter_error",
-                    "invalid_request_error",
-                    format!(
-                        "<400> InternalError.Algo.InvalidParameter: Range of max_tokens should be [1, {}]",
-                        config.max_output_tokens
-                    ),
-                ),
+                Failure::invalid_parameter(format!(
+                    "<400> InternalError.Algo.InvalidParameter: Range of max_tokens should be [1, {}]",
+                    config.max_output_tokens
+                )),
             );
         }
 

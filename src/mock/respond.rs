@@ -168,6 +168,17 @@ impl Failure {
         }
     }
 
+    /// 400 `InvalidParameter` / `invalid_parameter_error`: bad input.
+    pub(crate) fn invalid_parameter(message: impl Into<String>) -> Self {
+        Failure::new(
+            400,
+            "InvalidParameter",
+            "invalid_parameter_error",
+            "invalid_request_error",
+            message,
+        )
+    }
+
     fn json(&self, api: Api, request_id: &str) -> Value {
         match api {
             Api::Native => json!({
