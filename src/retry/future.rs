@@ -11,7 +11,6 @@ use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::Service;
-use tower::retry::budget::Budget;
 
 use super::backoff::{backoff, on_top_of};
 use super::{Config, ReplayBody, Shared, clone_request};

@@ -13,6 +13,8 @@
 //! - **A retry budget** shared by every clone of the layer: retries may add at most 20% to the
 //!   load, above a floor of 10 retries per second so a lone request still gets its retries.
 //!   During a total outage, attempts per request stay near 1.2 instead of the attempt limit.
+//!   The ratio is exact to a thousandth (tower's `TpsBudget` rounds `1 / ratio` down, so that
+//!   0.4 gives 50%); requests count for 10 seconds.
 //! - **Replay.** Each attempt sends a copy of the request (method, URI, headers, extensions and
 //!   a clone of the body; see [`ReplayBody`]) and readies the inner service again first. A
 //!   request whose body cannot be cloned is sent once.
@@ -78,6 +80,7 @@
 //! ```
 
 mod backoff;
+mod budget;
 pub mod future;
 
 use std::fmt;
@@ -90,10 +93,10 @@ use bytes::{Buf, Bytes};
 use http::{Request, Response};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use tower::retry::budget::{Budget, TpsBudget};
 use tower::{Layer, Service};
 
 pub use self::backoff::Jitter;
+use self::budget::RetryBudget;
 use self::future::ResponseFuture;
 use crate::error::{BoxError, DashScopeError, into_dashscope_error};
 
@@ -132,7 +135,7 @@ pub(crate) struct Config {
 /// State shared by every clone of a layer and every service made from it.
 pub(crate) struct Shared {
     /// `None` when the budget was turned off.
-    pub(crate) budget: Option<TpsBudget>,
+    pub(crate) budget: Option<RetryBudget>,
     pub(crate) rng: Mutex<SmallRng>,
     min_per_sec: u32,
     retry_ratio: f32,
@@ -141,7 +144,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn new(budget: bool, min_per_sec: u32, retry_ratio: f32, seed: u64) -> Arc<Self> {
-        // TpsBudget asserts on its inputs: keep them in its range instead of panicking.
+        // Keep the inputs in the documented range instead of overflowing.
         let retry_ratio = if retry_ratio.is_finite() {
             retry_ratio.clamp(0.0, 1000.0)
         } else {
@@ -149,8 +152,7 @@ impl Shared {
         };
         let min_per_sec = min_per_sec.min(i32::MAX as u32 / 10);
         Arc::new(Shared {
-            budget: budget
-                .then(|| TpsBudget::new(Duration::from_secs(10), min_per_sec, retry_ratio)),
+            budget: budget.then(|| RetryBudget::new(min_per_sec, retry_ratio)),
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
             min_per_sec,
             retry_ratio,
