@@ -258,9 +258,17 @@ const WORDS: [&str; 8] = [
     " detail.",
 ];
 
+/// Token `i` of an answer: the sentence over and over, a space between repeats.
+fn word(i: usize) -> &'static str {
+    match i % WORDS.len() {
+        0 if i > 0 => " Qwen",
+        n => WORDS[n],
+    }
+}
+
 fn text_of(tokens: u32) -> String {
     (0..tokens as usize)
-        .map(|i| WORDS[i % WORDS.len()])
+        .map(word)
         .collect()
 }
 
@@ -372,7 +380,7 @@ impl Script {
         }
         let i = self.next;
         self.next += 1;
-        let word = WORDS[i as usize % WORDS.len()];
+        let word = word(i as usize);
         let delay = if i == 0 { self.ttft } else { self.per_token };
         let id = &self.request_id;
         let frame = match self.api {
