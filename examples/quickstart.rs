@@ -185,6 +185,18 @@ async fn simulator_demo() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "  retries, with jitter         {retries:>3}  (RetryWithJitter, budget shared by all 40)"
     );
+    println!("  most requests in flight      {:>3}", stats.peak_in_flight);
+    if let Some(plus) = stats.model("qwen-plus") {
+        let per_second: Vec<String> = plus
+            .timeline
+            .iter()
+            .map(|(second, c)| format!("{second}s {}/{}", c.succeeded, c.requests))
+            .collect();
+        println!(
+            "\n  qwen-plus, second by second (admitted/asked; quota 10 requests and 1000 tokens a second):"
+        );
+        println!("    {}", per_second.join("  "));
+    }
     if !failures.is_empty() {
         println!("\n  did not succeed (each error says what to do):");
         for (class, (count, example)) in &failures {

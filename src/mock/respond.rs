@@ -267,9 +267,7 @@ fn word(i: usize) -> &'static str {
 }
 
 fn text_of(tokens: u32) -> String {
-    (0..tokens as usize)
-        .map(word)
-        .collect()
+    (0..tokens as usize).map(word).collect()
 }
 
 /// A successful answer. `cut` stops a stream early (no final event).
