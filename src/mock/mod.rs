@@ -569,7 +569,9 @@ impl MockDashScope {
                 Decision::Burst { next_second } if next_second <= waited_until => {
                     let second = self.shared.second(Instant::now());
                     if let Some(stats) = self.shared.lock().stats.models.get_mut(&model) {
-                        stats.record(second, |c| c.queued += 1);
+                        if !queued {
+                            stats.record(second, |c| c.queued += 1);
+                        }
                     }
                     tokio::time::sleep_until(next_second).await;
                     queued = true;
@@ -600,7 +602,7 @@ impl MockDashScope {
     fn decide(&self, model: &str, chat: &Chat, again: bool) -> Decision {
         let now = Instant::now();
         let since_start = now.saturating_duration_since(self.shared.start);
-        let second = since_start.as_secs();
+        let second = self.shared.second(now);
         let mut guard = self.shared.lock();
         let state = &mut *guard;
         let Some((config, quota)) = state.models.get_mut(model) else {
