@@ -588,6 +588,31 @@ async fn keys_bound_to_a_host_work_only_there() {
         );
         assert_eq!(err.code(), Some("invalid_api_key"));
     }
+    // The Anthropic-compatible path also takes the key as Anthropic's SDKs send it.
+    let anthropic = |header: &'static str, key: &str| {
+        let mut request = chat(ANTHROPIC, "m", "hi", false);
+        request.headers_mut().insert(header, key.parse().unwrap());
+        request
+    };
+    assert!(
+        send(&mock, anthropic("x-api-key", "sk-anywhere"))
+            .await
+            .is_ok()
+    );
+    let err = send(&mock, anthropic("x-api-key", "sk-other"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Authentication);
+    let mut compat = chat(COMPAT, "m", "hi", false);
+    compat
+        .headers_mut()
+        .insert("x-api-key", "sk-anywhere".parse().unwrap());
+    let err = send(&mock, compat).await.unwrap_err();
+    assert_eq!(
+        err.class(),
+        ErrorClass::Authentication,
+        "only Bearer on the other paths"
+    );
     // Keys are not shown by Debug.
     let debug = format!(
         "{:?}",

@@ -160,7 +160,8 @@ impl MockBuilder {
         self
     }
 
-    /// Accepts only `Authorization: Bearer <key>` with one of the keys given this way or with
+    /// Accepts only `Authorization: Bearer <key>` (on the Anthropic-compatible path also
+    /// `x-api-key: <key>`) with one of the keys given this way or with
     /// [`api_key_for_host`](Self::api_key_for_host) (any key, or none, when neither is
     /// called). Others get 401 `InvalidApiKey`, as a key from another region or plan does.
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
@@ -493,10 +494,17 @@ impl MockDashScope {
         };
         let sse_header = crate::classify::asks_for_stream(&headers);
         if !self.shared.keys.is_empty() {
-            let key = headers
+            let bearer = headers
                 .get(http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "));
+            // Anthropic's SDKs send the key as `x-api-key`.
+            let key = bearer.or_else(|| {
+                (api == Api::Anthropic)
+                    .then(|| headers.get("x-api-key"))
+                    .flatten()
+                    .and_then(|v| v.to_str().ok())
+            });
             let host = host.as_deref();
             if !key.is_some_and(|k| self.shared.keys.iter().any(|known| known.accepts(k, host))) {
                 let failure = Failure::new(
