@@ -552,7 +552,10 @@ impl MockDashScope {
                         let generation = pace
                             .ttft
                             .saturating_add(per_token.saturating_mul(chat.output_tokens()));
-                        tokio::time::sleep(generation).await;
+                        // A zero sleep would still wait for the timer's next tick (1 ms).
+                        if !generation.is_zero() {
+                            tokio::time::sleep(generation).await;
+                        }
                     }
                     let response = respond::success(
                         api,
