@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Full};
 use proptest::prelude::*;
 use tower::{Layer, ServiceExt};
 use tower_dashscope::classify::{Usage, UsageSlot};
-use tower_dashscope::mock::{Exhausted, MockDashScope, ModelConfig};
+use tower_dashscope::mock::{Exhausted, MAX_OUTPUT_TOKENS, MockDashScope, ModelConfig};
 use tower_dashscope::{
     ClassifyDashScopeError, DashScopeError, ErrorClass, RateLimitKind, RetryWithJitter,
 };
@@ -287,6 +287,15 @@ async fn burst_limit_and_wait_timeout_queueing() {
         }
     }
     assert_eq!(throttled, 2);
+    // After an idle second, `floor` requests pass, even a floor of one.
+    let one = MockDashScope::builder()
+        .model("m", ModelConfig::new().burst_limit(1))
+        .build();
+    assert!(send(&one, chat(COMPAT, "m", "hi", false)).await.is_ok());
+    let err = send(&one, chat(COMPAT, "m", "hi", false))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::RateLimited(RateLimitKind::Burst));
     // With the wait-timeout header the server queues until the next second instead.
     let mut request = chat(COMPAT, "m", "hi", false);
     request
@@ -339,6 +348,17 @@ async fn bad_input_gets_dashscopes_answers() {
             .body(Full::new(Bytes::from(body)))
             .unwrap()
     };
+    // The compatible shape, exactly: `invalid_parameter_error` is the code, not the type.
+    let response = mock
+        .clone()
+        .oneshot(raw(COMPAT, b"not json".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(value["error"]["code"], "invalid_parameter_error");
+    assert_eq!(value["error"]["type"], "invalid_request_error");
     let err = send(&mock, raw(COMPAT, b"not json".to_vec()))
         .await
         .unwrap_err();
@@ -499,6 +519,24 @@ async fn the_timeline_keeps_the_last_hour() {
         "the oldest seconds go first"
     );
     assert_eq!(model.total.requests, seconds, "totals are kept whole");
+
+    // An hour, not 3600 busy seconds: with a request every other second, half as many.
+    for _ in 0..TIMELINE_SECONDS {
+        send(&mock, chat(COMPAT, "m", "hi", false)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let stats = mock.stats();
+    let timeline = &stats.model("m").unwrap().timeline;
+    let (first, last) = (
+        timeline.keys().next().unwrap(),
+        timeline.keys().last().unwrap(),
+    );
+    assert_eq!(
+        last - first,
+        TIMELINE_SECONDS as u64 - 2,
+        "{first}..={last}"
+    );
+    assert_eq!(timeline.len(), TIMELINE_SECONDS / 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -650,13 +688,49 @@ async fn max_tokens_out_of_range_is_refused_as_dashscope_does() {
             "{path} {body}"
         );
     }
+    // Anything but a whole number is out of range too, as DashScope answers it.
+    for bad in ["-1", "1.5", "\"10\"", "true", "{}"] {
+        let body = format!(r#"{{"model":"m","messages":[],"max_tokens":{bad}}}"#);
+        let request = Request::post(COMPAT)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let err = send(&mock, request).await.unwrap_err();
+        assert_eq!(
+            err.message(),
+            Some("Range of max_tokens should be [1, 100]"),
+            "{bad}"
+        );
+    }
     let request = Request::post(COMPAT)
         .body(Full::new(Bytes::from(
             r#"{"model":"m","messages":[],"max_tokens":100}"#,
         )))
         .unwrap();
     assert!(send(&mock, request).await.is_ok());
-    assert_eq!(mock.stats().model("m").unwrap().total.failed, 4);
+    assert_eq!(mock.stats().model("m").unwrap().total.failed, 9);
+
+    // The model's limit bounds the default output too, and is itself bounded.
+    let mock = MockDashScope::builder()
+        .model("short", ModelConfig::new().max_output_tokens(2))
+        .model("huge", ModelConfig::new().max_output_tokens(u32::MAX))
+        .build();
+    let request = Request::post(COMPAT)
+        .body(Full::new(Bytes::from(r#"{"model":"short","messages":[]}"#)))
+        .unwrap();
+    let body = send(&mock, request).await.unwrap();
+    let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(value["usage"]["completion_tokens"], 2);
+    let request = Request::post(COMPAT)
+        .body(Full::new(Bytes::from(format!(
+            r#"{{"model":"huge","messages":[],"max_tokens":{}}}"#,
+            u32::MAX
+        ))))
+        .unwrap();
+    let err = send(&mock, request).await.unwrap_err();
+    assert_eq!(
+        err.message(),
+        Some(format!("Range of max_tokens should be [1, {MAX_OUTPUT_TOKENS}]").as_str())
+    );
 }
 
 #[tokio::test(start_paused = true)]

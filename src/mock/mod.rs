@@ -97,8 +97,8 @@ use tower::Service;
 
 use self::body::InFlight;
 pub use self::body::MockBody;
-pub use self::model::{Exhausted, ModelConfig};
-use self::respond::{Api, Chat, Failure};
+pub use self::model::{Exhausted, MAX_OUTPUT_TOKENS, ModelConfig};
+use self::respond::{Api, Chat, Failure, Pace};
 pub use self::server::MockServer;
 use crate::error::BoxError;
 
@@ -335,7 +335,8 @@ impl ModelState {
 }
 
 /// How many whole seconds of [`ModelStats::timeline`] the simulator keeps per model: the last
-/// hour. Older seconds are dropped, so a long-running simulator's memory stays bounded.
+/// hour, counted back from the latest second recorded. Older seconds are dropped, so a
+/// long-running simulator's memory stays bounded.
 pub const TIMELINE_SECONDS: usize = 3600;
 
 /// What the simulator has seen so far; [`MockDashScope::stats`].
@@ -382,8 +383,8 @@ pub struct ModelStats {
     /// Everything since the simulator was built.
     pub total: Counts,
     /// The counts of each whole second since the simulator was built (the key; second `0` is
-    /// the first), for the last [`TIMELINE_SECONDS`] seconds that saw a request. Seconds
-    /// without requests are absent.
+    /// the first), for the last [`TIMELINE_SECONDS`] seconds. Seconds without requests are
+    /// absent.
     pub timeline: BTreeMap<u64, Counts>,
 }
 
@@ -396,7 +397,12 @@ impl ModelStats {
     fn record(&mut self, second: u64, count: impl Fn(&mut Counts)) {
         count(&mut self.total);
         count(self.timeline.entry(second).or_default());
-        if self.timeline.len() > TIMELINE_SECONDS {
+        let oldest = second.saturating_sub(TIMELINE_SECONDS as u64 - 1);
+        while self
+            .timeline
+            .first_key_value()
+            .is_some_and(|(&s, _)| s < oldest)
+        {
             self.timeline.pop_first();
         }
     }
@@ -407,9 +413,12 @@ impl ModelStats {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct Counts {
-    /// Requests for this model.
+    /// Requests for this model. A caller that gives up on a request while it is queued leaves
+    /// it counted here and as [`queued`](Self::queued), with no outcome.
     pub requests: u64,
-    /// Requests admitted and answered successfully.
+    /// Requests admitted: charged to the quotas and answered (or being answered) successfully.
+    /// As DashScope bills them, they count even if the caller goes away before the answer
+    /// ends.
     pub succeeded: u64,
     /// 429 `Throttling.RateQuota` / `limit_requests`.
     pub throttled_requests: u64,
@@ -540,32 +549,13 @@ impl MockDashScope {
             let decision = self.decide(&model, &chat, queued);
             match decision {
                 Decision::Answer(pace) => {
-                    // Any rate, however slow, gives a delay: no overflow, no panic.
-                    let per_token = if pace.tokens_per_sec > 0.0 {
-                        Duration::try_from_secs_f64(1.0 / pace.tokens_per_sec)
-                            .unwrap_or(Duration::MAX)
-                    } else {
-                        Duration::ZERO
-                    };
                     let in_flight = InFlight(self.shared.clone());
-                    if !chat.stream {
-                        let generation = pace
-                            .ttft
-                            .saturating_add(per_token.saturating_mul(chat.output_tokens()));
-                        // A zero sleep would still wait for the timer's next tick (1 ms).
-                        if !generation.is_zero() {
-                            tokio::time::sleep(generation).await;
-                        }
+                    let generation = pace.generation();
+                    // A zero sleep would still wait for the timer's next tick (1 ms).
+                    if !chat.stream && !generation.is_zero() {
+                        tokio::time::sleep(generation).await;
                     }
-                    let response = respond::success(
-                        api,
-                        &chat,
-                        &model,
-                        &request_id,
-                        pace.ttft,
-                        per_token,
-                        pace.cut_streams_after,
-                    );
+                    let response = respond::success(api, &chat, &model, &request_id, pace);
                     return Ok(response.map(|b| b.with_in_flight(in_flight)));
                 }
                 Decision::Fail(failure, retry_after) => {
@@ -611,10 +601,12 @@ impl MockDashScope {
     /// Decides, under the lock, what happens to a request for `model` now. `again`: the request
     /// was queued and has been counted already.
     fn decide(&self, model: &str, chat: &Chat, again: bool) -> Decision {
+        // The clock is read under the lock, so that no thread applies a time older than one
+        // another thread already applied.
+        let mut guard = self.shared.lock();
         let now = Instant::now();
         let since_start = now.saturating_duration_since(self.shared.start);
         let second = self.shared.second(now);
-        let mut guard = self.shared.lock();
         let state = &mut *guard;
         let Some((config, quota)) = state.models.get_mut(model) else {
             let failure = Failure::new(
@@ -728,12 +720,13 @@ impl MockDashScope {
             quota.second = second;
         }
         if let Some(floor) = config.burst {
-            if quota.this_second >= floor && quota.this_second >= 2 * quota.last_second.max(1) {
+            if quota.this_second >= floor && quota.this_second >= 2 * quota.last_second {
                 let next_second = self.shared.start + Duration::from_secs(second + 1);
                 return Decision::Burst { next_second };
             }
         }
-        let tokens = f64::from(chat.input_tokens()) + f64::from(chat.output_tokens());
+        let output_tokens = chat.output_tokens(config.max_output_tokens);
+        let tokens = f64::from(chat.input_tokens()) + f64::from(output_tokens);
         if let Some(bucket) = &mut quota.requests {
             bucket.refill(now);
             if !bucket.has(1.0) {
@@ -793,19 +786,17 @@ impl MockDashScope {
         state.stats.in_flight += 1;
         state.stats.peak_in_flight = state.stats.peak_in_flight.max(state.stats.in_flight);
         Decision::Answer(Pace {
+            output_tokens,
             ttft: config.ttft,
-            tokens_per_sec: config.tokens_per_sec,
-            cut_streams_after: config.cut_streams_after,
+            // Any rate, however slow, gives a delay: no overflow, no panic.
+            per_token: if config.tokens_per_sec > 0.0 {
+                Duration::try_from_secs_f64(1.0 / config.tokens_per_sec).unwrap_or(Duration::MAX)
+            } else {
+                Duration::ZERO
+            },
+            cut_after: config.cut_streams_after,
         })
     }
-}
-
-/// How an admitted answer is paced.
-#[derive(Clone, Copy)]
-struct Pace {
-    ttft: Duration,
-    tokens_per_sec: f64,
-    cut_streams_after: Option<u32>,
 }
 
 enum Decision {

@@ -3,6 +3,9 @@
 use std::ops::Range;
 use std::time::Duration;
 
+/// The largest [`ModelConfig::max_output_tokens`]: about 7 MB of simulated text per answer.
+pub const MAX_OUTPUT_TOKENS: u32 = 1 << 20;
+
 /// What the simulator does for one model. Every setting is optional; see [`ModelConfig::new`].
 ///
 /// ```
@@ -91,12 +94,13 @@ impl ModelConfig {
         self
     }
 
-    /// The growth-rate ("burst") limit: more than `floor` requests in one second, and more than
-    /// twice the previous second's, is answered 429 `Throttling.BurstRate` /
-    /// `limit_burst_rate` — unless the request carries `X-DashScope-Wait-Timeout`, in which
-    /// case it is queued (up to that many seconds) until the next second.
+    /// The growth-rate ("burst") limit: a request beyond the first `floor` of a second that is
+    /// also beyond twice the number admitted in the previous second is answered 429
+    /// `Throttling.BurstRate` / `limit_burst_rate` — unless it carries
+    /// `X-DashScope-Wait-Timeout`, in which case it is queued (up to that many seconds) until
+    /// the next second. After an idle second, `floor` requests pass. `floor` is at least 1.
     pub fn burst_limit(mut self, floor: u32) -> Self {
-        self.burst = Some(floor);
+        self.burst = Some(floor.max(1));
         self
     }
 
@@ -107,11 +111,13 @@ impl ModelConfig {
         self
     }
 
-    /// The largest `max_tokens` a request may ask for: `0`, or more than this, is answered 400
-    /// `InvalidParameter` "Range of max_tokens should be [1, N]", as DashScope does. (It also
-    /// bounds what one simulated answer can make the simulator generate.)
+    /// The largest `max_tokens` a request may ask for: `0`, more than this, or anything but a
+    /// whole number is answered 400 `InvalidParameter` "Range of max_tokens should be [1, N]",
+    /// as DashScope does; a request without `max_tokens` gets 16 output tokens, or this many if
+    /// fewer. It bounds what one answer makes the simulator generate, so it is itself at most
+    /// [`MAX_OUTPUT_TOKENS`] (and at least 1).
     pub fn max_output_tokens(mut self, tokens: u32) -> Self {
-        self.max_output_tokens = tokens;
+        self.max_output_tokens = tokens.clamp(1, MAX_OUTPUT_TOKENS);
         self
     }
 

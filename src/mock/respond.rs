@@ -75,10 +75,16 @@ impl Chat {
             Api::Native => object.get("parameters"),
             _ => Some(&value),
         };
-        let max_tokens = parameters
-            .and_then(|p| p.get("max_tokens"))
-            .and_then(Value::as_u64)
-            .map(|n| n.min(u64::from(u32::MAX)) as u32);
+        // Present but not a positive integer (-1, 1.5, "10"): read as 0, out of range, so it is
+        // answered 400 like DashScope does rather than silently ignored.
+        let max_tokens = match parameters.and_then(|p| p.get("max_tokens")) {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(
+                value
+                    .as_u64()
+                    .map_or(0, |n| n.min(u64::from(u32::MAX)) as u32),
+            ),
+        };
         let stream = match api {
             Api::Native => sse_header,
             _ => object
@@ -111,8 +117,11 @@ impl Chat {
         count_tokens(&self.input_text).max(1)
     }
 
-    pub(crate) fn output_tokens(&self) -> u32 {
-        self.max_tokens.unwrap_or(DEFAULT_OUTPUT_TOKENS)
+    /// Output tokens: `max_tokens`, or [`DEFAULT_OUTPUT_TOKENS`] (at most the model's
+    /// `max_output`) when the request sets none.
+    pub(crate) fn output_tokens(&self, max_output: u32) -> u32 {
+        self.max_tokens
+            .unwrap_or(DEFAULT_OUTPUT_TOKENS.min(max_output))
     }
 }
 
@@ -147,6 +156,8 @@ pub(crate) struct Failure {
     pub(crate) status: StatusCode,
     pub(crate) native_code: &'static str,
     pub(crate) compat_code: &'static str,
+    /// The OpenAI-compatible `error.type`: the code, except where DashScope sends another.
+    pub(crate) compat_type: &'static str,
     pub(crate) anthropic_type: &'static str,
     pub(crate) message: String,
 }
@@ -163,6 +174,7 @@ impl Failure {
             status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             native_code,
             compat_code,
+            compat_type: compat_code,
             anthropic_type,
             message: message.into(),
         }
@@ -170,13 +182,16 @@ impl Failure {
 
     /// 400 `InvalidParameter` / `invalid_parameter_error`: bad input.
     pub(crate) fn invalid_parameter(message: impl Into<String>) -> Self {
-        Failure::new(
-            400,
-            "InvalidParameter",
-            "invalid_parameter_error",
-            "invalid_request_error",
-            message,
-        )
+        Failure {
+            compat_type: "invalid_request_error",
+            ..Failure::new(
+                400,
+                "InvalidParameter",
+                "invalid_parameter_error",
+                "invalid_request_error",
+                message,
+            )
+        }
     }
 
     fn json(&self, api: Api, request_id: &str) -> Value {
@@ -189,7 +204,7 @@ impl Failure {
             Api::Compatible => json!({
                 "error": {
                     "message": self.message,
-                    "type": self.compat_code,
+                    "type": self.compat_type,
                     "param": null,
                     "code": self.compat_code,
                 },
@@ -270,31 +285,51 @@ fn text_of(tokens: u32) -> String {
     (0..tokens as usize).map(word).collect()
 }
 
-/// A successful answer. `cut` stops a stream early (no final event).
+/// How an admitted answer is made: its length and pace.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pace {
+    pub(crate) output_tokens: u32,
+    /// Time to the first token.
+    pub(crate) ttft: Duration,
+    /// Time between tokens.
+    pub(crate) per_token: Duration,
+    /// Streams stop after this many tokens, with no final event.
+    pub(crate) cut_after: Option<u32>,
+}
+
+impl Pace {
+    /// How long a non-streaming answer takes to generate.
+    pub(crate) fn generation(&self) -> Duration {
+        self.ttft
+            .saturating_add(self.per_token.saturating_mul(self.output_tokens))
+    }
+}
+
+/// A successful answer.
 pub(crate) fn success(
     api: Api,
     chat: &Chat,
     model: &str,
     request_id: &str,
-    ttft: Duration,
-    per_token: Duration,
-    cut: Option<u32>,
+    pace: Pace,
 ) -> Response<MockBody> {
     let input = chat.input_tokens();
-    let output = chat.output_tokens();
+    let output = pace.output_tokens;
+    // Usage sums in u64: two u32 counts can overflow a u32.
+    let total = u64::from(input) + u64::from(output);
     let builder = Response::builder().header("x-request-id", request_id);
     if !chat.stream {
         let text = text_of(output);
         let body = match api {
             Api::Native => json!({
                 "output": {"choices": [{"finish_reason": "stop", "message": {"role": "assistant", "content": text}}]},
-                "usage": {"input_tokens": input, "output_tokens": output, "total_tokens": input + output},
+                "usage": {"input_tokens": input, "output_tokens": output, "total_tokens": total},
                 "request_id": request_id,
             }),
             Api::Compatible => json!({
                 "choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop", "index": 0, "logprobs": null}],
                 "object": "chat.completion",
-                "usage": {"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output},
+                "usage": {"prompt_tokens": input, "completion_tokens": output, "total_tokens": total},
                 "created": 1_763_875_200,
                 "system_fingerprint": null,
                 "model": model,
@@ -323,11 +358,11 @@ pub(crate) fn success(
         request_id: request_id.to_owned(),
         input,
         output,
-        sent: cut.map_or(output, |c| c.min(output)),
+        sent: pace.cut_after.map_or(output, |c| c.min(output)),
         include_usage: chat.include_usage,
         incremental: chat.incremental,
-        ttft,
-        per_token,
+        ttft: pace.ttft,
+        per_token: pace.per_token,
         next: 0,
         text: String::new(),
         ended: false,
@@ -393,7 +428,7 @@ impl Script {
                     i + 1,
                     json!({
                         "output": {"choices": [{"message": {"content": self.text, "role": "assistant"}, "finish_reason": if last { "stop" } else { "null" }}]},
-                        "usage": {"total_tokens": self.input + i + 1, "output_tokens": i + 1, "input_tokens": self.input},
+                        "usage": {"total_tokens": u64::from(self.input) + u64::from(i) + 1, "output_tokens": i + 1, "input_tokens": self.input},
                         "request_id": id,
                     })
                 )
@@ -456,7 +491,7 @@ impl Script {
                 let stop = json!({"choices": [{"finish_reason": "stop", "delta": {"content": ""}, "index": 0, "logprobs": null}], "object": "chat.completion.chunk", "usage": null, "created": 1_763_875_200, "model": self.model, "id": id});
                 let mut tail = format!("data: {stop}\n\n");
                 if self.include_usage {
-                    let usage = json!({"choices": [], "object": "chat.completion.chunk", "usage": {"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output}, "created": 1_763_875_200, "model": self.model, "id": id});
+                    let usage = json!({"choices": [], "object": "chat.completion.chunk", "usage": {"prompt_tokens": input, "completion_tokens": output, "total_tokens": u64::from(input) + u64::from(output)}, "created": 1_763_875_200, "model": self.model, "id": id});
                     tail.push_str(&format!("data: {usage}\n\n"));
                 }
                 tail.push_str("data: [DONE]\n\n");
@@ -498,7 +533,7 @@ mod tests {
         assert_eq!(
             (
                 chat.input_tokens(),
-                chat.output_tokens(),
+                chat.output_tokens(16_384),
                 chat.stream,
                 chat.include_usage
             ),
@@ -507,7 +542,7 @@ mod tests {
         let native = br#"{"model":"qwen-max","input":{"messages":[{"role":"user","content":[{"text":"abcd"}]}]},"parameters":{"max_tokens":7}}"#;
         let chat = Chat::parse(Api::Native, native, true).unwrap();
         assert_eq!(
-            (chat.input_tokens(), chat.output_tokens(), chat.stream),
+            (chat.input_tokens(), chat.output_tokens(16_384), chat.stream),
             (2, 7, true)
         );
         assert!(Chat::parse(Api::Native, b"[1]", false).is_none());
