@@ -341,6 +341,61 @@ async fn bodies_that_cannot_be_replayed_are_sent_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn foreign_bodies_pass_through_send_once_and_either_replays() {
+    use tower_dashscope::retry::SendOnce;
+
+    /// A body of another crate (like hyper's `Incoming`): no `ReplayBody` for it.
+    struct Foreign(Option<Bytes>);
+    impl http_body::Body for Foreign {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.take().map(|b| Ok(http_body::Frame::data(b))))
+        }
+    }
+
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let server = tower::service_fn(move |req: Request<SendOnce<Foreign>>| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            // The body arrives whole through the wrapper.
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, Bytes::from_static(b"payload"));
+            Ok::<_, BoxError>(common::response(503, &[], ""))
+        }
+    });
+    let request = Request::new(SendOnce::new(Foreign(Some(Bytes::from_static(b"payload")))));
+    let response = seeded().layer(server).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "sent once, not retried");
+
+    type Mixed = http_body_util::Either<Full<Bytes>, String>;
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let server = tower::service_fn(move |_req: Request<Mixed>| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async { Ok::<_, BoxError>(common::response(503, &[], "")) }
+    });
+    let request = Request::new(Mixed::Right("{}".to_owned()));
+    let response = seeded()
+        .max_attempts(3)
+        .layer(server)
+        .oneshot(request)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "Either of replayable bodies is replayed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn readiness_errors_before_a_retry_end_the_call() {
     #[derive(Clone)]
     struct BreaksAfterFirst(Arc<AtomicU32>);
