@@ -344,22 +344,13 @@ async fn bodies_that_cannot_be_replayed_are_sent_once() {
 async fn foreign_bodies_pass_through_send_once_and_either_replays() {
     use tower_dashscope::retry::SendOnce;
 
-    /// A body of another crate (like hyper's `Incoming`): no `ReplayBody` for it.
-    struct Foreign(Option<Bytes>);
-    impl http_body::Body for Foreign {
-        type Data = Bytes;
-        type Error = std::convert::Infallible;
-        fn poll_frame(
-            mut self: std::pin::Pin<&mut Self>,
-            _cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-            Poll::Ready(self.0.take().map(|b| Ok(http_body::Frame::data(b))))
-        }
-    }
+    // The test suite's own body type stands in for another crate's (hyper's `Incoming`): it has
+    // no `ReplayBody`.
+    use common::ChunkedBody;
 
     let calls = Arc::new(AtomicU32::new(0));
     let counter = calls.clone();
-    let server = tower::service_fn(move |req: Request<SendOnce<Foreign>>| {
+    let server = tower::service_fn(move |req: Request<SendOnce<ChunkedBody>>| {
         counter.fetch_add(1, Ordering::SeqCst);
         async move {
             // The body arrives whole through the wrapper.
@@ -368,7 +359,7 @@ async fn foreign_bodies_pass_through_send_once_and_either_replays() {
             Ok::<_, BoxError>(common::response(503, &[], ""))
         }
     });
-    let request = Request::new(SendOnce::new(Foreign(Some(Bytes::from_static(b"payload")))));
+    let request = Request::new(SendOnce::new(ChunkedBody::new(["pay", "load"])));
     let response = seeded().layer(server).oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(calls.load(Ordering::SeqCst), 1, "sent once, not retried");
