@@ -144,6 +144,44 @@ impl ErrorClass {
         )
     }
 
+    /// The class of a failure known only by its HTTP status: the one status table of the crate.
+    ///
+    /// Every layer that reacts to failures uses it for an `Ok` response with a non-2xx status
+    /// when no [`ClassifyDashScopeError`](crate::ClassifyDashScopeError) sits below it, and the
+    /// classifier falls back to it when a body says nothing it knows. A 2xx or 1xx status is not
+    /// a failure and gives [`ErrorClass::ServerError`] (a server that claimed success but was
+    /// taken to have failed).
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_dashscope::{ErrorClass, RateLimitKind};
+    ///
+    /// assert_eq!(ErrorClass::from_status(StatusCode::TOO_MANY_REQUESTS),
+    ///            ErrorClass::RateLimited(RateLimitKind::Unspecified));
+    /// assert_eq!(ErrorClass::from_status(StatusCode::SERVICE_UNAVAILABLE), ErrorClass::Unavailable);
+    /// assert!(!ErrorClass::from_status(StatusCode::NOT_IMPLEMENTED).is_retryable());
+    /// ```
+    #[must_use]
+    pub fn from_status(status: StatusCode) -> ErrorClass {
+        use ErrorClass::*;
+        match status.as_u16() {
+            300..=399 => NotFound,
+            401 => Authentication,
+            402 => QuotaExhausted,
+            403 => PermissionDenied,
+            404 | 405 | 410 => NotFound,
+            408 => Timeout,
+            413 => PayloadTooLarge,
+            429 => RateLimited(RateLimitKind::Unspecified),
+            400..=499 => InvalidRequest,
+            // Not Implemented / HTTP Version Not Supported: the server will never do it.
+            501 | 505 => InvalidRequest,
+            503 => Unavailable,
+            504 => Timeout,
+            _ => ServerError,
+        }
+    }
+
     /// A short, stable, lowercase name for logs and metrics labels, e.g. `rate_limited_tokens`.
     #[must_use]
     pub fn as_str(self) -> &'static str {
@@ -514,10 +552,10 @@ impl fmt::Display for DashScopeError {
             (None, Some(code)) => write!(f, " [{code}]")?,
             (None, None) => {}
         }
-        match (&inner.message, &inner.source) {
-            (Some(message), _) => write!(f, ": {message}")?,
-            (None, Some(source)) => write!(f, ": {source}")?,
-            (None, None) => {}
+        // The source is not printed: `source()` returns it, and error reporters (anyhow, eyre,
+        // tracing's error chains) print the chain themselves.
+        if let Some(message) = &inner.message {
+            write!(f, ": {message}")?;
         }
         if let Some(request_id) = &inner.request_id {
             write!(f, " (request id {request_id})")?;
@@ -630,10 +668,18 @@ mod tests {
         let err = DashScopeError::from(err);
         assert_eq!(err.class(), ErrorClass::Connection);
         assert_eq!(err.source().unwrap().to_string(), "something odd");
-        assert!(
-            err.to_string()
-                .starts_with("connection failed: something odd;")
-        );
+        // The cause is `source()`'s to report, not `Display`'s: a reporter that prints the
+        // chain (anyhow's `{:#}`) shows it once.
+        let display = err.to_string();
+        assert!(display.starts_with("connection failed; "), "{display}");
+        assert!(!display.contains("something odd"), "{display}");
+        let mut chain = vec![display];
+        let mut next = err.source();
+        while let Some(cause) = next {
+            chain.push(cause.to_string());
+            next = cause.source();
+        }
+        assert_eq!(chain.join(": ").matches("something odd").count(), 1);
     }
 
     #[test]

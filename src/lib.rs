@@ -64,9 +64,11 @@
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod api;
 pub mod classify;
 mod error;
 mod extensions;
+pub mod headers;
 #[cfg(feature = "mock")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mock")))]
 pub mod mock;
@@ -74,6 +76,7 @@ pub mod retry;
 mod retry_after;
 pub mod wait_timeout;
 
+pub use api::{Api, Region};
 pub use classify::{ClassifyDashScopeError, ClassifyDashScopeErrorService};
 pub use error::{BoxError, DashScopeError, ErrorClass, RateLimitKind};
 pub use extensions::Attempts;

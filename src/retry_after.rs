@@ -25,15 +25,13 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderValue};
 
 /// The longest delay the parser reports. Larger values — and dates further in the future —
 /// are clamped to this, so a caller still learns "a long time" and can decide not to wait.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// The `retry-after-ms` header (milliseconds, fractional allowed), sent by some OpenAI-style
-/// gateways.
-pub const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
+pub use crate::headers::RETRY_AFTER_MS;
 
 /// Reads the delay the server asked for from `retry-after-ms`, else `Retry-After`.
 ///
@@ -109,6 +107,7 @@ fn parse_http_date(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderName;
     use proptest::prelude::*;
 
     fn headers(pairs: &[(&str, &[u8])]) -> HeaderMap {

@@ -282,9 +282,8 @@ where
 /// Whether the request asked for a stream: `X-DashScope-SSE: enable` or
 /// `Accept: text/event-stream`.
 pub(crate) fn asks_for_stream(headers: &HeaderMap) -> bool {
-    const X_DASHSCOPE_SSE: http::HeaderName = http::HeaderName::from_static("x-dashscope-sse");
     let sse = headers
-        .get(X_DASHSCOPE_SSE)
+        .get(crate::headers::X_DASHSCOPE_SSE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"enable"));
     sse || headers.get_all(http::header::ACCEPT).iter().any(|v| {
         v.as_bytes()

@@ -12,8 +12,7 @@ use super::sse::SseScanner;
 use crate::error::{DashScopeError, ErrorClass, RateLimitKind};
 use crate::retry_after::parse_retry_after;
 
-/// The `x-request-id` response header, equal to the body's `request_id`.
-pub(crate) const X_REQUEST_ID: &str = "x-request-id";
+pub(crate) use crate::headers::X_REQUEST_ID;
 
 /// Plain-text bodies longer than this are not kept as the message (they are HTML error pages
 /// and the like, not a message a person wants in a log line).
@@ -489,27 +488,16 @@ fn rate_limit_kind_from_text(message: &str) -> Option<RateLimitKind> {
     }
 }
 
-/// The last resort: the status code alone.
+/// The last resort: the status code alone (a 429's text may still say which limit).
 fn by_status(status: Option<StatusCode>, message: &str) -> ErrorClass {
-    use ErrorClass::*;
     let Some(status) = status else {
-        return ServerError;
+        return ErrorClass::ServerError;
     };
-    match status.as_u16() {
-        300..=399 => NotFound,
-        401 => Authentication,
-        402 => QuotaExhausted,
-        403 => PermissionDenied,
-        404 | 405 | 410 => NotFound,
-        408 => Timeout,
-        413 => PayloadTooLarge,
-        429 => {
-            RateLimited(rate_limit_kind_from_text(message).unwrap_or(RateLimitKind::Unspecified))
-        }
-        400..=499 => InvalidRequest,
-        503 => Unavailable,
-        504 => Timeout,
-        _ => ServerError,
+    match ErrorClass::from_status(status) {
+        ErrorClass::RateLimited(RateLimitKind::Unspecified) => ErrorClass::RateLimited(
+            rate_limit_kind_from_text(message).unwrap_or(RateLimitKind::Unspecified),
+        ),
+        class => class,
     }
 }
 

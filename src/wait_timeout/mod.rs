@@ -60,15 +60,13 @@ pub mod future;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue, Request};
+use http::{HeaderValue, Request};
 use tower::{Layer, Service};
 
 use self::future::ResponseFuture;
 use crate::error::{BoxError, DashScopeError, into_dashscope_error};
 
-/// The `X-DashScope-Wait-Timeout` request header.
-pub const X_DASHSCOPE_WAIT_TIMEOUT: HeaderName =
-    HeaderName::from_static("x-dashscope-wait-timeout");
+pub use crate::headers::X_DASHSCOPE_WAIT_TIMEOUT;
 
 /// Layer that sets `X-DashScope-Wait-Timeout` on every request; see the [module docs](self).
 ///
