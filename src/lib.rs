@@ -65,13 +65,18 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod api;
+pub mod body;
 pub mod classify;
 mod error;
 mod extensions;
+pub mod future;
+mod guard;
 pub mod headers;
 #[cfg(feature = "mock")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mock")))]
 pub mod mock;
+pub mod outcome;
+pub mod request;
 pub mod retry;
 mod retry_after;
 pub mod wait_timeout;
@@ -79,7 +84,7 @@ pub mod wait_timeout;
 pub use api::{Api, Region};
 pub use classify::{ClassifyDashScopeError, ClassifyDashScopeErrorService};
 pub use error::{BoxError, DashScopeError, ErrorClass, RateLimitKind};
-pub use extensions::Attempts;
+pub use extensions::{Attempts, Usage, UsageSlot};
 pub use retry::{RetryWithJitter, RetryWithJitterService};
 pub use retry_after::{MAX_RETRY_AFTER, RETRY_AFTER_MS, parse_retry_after, parse_retry_after_at};
 pub use wait_timeout::{WaitTimeoutHeader, WaitTimeoutHeaderService};

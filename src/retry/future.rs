@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::Service;
@@ -16,7 +16,7 @@ use super::backoff::{backoff, on_top_of};
 use super::{Config, ReplayBody, Shared, clone_request};
 use crate::error::{BoxError, DashScopeError, into_dashscope_error};
 use crate::extensions::Attempts;
-use crate::retry_after::parse_retry_after;
+use crate::outcome::{Failure, failure_of};
 
 pin_project! {
     /// Response future of [`RetryWithJitterService`](super::RetryWithJitterService).
@@ -77,11 +77,6 @@ where
     }
 }
 
-/// Statuses retried when no classifier is below.
-fn is_retryable_status(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
-}
-
 impl<S, B, R> Future for ResponseFuture<S, B>
 where
     S: Service<Request<B>, Response = Response<R>>,
@@ -97,14 +92,9 @@ where
                 StateProj::Calling { future } => {
                     let result = ready!(future.poll(cx)).map_err(into_dashscope_error);
                     // `Some(retry_after)` when a later attempt may succeed.
-                    let retryable = match &result {
-                        Ok(response) if is_retryable_status(response.status()) => {
-                            Some(parse_retry_after(response.headers()))
-                        }
-                        Ok(_) => None,
-                        Err(err) if err.is_retryable() => Some(err.retry_after()),
-                        Err(_) => None,
-                    };
+                    let retryable = failure_of(&result)
+                        .filter(Failure::is_retryable)
+                        .map(|failure| failure.retry_after());
                     let delay = retryable.and_then(|retry_after| {
                         next_delay(
                             retry_after,

@@ -89,11 +89,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
 use http::{Request, Response};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tower::{Layer, Service};
+
+pub use crate::body::{ReplayBody, SendOnce};
 
 pub use self::backoff::Jitter;
 use self::budget::RetryBudget;
@@ -367,137 +368,4 @@ pub(crate) fn clone_request<B: ReplayBody>(req: &Request<B>) -> Option<Request<B
     *copy.headers_mut() = req.headers().clone();
     *copy.extensions_mut() = req.extensions().clone();
     Some(copy)
-}
-
-/// A request body that can be sent again.
-///
-/// Implemented for the bodies that are cheap to clone: `Full<D>` and `Empty<D>` of
-/// http-body-util (with a cloneable buffer such as [`Bytes`]), `Bytes`, `String`, `Vec<u8>`,
-/// `&'static str`, `&'static [u8]` and `()`, and `Either` of two such bodies. Boxed bodies
-/// (`BoxBody`, `UnsyncBoxBody`) and [`SendOnce`] return `None`: such requests are sent once,
-/// never failed. Implement it for your own body type to make it retryable; wrap a body type of
-/// another crate (hyper's `Incoming`, a stream) in [`SendOnce`] to pass it through.
-pub trait ReplayBody: Sized {
-    /// A copy of the body for another attempt, or `None` if it cannot be replayed.
-    fn try_clone_body(&self) -> Option<Self>;
-}
-
-impl<D: Buf + Clone> ReplayBody for http_body_util::Full<D> {
-    fn try_clone_body(&self) -> Option<Self> {
-        Some(self.clone())
-    }
-}
-
-impl<D> ReplayBody for http_body_util::Empty<D> {
-    fn try_clone_body(&self) -> Option<Self> {
-        Some(http_body_util::Empty::new())
-    }
-}
-
-impl<D, E> ReplayBody for http_body_util::combinators::BoxBody<D, E> {
-    fn try_clone_body(&self) -> Option<Self> {
-        None
-    }
-}
-
-impl<D, E> ReplayBody for http_body_util::combinators::UnsyncBoxBody<D, E> {
-    fn try_clone_body(&self) -> Option<Self> {
-        None
-    }
-}
-
-macro_rules! replay_by_clone {
-    ($($ty:ty),*) => {$(
-        impl ReplayBody for $ty {
-            fn try_clone_body(&self) -> Option<Self> {
-                Some(self.clone())
-            }
-        }
-    )*};
-}
-
-replay_by_clone!(Bytes, String, Vec<u8>, &'static str, &'static [u8], ());
-
-impl<L: ReplayBody, R: ReplayBody> ReplayBody for http_body_util::Either<L, R> {
-    fn try_clone_body(&self) -> Option<Self> {
-        match self {
-            http_body_util::Either::Left(body) => body.try_clone_body().map(Self::Left),
-            http_body_util::Either::Right(body) => body.try_clone_body().map(Self::Right),
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// Any body, sent once: [`RetryWithJitter`] passes requests with this body through without
-    /// retrying them. For body types that cannot be replayed and are not this crate's to
-    /// implement [`ReplayBody`] for, such as hyper's `Incoming` in a proxy, or a stream.
-    ///
-    /// ```
-    /// use std::sync::Arc;
-    /// use std::sync::atomic::{AtomicU32, Ordering};
-    /// use bytes::Bytes;
-    /// use http::{Request, Response, StatusCode};
-    /// use http_body_util::Full;
-    /// use tower::{Layer, ServiceExt, service_fn};
-    /// use tower_dashscope::{BoxError, RetryWithJitter};
-    /// use tower_dashscope::retry::SendOnce;
-    ///
-    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-    /// # async fn main() {
-    /// let calls = Arc::new(AtomicU32::new(0));
-    /// let counter = calls.clone();
-    /// // Always unavailable: a replayable request would be tried six times.
-    /// let client = service_fn(move |_req: Request<SendOnce<Full<Bytes>>>| {
-    ///     counter.fetch_add(1, Ordering::SeqCst);
-    ///     async { Ok::<_, BoxError>(Response::builder().status(503).body(Full::<Bytes>::default()).unwrap()) }
-    /// });
-    /// let request = Request::new(SendOnce::new(Full::new(Bytes::from("{}"))));
-    /// let response = RetryWithJitter::new().layer(client).oneshot(request).await.unwrap();
-    /// assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    /// assert_eq!(calls.load(Ordering::SeqCst), 1, "sent once");
-    /// # }
-    /// ```
-    #[derive(Debug, Clone, Default)]
-    pub struct SendOnce<B> {
-        #[pin]
-        inner: B,
-    }
-}
-
-impl<B> SendOnce<B> {
-    /// Wraps `body`.
-    pub fn new(body: B) -> Self {
-        SendOnce { inner: body }
-    }
-
-    /// The body inside.
-    pub fn into_inner(self) -> B {
-        self.inner
-    }
-}
-
-impl<B: http_body::Body> http_body::Body for SendOnce<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        self.project().inner.poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl<B> ReplayBody for SendOnce<B> {
-    fn try_clone_body(&self) -> Option<Self> {
-        None
-    }
 }

@@ -1,0 +1,644 @@
+//! A typed view of a chat request, parsed at most once and shared through the request's
+//! extensions.
+//!
+//! Several layers need to know what a request asks for: the token budget estimates its tokens,
+//! fallback rewrites its `model`, the router picks the endpoint by its API, the simulator answers
+//! it. [`ChatRequest::of`] parses the body the first time any of them asks, stores the result in
+//! the request's extensions, and hands every later caller the same [`Arc`], so no body is parsed
+//! twice on its way down a stack.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::Request;
+//! use http_body_util::Full;
+//! use tower_dashscope::Api;
+//! use tower_dashscope::request::ChatRequest;
+//!
+//! let mut request = Request::post("https://dashscope-intl.aliyuncs.com/compatible-mode/v1/chat/completions")
+//!     .body(Full::new(Bytes::from_static(
+//!         br#"{"model":"qwen-plus","max_tokens":256,"stream":true,
+//!             "messages":[{"role":"user","content":"Say hello in five words."}]}"#,
+//!     )))
+//!     .unwrap();
+//!
+//! let chat = ChatRequest::of(&mut request).expect("a chat request");
+//! assert_eq!(chat.api(), Api::OpenAiCompatible);
+//! assert_eq!(chat.model(), Some("qwen-plus"));
+//! assert_eq!(chat.max_tokens(), Some(256));
+//! assert!(chat.stream());
+//! assert_eq!(chat.input_chars(), 24);
+//! assert_eq!(chat.estimated_input_tokens(), 6);
+//!
+//! // The second look is free: the same parse, from the extensions.
+//! let again = ChatRequest::of(&mut request).unwrap();
+//! assert!(std::sync::Arc::ptr_eq(&chat, &again));
+//! ```
+//!
+//! Bodies that are not JSON objects, are larger than [`MAX_PARSED_BODY`], nest deeper than
+//! serde_json's limit, or cannot be read without consuming them give `None`: "unknown", never a
+//! panic and never an allocation beyond the (bounded) body's own size.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use http::{HeaderMap, Request};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use crate::api::Api;
+use crate::body::ReplayBody;
+
+/// The largest body [`ChatRequest::of`] parses: DashScope's own request limit, 16 MiB.
+pub const MAX_PARSED_BODY: usize = 16 * 1024 * 1024;
+
+/// The longest `model` kept; a longer one is read as no model at all (no real model name is
+/// anywhere near it).
+const MAX_MODEL_LEN: usize = 256;
+
+/// What the layers need to know about a chat request. Made by [`ChatRequest::of`] or
+/// [`ChatRequest::parse`]; see the [module docs](self).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ChatRequest {
+    api: Api,
+    model: Option<Arc<str>>,
+    stream: bool,
+    max_tokens: MaxTokens,
+    ascii_chars: u64,
+    other_chars: u64,
+    include_usage: bool,
+    incremental_output: bool,
+    result_format_text: bool,
+}
+
+/// The output limit a request sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum MaxTokens {
+    Absent,
+    Set(u32),
+    /// Present but not a non-negative integer (`-1`, `1.5`, `"10"`).
+    Malformed,
+}
+
+/// What a request's extensions hold once it was looked at: the parse, or `None` for a body that
+/// is not a chat request (so it is not parsed again).
+#[derive(Clone)]
+struct Parsed(Option<Arc<ChatRequest>>);
+
+impl ChatRequest {
+    /// The parsed view of `request`, from its extensions if a layer above already parsed it,
+    /// else parsed now from its body and stored there.
+    ///
+    /// The API comes from the path ([`Api::from_path`]); a path of no known chat API gives
+    /// `None`. The body is read without consuming it (see [`ReplayBody::bytes`]); a body that
+    /// cannot be read that way (a stream) gives `None`.
+    pub fn of<B: ReplayBody>(request: &mut Request<B>) -> Option<Arc<ChatRequest>> {
+        if let Some(Parsed(parsed)) = request.extensions().get::<Parsed>() {
+            return parsed.clone();
+        }
+        let parsed = Api::from_path(request.uri().path()).and_then(|api| {
+            let bytes = request.body().bytes()?;
+            ChatRequest::parse(api, request.headers(), &bytes).map(Arc::new)
+        });
+        request.extensions_mut().insert(Parsed(parsed.clone()));
+        parsed
+    }
+
+    /// Stores `chat` as the parsed view of `request` (after a layer rewrote the body, say), so
+    /// that layers below see it without parsing again.
+    pub fn store<B>(request: &mut Request<B>, chat: Arc<ChatRequest>) {
+        request.extensions_mut().insert(Parsed(Some(chat)));
+    }
+
+    /// Parses a request body of `api`. `headers` are the request's: a native request streams
+    /// when it sends `X-DashScope-SSE: enable` or accepts `text/event-stream`.
+    ///
+    /// `None` when the body is not a JSON object, is over [`MAX_PARSED_BODY`], or is malformed
+    /// JSON.
+    #[must_use]
+    pub fn parse(api: Api, headers: &HeaderMap, body: &[u8]) -> Option<ChatRequest> {
+        if body.len() > MAX_PARSED_BODY {
+            return None;
+        }
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let raw = (TopLevel { api }).deserialize(&mut de).ok()?;
+        de.end().ok()?;
+        let stream = match api {
+            Api::Native => crate::classify::asks_for_stream(headers) || raw.stream,
+            _ => raw.stream,
+        };
+        Some(ChatRequest {
+            api,
+            model: raw.model,
+            stream,
+            max_tokens: raw.max_tokens.unwrap_or(MaxTokens::Absent),
+            ascii_chars: raw.text.ascii,
+            other_chars: raw.text.other,
+            include_usage: raw.include_usage,
+            incremental_output: raw.incremental_output,
+            result_format_text: raw.result_format_text,
+        })
+    }
+
+    /// The API the request speaks.
+    #[must_use]
+    pub fn api(&self) -> Api {
+        self.api
+    }
+
+    /// The `model` field, if it is a string (of at most 256 bytes).
+    #[must_use]
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    /// The same request with another `model`, for a layer that rewrote the body's model.
+    #[must_use]
+    pub fn with_model(&self, model: &str) -> ChatRequest {
+        ChatRequest {
+            model: Some(Arc::from(model)),
+            ..self.clone()
+        }
+    }
+
+    /// Whether the answer is an event stream: `"stream": true`, or for the native API the
+    /// `X-DashScope-SSE: enable` header.
+    #[must_use]
+    pub fn stream(&self) -> bool {
+        self.stream
+    }
+
+    /// The output limit: `max_tokens` in any of its spellings (`max_tokens`,
+    /// `max_completion_tokens`, `max_output_tokens`, native `parameters.max_tokens`), if it is
+    /// a non-negative integer (above `u32::MAX` it reads as `u32::MAX`).
+    #[must_use]
+    pub fn max_tokens(&self) -> Option<u32> {
+        match self.max_tokens {
+            MaxTokens::Set(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// Whether the request sets an output limit that is not a non-negative integer (`-1`,
+    /// `1.5`, `"10"`): DashScope answers such a request 400.
+    #[must_use]
+    pub fn max_tokens_is_malformed(&self) -> bool {
+        self.max_tokens == MaxTokens::Malformed
+    }
+
+    /// Characters of message text: every string under `messages`, `system`, native
+    /// `input.messages` / `input.prompt`, and their `content` / `text` parts.
+    #[must_use]
+    pub fn input_chars(&self) -> u64 {
+        self.ascii_chars.saturating_add(self.other_chars)
+    }
+
+    /// An estimate of the input tokens, made to err on the high side: one per four ASCII
+    /// characters (rounded up) plus one per other character (a Chinese character is about a
+    /// token), and at least one. The response's `usage` has the real count.
+    #[must_use]
+    pub fn estimated_input_tokens(&self) -> u64 {
+        self.ascii_chars
+            .div_ceil(4)
+            .saturating_add(self.other_chars)
+            .max(1)
+    }
+
+    /// Whether an OpenAI-compatible stream asks for usage in its last chunk
+    /// (`stream_options.include_usage`).
+    #[must_use]
+    pub fn include_usage(&self) -> bool {
+        self.include_usage
+    }
+
+    /// Native `parameters.incremental_output`: each event carries only the new text.
+    #[must_use]
+    pub fn incremental_output(&self) -> bool {
+        self.incremental_output
+    }
+
+    /// Native `parameters.result_format` is `"text"` (answers carry `output.text` instead of
+    /// `output.choices`).
+    #[must_use]
+    pub fn result_format_text(&self) -> bool {
+        self.result_format_text
+    }
+}
+
+impl fmt::Debug for ChatRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The text itself is not kept, so it cannot leak into logs.
+        f.debug_struct("ChatRequest")
+            .field("api", &self.api)
+            .field("model", &self.model())
+            .field("stream", &self.stream)
+            .field("max_tokens", &self.max_tokens)
+            .field("input_chars", &self.input_chars())
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Parsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// What the top-level visitor collects.
+#[derive(Default)]
+struct Raw {
+    model: Option<Arc<str>>,
+    stream: bool,
+    max_tokens: Option<MaxTokens>,
+    text: TextCount,
+    include_usage: bool,
+    incremental_output: bool,
+    result_format_text: bool,
+}
+
+/// Characters of text seen, ASCII and other apart.
+#[derive(Default, Clone, Copy)]
+struct TextCount {
+    ascii: u64,
+    other: u64,
+}
+
+impl TextCount {
+    fn add(&mut self, s: &str) {
+        let ascii = s.bytes().filter(u8::is_ascii).count() as u64;
+        let other = s.chars().count() as u64 - ascii;
+        self.ascii = self.ascii.saturating_add(ascii);
+        self.other = self.other.saturating_add(other);
+    }
+}
+
+struct TopLevel {
+    api: Api,
+}
+
+impl<'de> DeserializeSeed<'de> for TopLevel {
+    type Value = Raw;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Raw, D::Error> {
+        de.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopLevel {
+    type Value = Raw;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Raw, A::Error> {
+        let mut raw = Raw::default();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match &*key {
+                "model" => raw.model = map.next_value_seed(lenient::<Name>())?.0,
+                "stream" => raw.stream = map.next_value_seed(lenient::<Flag>())?.0,
+                "max_tokens" | "max_completion_tokens" | "max_output_tokens" => {
+                    let limit = map.next_value_seed(lenient::<Limit>())?.0;
+                    // The first spelling present wins; a later one does not undo it.
+                    raw.max_tokens = raw.max_tokens.or(limit);
+                }
+                "messages" | "system" | "input" => {
+                    map.next_value_seed(Text(&mut raw.text))?;
+                }
+                "stream_options" => {
+                    raw.include_usage = map.next_value_seed(lenient::<StreamOptions>())?.0;
+                }
+                "parameters" if self.api == Api::Native => {
+                    let p = map.next_value_seed(lenient::<Parameters>())?;
+                    raw.max_tokens = raw.max_tokens.or(p.max_tokens);
+                    raw.incremental_output = p.incremental_output;
+                    raw.result_format_text = p.result_format_text;
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(raw)
+    }
+}
+
+/// Sums the characters of every string in a message value: strings anywhere in arrays, and the
+/// `content`, `text`, `messages` and `prompt` fields of objects.
+struct Text<'a>(&'a mut TextCount);
+
+impl<'de> DeserializeSeed<'de> for Text<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Text<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("message text")
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<(), E> {
+        self.0.add(s);
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Text(&mut *self.0))?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if matches!(&*key, "content" | "text" | "messages" | "prompt") {
+                map.next_value_seed(Text(&mut *self.0))?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+
+    // Numbers, booleans and nulls carry no text.
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+/// One JSON value read leniently: what the type expects is taken, anything else is skipped
+/// without allocating and read as the default, never a failed parse.
+trait Lenient<'de>: Default + Sized {
+    fn from_str(_: &str) -> Self {
+        Self::default()
+    }
+    fn from_bool(_: bool) -> Self {
+        Self::default()
+    }
+    fn from_u64(_: u64) -> Self {
+        Self::default()
+    }
+    fn from_i64(n: i64) -> Self {
+        u64::try_from(n).map_or_else(|_| Self::from_other(), Self::from_u64)
+    }
+    /// Floats, arrays and (unless [`from_map`](Self::from_map) says otherwise) objects.
+    fn from_other() -> Self {
+        Self::default()
+    }
+    fn from_map<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Self::from_other())
+    }
+}
+
+struct LenientSeed<T>(std::marker::PhantomData<T>);
+
+fn lenient<'de, T: Lenient<'de>>() -> LenientSeed<T> {
+    LenientSeed(std::marker::PhantomData)
+}
+
+impl<'de, T: Lenient<'de>> DeserializeSeed<'de> for LenientSeed<T> {
+    type Value = T;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<T, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de, T: Lenient<'de>> Visitor<'de> for LenientSeed<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<T, E> {
+        Ok(T::from_str(s))
+    }
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<T, E> {
+        Ok(T::from_bool(b))
+    }
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<T, E> {
+        Ok(T::from_u64(n))
+    }
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<T, E> {
+        Ok(T::from_i64(n))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<T, E> {
+        Ok(T::from_other())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<T, E> {
+        Ok(T::default())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<T, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(T::from_other())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        T::from_map(map)
+    }
+}
+
+/// A short string (`model`, `result_format`); longer ones read as absent.
+#[derive(Default)]
+struct Name(Option<Arc<str>>);
+
+impl Lenient<'_> for Name {
+    fn from_str(s: &str) -> Self {
+        Name((s.len() <= MAX_MODEL_LEN).then(|| Arc::from(s)))
+    }
+}
+
+/// A flag: only `true` is true.
+#[derive(Default)]
+struct Flag(bool);
+
+impl Lenient<'_> for Flag {
+    fn from_bool(b: bool) -> Self {
+        Flag(b)
+    }
+}
+
+/// A `max_tokens` value: `None` for `null`, `Malformed` for anything but a non-negative integer.
+#[derive(Default)]
+struct Limit(Option<MaxTokens>);
+
+impl Lenient<'_> for Limit {
+    fn from_u64(n: u64) -> Self {
+        Limit(Some(MaxTokens::Set(u32::try_from(n).unwrap_or(u32::MAX))))
+    }
+    fn from_other() -> Self {
+        Limit(Some(MaxTokens::Malformed))
+    }
+    fn from_str(_: &str) -> Self {
+        Self::from_other()
+    }
+    fn from_bool(_: bool) -> Self {
+        Self::from_other()
+    }
+}
+
+/// `stream_options.include_usage`.
+#[derive(Default)]
+struct StreamOptions(bool);
+
+impl<'de> Lenient<'de> for StreamOptions {
+    fn from_map<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+        let mut include_usage = false;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if key == "include_usage" {
+                include_usage = map.next_value_seed(lenient::<Flag>())?.0;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(StreamOptions(include_usage))
+    }
+}
+
+/// Native `parameters`.
+#[derive(Default)]
+struct Parameters {
+    max_tokens: Option<MaxTokens>,
+    incremental_output: bool,
+    result_format_text: bool,
+}
+
+impl<'de> Lenient<'de> for Parameters {
+    fn from_map<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+        let mut p = Parameters::default();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match &*key {
+                "max_tokens" => {
+                    let limit = map.next_value_seed(lenient::<Limit>())?.0;
+                    p.max_tokens = p.max_tokens.or(limit);
+                }
+                "incremental_output" => {
+                    p.incremental_output = map.next_value_seed(lenient::<Flag>())?.0;
+                }
+                "result_format" => {
+                    let format = map.next_value_seed(lenient::<Name>())?.0;
+                    p.result_format_text = format.as_deref() == Some("text");
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn parse(api: Api, body: &str) -> Option<ChatRequest> {
+        ChatRequest::parse(api, &HeaderMap::new(), body.as_bytes())
+    }
+
+    #[test]
+    fn each_api_shape() {
+        let compat = parse(
+            Api::OpenAiCompatible,
+            r#"{"model":"qwen-plus","messages":[{"role":"system","content":"Be brief."},
+               {"role":"user","content":[{"type":"text","text":"héllo"}]}],
+               "max_completion_tokens":64,"stream":true,"stream_options":{"include_usage":true}}"#,
+        )
+        .unwrap();
+        assert_eq!(compat.model(), Some("qwen-plus"));
+        assert_eq!(compat.max_tokens(), Some(64));
+        assert!(compat.stream() && compat.include_usage());
+        // "Be brief." (9) + "héllo" (5, one of them not ASCII); roles and types are not text.
+        assert_eq!(compat.input_chars(), 14);
+        assert_eq!(compat.estimated_input_tokens(), 13_u64.div_ceil(4) + 1);
+
+        let native = r#"{"model":"qwen-max","input":{"messages":[{"role":"user","content":"你好"}]},
+            "parameters":{"max_tokens":10,"incremental_output":true,"result_format":"text"}}"#;
+        let mut headers = HeaderMap::new();
+        headers.insert("x-dashscope-sse", HeaderValue::from_static("enable"));
+        let chat = ChatRequest::parse(Api::Native, &headers, native.as_bytes()).unwrap();
+        assert!(chat.stream() && chat.incremental_output() && chat.result_format_text());
+        assert_eq!(chat.max_tokens(), Some(10));
+        assert_eq!(chat.estimated_input_tokens(), 2);
+        assert!(!parse(Api::Native, native).unwrap().stream());
+
+        let anthropic = parse(
+            Api::Anthropic,
+            r#"{"model":"qwen-plus","system":[{"type":"text","text":"abcd"}],"max_tokens":5,
+               "messages":[{"role":"user","content":"efgh"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(anthropic.input_chars(), 8);
+        assert_eq!(anthropic.max_tokens(), Some(5));
+    }
+
+    #[test]
+    fn lenient_fields() {
+        let chat = parse(
+            Api::OpenAiCompatible,
+            r#"{"model":7,"stream":"yes","max_tokens":-1,"messages":{"content":null},"extra":[1,{"a":[]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(chat.model(), None);
+        assert!(!chat.stream());
+        assert!(chat.max_tokens_is_malformed());
+        assert_eq!(chat.max_tokens(), None);
+        for bad in ["1.5", "\"10\"", "true", "[1]"] {
+            let body = format!(r#"{{"max_tokens":{bad}}}"#);
+            assert!(
+                parse(Api::OpenAiCompatible, &body)
+                    .unwrap()
+                    .max_tokens_is_malformed(),
+                "{bad}"
+            );
+        }
+        let huge = parse(Api::OpenAiCompatible, r#"{"max_tokens":99999999999}"#).unwrap();
+        assert_eq!(huge.max_tokens(), Some(u32::MAX));
+        let null = parse(Api::OpenAiCompatible, r#"{"max_tokens":null}"#).unwrap();
+        assert!(!null.max_tokens_is_malformed() && null.max_tokens().is_none());
+        let long_model = format!(r#"{{"model":"{}"}}"#, "m".repeat(300));
+        assert_eq!(
+            parse(Api::OpenAiCompatible, &long_model).unwrap().model(),
+            None
+        );
+    }
+
+    #[test]
+    fn not_chat_requests() {
+        for body in ["", "nope", "[1]", "{", "{} x", "null", "\"s\""] {
+            assert!(parse(Api::OpenAiCompatible, body).is_none(), "{body:?}");
+        }
+        // Nesting beyond serde_json's limit is "unknown", not a stack overflow.
+        let deep = format!(
+            r#"{{"messages":{}{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert!(parse(Api::OpenAiCompatible, &deep).is_none());
+    }
+
+    #[test]
+    fn escaped_text_is_counted() {
+        let chat = parse(
+            Api::OpenAiCompatible,
+            r#"{"messages":[{"content":"a\"b\u4f60"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(chat.input_chars(), 4);
+    }
+}
