@@ -89,6 +89,7 @@ pub use retry::{RetryWithJitter, RetryWithJitterService};
 pub use retry_after::{MAX_RETRY_AFTER, RETRY_AFTER_MS, parse_retry_after, parse_retry_after_at};
 pub use wait_timeout::{WaitTimeoutHeader, WaitTimeoutHeaderService};
 
-#[cfg(doctest)]
+// The README's examples use the simulator.
+#[cfg(all(doctest, feature = "mock"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
