@@ -696,7 +696,7 @@ async fn responses_api_streams_end_with_their_own_terminal_events() {
         err.message(),
         Some("The model failed to generate a response.")
     );
-    assert_ne!(err.class(), ErrorClass::StreamInterrupted);
+    assert_eq!(err.class(), ErrorClass::ServerError);
     assert_eq!(frames.concat(), RESPONSES_FAILED.as_bytes());
 
     // The Responses API's `error` event before any output is the call's error.
