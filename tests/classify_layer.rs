@@ -278,3 +278,250 @@ proptest! {
         let _ = classify_response(status, &http::HeaderMap::new(), body.as_bytes());
     }
 }
+
+// ---- Regression tests: error bodies bounded in time (D8) and in frames (D9) ----
+
+/// A body that yields each chunk after its delay (paused-time friendly), then, if `stall`, never
+/// anything again.
+struct TimedBody {
+    steps: std::collections::VecDeque<(std::time::Duration, Bytes)>,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    stall: bool,
+}
+
+impl TimedBody {
+    fn new(steps: &[(u64, &'static str)], stall: bool) -> Self {
+        TimedBody {
+            steps: steps
+                .iter()
+                .map(|&(secs, chunk)| {
+                    (
+                        std::time::Duration::from_secs(secs),
+                        Bytes::from_static(chunk.as_bytes()),
+                    )
+                })
+                .collect(),
+            sleep: None,
+            stall,
+        }
+    }
+}
+
+impl http_body::Body for TimedBody {
+    type Data = Bytes;
+    type Error = io::Error;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, io::Error>>> {
+        use std::task::Poll;
+        let Some(&(delay, _)) = self.steps.front() else {
+            return if self.stall {
+                Poll::Pending
+            } else {
+                Poll::Ready(None)
+            };
+        };
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(delay)));
+        std::task::ready!(sleep.as_mut().poll(cx));
+        self.sleep = None;
+        let (_, chunk) = self.steps.pop_front().unwrap();
+        Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
+    }
+}
+
+async fn classify_error_body<B>(
+    layer: ClassifyDashScopeError,
+    status: u16,
+    body: B,
+) -> tower_dashscope::DashScopeError
+where
+    B: http_body::Body<Data = Bytes, Error = io::Error> + Send + 'static,
+{
+    let body = std::sync::Mutex::new(Some(body));
+    let client = service_fn(move |_req: Req| {
+        let body = body.lock().unwrap().take().unwrap();
+        async move {
+            let mut response = Response::new(body);
+            *response.status_mut() = StatusCode::from_u16(status).unwrap();
+            Ok::<_, BoxError>(response)
+        }
+    });
+    let call = layer.layer(client).oneshot(Request::new(Full::default()));
+    // Paused time: a call that would hang forever fails here instead.
+    tokio::time::timeout(std::time::Duration::from_secs(24 * 3600), call)
+        .await
+        .expect("the error body read must end")
+        .unwrap_err()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_error_body_is_classified_from_what_arrived() {
+    use std::time::Duration;
+    let json = r#"{"code":"Throttling.RateQuota","message":"Requests rate limit exceeded, please try again later.","request_id":"r-stall"}"#;
+
+    // The whole JSON arrived, the body never ends: the default 10 s bound.
+    let start = tokio::time::Instant::now();
+    let err = classify_error_body(
+        ClassifyDashScopeError::new(),
+        429,
+        TimedBody::new(&[(0, json)], true),
+    )
+    .await;
+    assert_eq!(start.elapsed(), Duration::from_secs(10));
+    assert_eq!(
+        err.class(),
+        ErrorClass::RateLimited(tower_dashscope::RateLimitKind::Requests)
+    );
+    assert_eq!(err.code(), Some("Throttling.RateQuota"));
+    assert_eq!(err.request_id(), Some("r-stall"));
+    assert!(err.is_retryable());
+    let source = std::error::Error::source(&err).unwrap().to_string();
+    assert!(source.contains("error_body_timeout"), "{source}");
+
+    // Half a JSON, then a stall: classified from the status, after the configured bound.
+    let start = tokio::time::Instant::now();
+    let err = classify_error_body(
+        ClassifyDashScopeError::new().error_body_timeout(Duration::from_secs(2)),
+        503,
+        TimedBody::new(&[(0, &json[..20])], true),
+    )
+    .await;
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    assert_eq!(err.class(), ErrorClass::Unavailable);
+    assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+
+    // Nothing at all after the headers.
+    let err = classify_error_body(
+        ClassifyDashScopeError::new(),
+        500,
+        TimedBody::new(&[], true),
+    )
+    .await;
+    assert_eq!(err.class(), ErrorClass::ServerError);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_idle_timeout_bounds_the_wait_between_error_body_frames() {
+    use std::time::Duration;
+    let layer = ClassifyDashScopeError::new()
+        .idle_timeout(Duration::from_secs(5))
+        .error_body_timeout(Duration::from_secs(60));
+    let start = tokio::time::Instant::now();
+    let err = classify_error_body(
+        layer.clone(),
+        429,
+        TimedBody::new(
+            &[
+                (1, r#"{"code":"Throttling.RateQuota","#),
+                (3, r#""message":"Requests rate limit exceeded"}"#),
+            ],
+            true,
+        ),
+    )
+    .await;
+    // 1 s + 3 s of frames, then 5 s idle.
+    assert_eq!(start.elapsed(), Duration::from_secs(9));
+    assert_eq!(err.code(), Some("Throttling.RateQuota"));
+
+    // A slow body that does end is read whole.
+    let start = tokio::time::Instant::now();
+    let err = classify_error_body(
+        layer,
+        429,
+        TimedBody::new(
+            &[
+                (4, r#"{"code":"Throttling.RateQuota","#),
+                (4, r#""message":"Requests rate limit exceeded"}"#),
+            ],
+            false,
+        ),
+    )
+    .await;
+    assert_eq!(start.elapsed(), Duration::from_secs(8));
+    assert_eq!(err.message(), Some("Requests rate limit exceeded"));
+
+    // Timeouts too long to add to an instant never fire, and never panic.
+    let err = classify_error_body(
+        ClassifyDashScopeError::new()
+            .idle_timeout(Duration::MAX)
+            .error_body_timeout(Duration::MAX),
+        429,
+        TimedBody::new(&[(1, r#"{"code":"Throttling.RateQuota"}"#)], false),
+    )
+    .await;
+    assert_eq!(err.code(), Some("Throttling.RateQuota"));
+}
+
+/// A body of `empty` empty frames, then one JSON chunk; counts the frames polled.
+struct EmptyFramesThenJson {
+    empty: usize,
+    json: Option<Bytes>,
+    polled: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl http_body::Body for EmptyFramesThenJson {
+    type Data = Bytes;
+    type Error = io::Error;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, io::Error>>> {
+        self.polled.fetch_add(1, Ordering::SeqCst);
+        if self.empty > 0 {
+            self.empty -= 1;
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::new()))));
+        }
+        std::task::Poll::Ready(
+            self.json
+                .take()
+                .map(|json| Ok(http_body::Frame::data(json))),
+        )
+    }
+}
+
+#[test]
+fn an_error_body_of_endless_empty_frames_is_bounded_and_yields() {
+    let polled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let body = EmptyFramesThenJson {
+        empty: 1_000_000,
+        json: Some(Bytes::from_static(
+            br#"{"code":"Throttling.RateQuota","message":"Requests rate limit exceeded"}"#,
+        )),
+        polled: polled.clone(),
+    };
+    let body = std::sync::Mutex::new(Some(body));
+    let client = service_fn(move |_req: Req| {
+        let body = body.lock().unwrap().take().unwrap();
+        async move {
+            let mut response = Response::new(body);
+            *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+            Ok::<_, BoxError>(response)
+        }
+    });
+    let mut task = tokio_test::task::spawn(
+        ClassifyDashScopeError::new()
+            .layer(client)
+            .oneshot(Request::new(Full::default())),
+    );
+    let mut polls = 0;
+    let err = loop {
+        polls += 1;
+        match task.poll() {
+            std::task::Poll::Ready(result) => break result.unwrap_err(),
+            std::task::Poll::Pending => assert!(task.is_woken(), "a yield wakes the task"),
+        }
+        assert!(polls < 1_000_000);
+    };
+    assert!(polls > 1, "the future yielded to the executor");
+    // Classified from the status alone, without reading a million frames.
+    assert_eq!(
+        err.class(),
+        ErrorClass::from_status(StatusCode::TOO_MANY_REQUESTS)
+    );
+    assert!(err.code().is_none());
+    let polled = polled.load(Ordering::SeqCst);
+    assert!(polled <= 10_000, "polled {polled} frames");
+}

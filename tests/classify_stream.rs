@@ -578,3 +578,328 @@ async fn a_gateways_retry_after_reaches_errors_found_in_streams() {
     assert_eq!(err.status(), Some(StatusCode::TOO_MANY_REQUESTS));
     assert_eq!(err.retry_after(), Some(Duration::from_millis(1500)));
 }
+
+// ---- Regression tests: the review's D5, D6, D7, D9, D12 ----
+
+const RESPONSES_OK: &str = include_str!("fixtures/streams/responses_ok.sse");
+const RESPONSES_FAILED: &str = include_str!("fixtures/streams/responses_failed.sse");
+const BOM: &str = "\u{feff}";
+
+/// Sends one request through the layer to a client that answers with `response`.
+async fn send_response<B>(
+    layer: ClassifyDashScopeError,
+    request: Request<Full<Bytes>>,
+    response: Response<B>,
+) -> Seen
+where
+    B: Body<Data = Bytes, Error = std::io::Error> + Send + Unpin + 'static,
+{
+    let response = std::sync::Mutex::new(Some(response));
+    let client = service_fn(move |_req: Request<Full<Bytes>>| {
+        let response = response.lock().unwrap().take().unwrap();
+        async move { Ok::<_, BoxError>(response) }
+    });
+    let response = match layer.layer(client).oneshot(request).await {
+        Ok(response) => response,
+        Err(err) => return Seen::CallFailed(err),
+    };
+    let mut body = response.into_body();
+    let mut frames = Vec::new();
+    let mut end = None;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => frames.push(frame.into_data().unwrap()),
+            Err(err) => {
+                end = Some(err);
+                break;
+            }
+        }
+    }
+    Seen::Body { frames, end }
+}
+
+/// D5: a huge idle timeout saturates instead of overflowing `Instant + Duration`.
+#[tokio::test(start_paused = true)]
+async fn a_huge_idle_timeout_does_not_panic() {
+    for timeout in [Duration::MAX, Duration::from_secs(u64::MAX / 2)] {
+        let layer = ClassifyDashScopeError::new().idle_timeout(timeout);
+        let seen = send_with(
+            layer,
+            SSE,
+            Request::new(Full::default()),
+            ChunkedBody::new(split(NATIVE_OK, &[10, 400, 3000])),
+        )
+        .await;
+        assert!(seen.error().is_none(), "{seen:?}");
+        assert_eq!(seen.bytes(), NATIVE_OK.as_bytes());
+    }
+}
+
+/// D6: one leading UTF-8 byte-order mark is stripped, as the SSE specification says, also when
+/// it is split across chunks.
+#[tokio::test]
+async fn a_byte_order_mark_does_not_hide_the_first_event() {
+    let compat_429 = "data: {\"error\":{\"message\":\"Requests rate limit exceeded, please try again later.\",\"type\":\"limit_requests\",\"code\":\"limit_requests\"},\"request_id\":\"r-bom\"}\n\n";
+    for body in [NATIVE_429_FIRST, compat_429] {
+        let body = format!("{BOM}{body}");
+        for cut in 0..=4 {
+            let seen = send(&body, &[cut]).await;
+            let err = seen.call_error();
+            assert!(
+                matches!(err.class(), ErrorClass::RateLimited(_)),
+                "cut {cut}: {err:?}"
+            );
+        }
+        let cuts: Vec<usize> = (1..body.len()).collect();
+        let seen = send(&body, &cuts).await;
+        assert!(matches!(
+            seen.call_error().class(),
+            ErrorClass::RateLimited(_)
+        ));
+    }
+    // A good stream with a BOM passes byte-identical, BOM included.
+    let body = format!("{BOM}{COMPAT_OK}");
+    let seen = send(&body, &[1, 2]).await;
+    assert!(seen.error().is_none(), "{seen:?}");
+    assert_eq!(seen.bytes(), body.as_bytes());
+    // Only one BOM is stripped: a second one is part of the first line.
+    let body = format!("{BOM}{BOM}{NATIVE_OK}");
+    assert!(send(&body, &[]).await.error().is_none());
+}
+
+/// D7: a complete OpenAI Responses-API stream is not "truncated"; its own terminal and failure
+/// events are understood.
+#[tokio::test]
+async fn responses_api_streams_end_with_their_own_terminal_events() {
+    let seen = send(RESPONSES_OK, &[100, 101, 2000]).await;
+    assert!(seen.error().is_none(), "{seen:?}");
+    assert_eq!(seen.bytes(), RESPONSES_OK.as_bytes());
+    // `response.incomplete` is a terminal event too.
+    let incomplete = RESPONSES_OK.replace("response.completed\n", "response.incomplete\n");
+    assert!(send(&incomplete, &[]).await.error().is_none());
+
+    // Cut before `response.completed`: truncated.
+    let truncated = &RESPONSES_OK[..RESPONSES_OK.find("event: response.completed").unwrap()];
+    let seen = send(truncated, &[]).await;
+    let err = seen.error().expect("truncation reported");
+    assert_eq!(err.class(), ErrorClass::StreamInterrupted);
+    assert_eq!(seen.bytes(), truncated.as_bytes());
+
+    // `response.failed` is an error, with the code and message of `response.error`.
+    let seen = send(RESPONSES_FAILED, &[]).await;
+    let Seen::Body { frames, end } = &seen else {
+        panic!("{seen:?}")
+    };
+    let err = end.as_ref().expect("response.failed is an error");
+    assert_eq!(err.code(), Some("server_error"));
+    assert_eq!(
+        err.message(),
+        Some("The model failed to generate a response.")
+    );
+    assert_eq!(err.class(), ErrorClass::ServerError);
+    assert_eq!(frames.concat(), RESPONSES_FAILED.as_bytes());
+
+    // The Responses API's `error` event before any output is the call's error.
+    let error_first = "event: error\ndata: {\"type\":\"error\",\"code\":\"rate_limit_exceeded\",\"message\":\"Rate limit reached, please try again later.\",\"param\":null,\"sequence_number\":0}\n\n";
+    let seen = send(error_first, &[]).await;
+    assert_eq!(seen.call_error().code(), Some("rate_limit_exceeded"));
+
+    // Split anywhere: the same answer.
+    for body in [RESPONSES_OK, RESPONSES_FAILED] {
+        let whole = send(body, &[]).await.error().map(DashScopeError::class);
+        for cut in (0..=body.len()).step_by(7) {
+            let seen = send(body, &[cut]).await;
+            assert_eq!(seen.error().map(DashScopeError::class), whole, "cut {cut}");
+        }
+    }
+}
+
+/// D7: a stream of a kind the scanner does not know, that ends cleanly, passes.
+#[tokio::test]
+async fn streams_of_unknown_apis_that_end_cleanly_pass() {
+    for body in [
+        "data: hello\n\ndata: world\n\n",
+        "event: progress\ndata: {\"percent\":50}\n\nevent: progress\ndata: {\"percent\":100}\n\n",
+    ] {
+        let seen = send(body, &[5]).await;
+        assert!(seen.error().is_none(), "{body}: {seen:?}");
+        assert_eq!(seen.bytes(), body.as_bytes());
+    }
+    // Chat streams are still checked (see truncated_streams_end_with_stream_interrupted), and
+    // so is an Anthropic stream without `message_stop`.
+    let cut = &ANTHROPIC_OK[..ANTHROPIC_OK.find("event: message_stop").unwrap()];
+    let err = send(cut, &[]).await;
+    assert_eq!(err.error().unwrap().class(), ErrorClass::StreamInterrupted);
+}
+
+/// A body of `empty` empty data frames, then `tail`'s chunks; counts the frames polled.
+struct EmptyFramesThen {
+    empty: usize,
+    tail: ChunkedBody,
+    polled: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Body for EmptyFramesThen {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.polled
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.empty > 0 {
+            self.empty -= 1;
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::new()))));
+        }
+        Pin::new(&mut self.tail).poll_frame(cx)
+    }
+}
+
+fn sse_response<B>(body: B) -> Response<B> {
+    let mut response = Response::new(body);
+    response
+        .headers_mut()
+        .insert("content-type", SSE.parse().unwrap());
+    response
+}
+
+/// D9: empty frames count against the first-event hold, and the response future yields to the
+/// executor instead of reading an endless run of ready frames in one poll.
+#[test]
+fn empty_frames_do_not_hold_the_response_or_monopolise_the_task() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Wake, Waker};
+
+    struct CountWakes(AtomicUsize);
+    impl Wake for CountWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    let polled = Arc::new(AtomicUsize::new(0));
+    let body = EmptyFramesThen {
+        empty: 200_000,
+        tail: ChunkedBody::new([NATIVE_429_FIRST]),
+        polled: polled.clone(),
+    };
+    let response = std::sync::Mutex::new(Some(sse_response(body)));
+    let client = service_fn(move |_req: Request<Full<Bytes>>| {
+        let response = response.lock().unwrap().take().unwrap();
+        async move { Ok::<_, BoxError>(response) }
+    });
+    let wakes = Arc::new(CountWakes(AtomicUsize::new(0)));
+    let waker = Waker::from(wakes.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(
+        ClassifyDashScopeError::new()
+            .layer(client)
+            .oneshot(Request::new(Full::default()))
+    );
+    let mut polls = 0;
+    let result = loop {
+        polls += 1;
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(result) => break result,
+            Poll::Pending => assert!(
+                wakes.0.load(Ordering::SeqCst) >= polls,
+                "a yield wakes the task itself"
+            ),
+        }
+        assert!(polls < 1_000_000);
+    };
+    assert!(polls > 1, "the future yielded to the executor");
+    // The 429 came after 200 000 empty frames: far past the frame limit, so the response was
+    // handed out without reading them all.
+    let response = result.expect("handed out at the frame limit");
+    let at_hand_out = polled.load(Ordering::SeqCst);
+    assert!(at_hand_out <= 10_000, "polled {at_hand_out} frames");
+    // The error still arrives, through the body; the empty frames are not lost either.
+    let mut body = response.into_body();
+    let mut empty = 0;
+    let err = block_on(async {
+        loop {
+            match body.frame().await {
+                Some(Ok(frame)) if frame.data_ref().is_some_and(Bytes::is_empty) => empty += 1,
+                Some(Ok(_)) => {}
+                Some(Err(err)) => break err,
+                None => panic!("expected the 429"),
+            }
+        }
+    });
+    assert_eq!(err.status(), Some(StatusCode::TOO_MANY_REQUESTS));
+    assert!(empty > 190_000, "{empty}");
+}
+
+/// D12: a request that merely accepts event streams gets a response with no body, or one that
+/// is not an event stream, untouched.
+#[tokio::test]
+async fn bodiless_and_non_sse_answers_to_stream_requests_pass_through() {
+    let accept = || {
+        Request::builder()
+            .header("accept", "text/event-stream")
+            .body(Full::default())
+            .unwrap()
+    };
+    let sse_header = || {
+        Request::builder()
+            .header("X-DashScope-SSE", "enable")
+            .body(Full::default())
+            .unwrap()
+    };
+    for request in [accept(), sse_header()] {
+        let mut response = Response::new(ChunkedBody::new(Vec::<Bytes>::new()));
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        let seen = send_response(ClassifyDashScopeError::new(), request, response).await;
+        assert!(seen.error().is_none(), "204: {seen:?}");
+    }
+    // A body that says it is empty.
+    let empty = Response::new(Full::<Bytes>::default().map_err(|never| match never {}));
+    let seen = send_response(ClassifyDashScopeError::new(), accept(), empty).await;
+    assert!(seen.error().is_none(), "empty: {seen:?}");
+    // Short non-SSE answers.
+    for (content_type, body) in [
+        ("application/json", "{\"ok\":true}"),
+        ("application/json", "[1,2]"),
+        ("text/plain", "OK"),
+        ("text/plain", "  \n"),
+        ("text/plain", ""),
+    ] {
+        for request in [accept(), sse_header()] {
+            let seen = send_with(
+                ClassifyDashScopeError::new(),
+                content_type,
+                request,
+                ChunkedBody::new([body]),
+            )
+            .await;
+            assert!(seen.error().is_none(), "{body:?}: {seen:?}");
+            assert_eq!(seen.bytes(), body.as_bytes());
+        }
+    }
+    // With a usage slot, the usage of a JSON answer is still read.
+    let slot = UsageSlot::new();
+    let mut request = accept();
+    request.extensions_mut().insert(slot.clone());
+    let json =
+        r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}"#;
+    let seen = send_with(
+        ClassifyDashScopeError::new(),
+        "application/json",
+        request,
+        ChunkedBody::new([json]),
+    )
+    .await;
+    assert!(seen.error().is_none());
+    assert_eq!(slot.get(), Some(Usage::new(5, 2)));
+    // A response that *says* it is an event stream and sends no event is still interrupted.
+    assert_eq!(
+        send("", &[]).await.call_error().class(),
+        ErrorClass::StreamInterrupted
+    );
+}

@@ -18,12 +18,16 @@ pin_project! {
     /// [`Bytes`]; for `Bytes`-based bodies such as hyper's, without a copy).
     ///
     /// - **Event streams** are watched as they are read: an error event after the first event
-    ///   (native `event:error`, OpenAI-compatible `data: {"error":…}`) makes the body yield
-    ///   `Err(DashScopeError)` once every byte up to the end of that event has been yielded; a
-    ///   stream that ends without a final `finish_reason`, `data: [DONE]` or `message_stop`
-    ///   yields [`ErrorClass::StreamInterrupted`](crate::ErrorClass::StreamInterrupted) at its
-    ///   end (unless [turned off](crate::ClassifyDashScopeError::detect_truncation)); an
-    ///   optional idle timeout yields [`ErrorClass::Timeout`](crate::ErrorClass::Timeout).
+    ///   (native `event:error`, OpenAI-compatible `data: {"error":…}`, Responses-API `error` or
+    ///   `response.failed`) makes the body yield `Err(DashScopeError)` once every byte up to
+    ///   the end of that event has been yielded; a chat stream that ends without a final
+    ///   `finish_reason`, `data: [DONE]` or `message_stop` (a Responses-API stream: without
+    ///   `response.completed` or `response.incomplete`) yields
+    ///   [`ErrorClass::StreamInterrupted`](crate::ErrorClass::StreamInterrupted) at its end
+    ///   (unless [turned off](crate::ClassifyDashScopeError::detect_truncation); streams of
+    ///   other APIs are not checked); an optional idle timeout yields
+    ///   [`ErrorClass::Timeout`](crate::ErrorClass::Timeout). Empty data frames read while
+    ///   the response future waited for the first event are not replayed.
     /// - **Other bodies** pass through untouched, unless the request carried a
     ///   [`UsageSlot`](super::UsageSlot), in which case their `usage` is recorded.
     ///

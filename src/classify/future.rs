@@ -9,6 +9,7 @@ use http::response::Parts;
 use http::{HeaderMap, Response, StatusCode};
 use http_body::Body;
 use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
 
 use super::Config;
 use super::body::ResponseBody;
@@ -20,13 +21,20 @@ use crate::error::{BoxError, DashScopeError, into_dashscope_error};
 pin_project! {
     /// Response future of [`ClassifyDashScopeErrorService`](super::ClassifyDashScopeErrorService).
     ///
-    /// - A non-2xx response: reads the body up to the configured bound and resolves to the
-    ///   classified [`DashScopeError`].
+    /// - A non-2xx response: reads the body up to the configured bound in bytes, frames and
+    ///   time ([`error_body_timeout`](super::ClassifyDashScopeError::error_body_timeout)), and
+    ///   resolves to the [`DashScopeError`] classified from what arrived.
     /// - A 2xx event stream: reads until the first complete event (bounded by
-    ///   [`first_event_limit`](super::ClassifyDashScopeError::first_event_limit) and by the end
-    ///   of the body); an error event there resolves to `Err`, anything else to the response,
+    ///   [`first_event_limit`](super::ClassifyDashScopeError::first_event_limit), by
+    ///   [`FIRST_EVENT_FRAME_LIMIT`](super::FIRST_EVENT_FRAME_LIMIT) frames and by the end of
+    ///   the body); an error event there resolves to `Err`, anything else to the response,
     ///   whose body replays the bytes read so far.
-    /// - Any other 2xx response: resolves to it at once.
+    /// - Any other 2xx response (also one without a body, to a request that asked for a
+    ///   stream): resolves to it at once.
+    ///
+    /// However many frames the body has ready, one poll reads at most a few dozen of them
+    /// before yielding to the executor (having woken the task), so that one response cannot
+    /// monopolise the thread it runs on.
     #[must_use = "futures do nothing unless polled"]
     pub struct ResponseFuture<F, B> {
         #[pin]
@@ -50,6 +58,13 @@ pin_project! {
             status: StatusCode,
             headers: HeaderMap,
             buf: Vec<u8>,
+            // Frames that brought no bytes (empty data frames, trailers).
+            empty_frames: usize,
+            started: Instant,
+            last_frame: Instant,
+            // Made only once the body makes us wait.
+            #[pin]
+            timer: Option<Sleep>,
         },
         FirstEvent {
             parts: Option<Parts>,
@@ -100,6 +115,7 @@ where
                     };
                     let (parts, body) = response.into_parts();
                     if !parts.status.is_success() {
+                        let now = Instant::now();
                         // Reserve what the body announces, never more than the bound.
                         let hint = usize::try_from(body.size_hint().lower()).unwrap_or(usize::MAX);
                         let buf = Vec::with_capacity(
@@ -110,10 +126,18 @@ where
                             status: parts.status,
                             headers: parts.headers,
                             buf,
+                            empty_frames: 0,
+                            started: now,
+                            last_frame: now,
+                            timer: None,
                         });
                         continue;
                     }
-                    let mode = if is_event_stream(&parts.headers) {
+                    let mode = if has_no_body(parts.status, &body) {
+                        // Nothing to scan, whatever the request asked for; a usage slot is
+                        // still completed when the (empty) body is read.
+                        this.slot.is_some().then_some(Mode::Json)
+                    } else if is_event_stream(&parts.headers) {
                         Some(Mode::Sse)
                     } else if *this.wants_stream {
                         Some(Mode::Sniff)
@@ -150,7 +174,14 @@ where
                     let Some(state) = stream.as_mut() else {
                         panic!("ClassifyDashScopeError's ResponseFuture polled after completion");
                     };
+                    let mut polled = 0;
                     loop {
+                        if polled == FRAMES_PER_POLL {
+                            // Plenty more may be ready: let other tasks run first.
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        }
+                        polled += 1;
                         match ready!(state.as_mut().poll_scan(cx)) {
                             Some(Ok(frame)) => state.as_mut().push_replay(frame),
                             Some(Err(err)) => {
@@ -170,6 +201,7 @@ where
                         let ready = state.events() > 0
                             || state.mode() == Mode::Json
                             || state.buffered_bytes() >= this.config.first_event_limit
+                            || state.frames_read() >= super::FIRST_EVENT_FRAME_LIMIT
                             || state.is_done();
                         if ready {
                             break;
@@ -190,25 +222,74 @@ where
                     status,
                     headers,
                     buf,
+                    empty_frames,
+                    started,
+                    last_frame,
+                    mut timer,
                 } => {
+                    let config = *this.config;
                     let mut body_error = None;
-                    while buf.len() < this.config.error_body_limit {
-                        match ready!(body.as_mut().poll_frame(cx)) {
-                            Some(Ok(frame)) => {
-                                if let Ok(mut data) = frame.into_data() {
-                                    copy_bounded(&mut data, buf, this.config.error_body_limit);
+                    let mut timed_out = false;
+                    let mut polled = 0;
+                    while buf.len() < config.error_body_limit
+                        && *empty_frames < ERROR_BODY_EMPTY_FRAME_LIMIT
+                    {
+                        let deadline = error_body_deadline(&config, *started, *last_frame);
+                        if polled == FRAMES_PER_POLL {
+                            if deadline.is_some_and(|d| Instant::now() >= d) {
+                                timed_out = true;
+                                break;
+                            }
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        }
+                        polled += 1;
+                        match body.as_mut().poll_frame(cx) {
+                            Poll::Ready(Some(Ok(frame))) => {
+                                if config.idle_timeout.is_some() {
+                                    *last_frame = Instant::now();
+                                }
+                                match frame.into_data() {
+                                    Ok(mut data) if data.has_remaining() => {
+                                        copy_bounded(&mut data, buf, config.error_body_limit);
+                                    }
+                                    _ => *empty_frames += 1,
                                 }
                             }
-                            Some(Err(err)) => {
+                            Poll::Ready(Some(Err(err))) => {
                                 body_error = Some(err.into());
                                 break;
                             }
-                            None => break,
+                            Poll::Ready(None) => break,
+                            Poll::Pending => {
+                                // No deadline (or one too far to compute): wait for the body.
+                                let Some(deadline) = deadline else {
+                                    return Poll::Pending;
+                                };
+                                match timer.as_mut().as_pin_mut() {
+                                    Some(sleep) if sleep.deadline() == deadline => {}
+                                    Some(sleep) => sleep.reset(deadline),
+                                    None => timer.set(Some(tokio::time::sleep_until(deadline))),
+                                }
+                                let Some(sleep) = timer.as_mut().as_pin_mut() else {
+                                    unreachable!("the timer was just set");
+                                };
+                                ready!(sleep.poll(cx));
+                                timed_out = true;
+                                break;
+                            }
                         }
                     }
                     let mut err = classify_response(*status, headers, buf);
                     if let Some(source) = body_error {
                         err = err.with_source(source);
+                    } else if timed_out {
+                        err = err.with_source(format!(
+                            "the error body was still incomplete after {} bytes; classified \
+                             from the status and the bytes that had arrived (see \
+                             ClassifyDashScopeError::error_body_timeout)",
+                            buf.len()
+                        ));
                     }
                     log_classified(&err, "error response");
                     this.state.set(State::Done);
@@ -233,6 +314,39 @@ fn log_classified(err: &DashScopeError, phase: &'static str) {
         error = %err,
         "DashScope error classified"
     );
+}
+
+/// How many frames one poll reads before yielding to the executor.
+const FRAMES_PER_POLL: usize = 64;
+
+/// How many frames without bytes (empty data frames, trailers) an error body may send before
+/// the error is classified from what has arrived: such frames make no progress towards the
+/// byte limit.
+const ERROR_BODY_EMPTY_FRAME_LIMIT: usize = 4096;
+
+/// When reading an error body must stop: `error_body_timeout` after it began, or `idle_timeout`
+/// after its last frame, whichever is first. `None` if neither applies (or neither can be
+/// represented: a timeout too long to add to an instant never fires).
+fn error_body_deadline(config: &Config, started: Instant, last_frame: Instant) -> Option<Instant> {
+    let total = config
+        .error_body_timeout
+        .and_then(|timeout| started.checked_add(timeout));
+    let idle = config
+        .idle_timeout
+        .and_then(|timeout| last_frame.checked_add(timeout));
+    match (total, idle) {
+        (Some(total), Some(idle)) => Some(total.min(idle)),
+        (total, idle) => total.or(idle),
+    }
+}
+
+/// Whether a successful response has no body to scan: `204 No Content`, `205 Reset Content`,
+/// or a body that says it is empty.
+fn has_no_body(status: StatusCode, body: &impl Body) -> bool {
+    status == StatusCode::NO_CONTENT
+        || status == StatusCode::RESET_CONTENT
+        || body.is_end_stream()
+        || body.size_hint().exact() == Some(0)
 }
 
 /// Whether the response says it is an event stream.

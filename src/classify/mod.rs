@@ -4,9 +4,12 @@
 //! above it sees typed errors:
 //!
 //! - a non-2xx response becomes `Err(DashScopeError)`: the body is read up to a bound (64 KiB by
-//!   default; a 100 MiB error body costs at most the bound), parsed in any of DashScope's four
-//!   shapes — native, OpenAI-compatible, Anthropic-compatible, SSE-framed — and classified by
-//!   status, code and message ([`classify_response`] is the function that does it);
+//!   default; a 100 MiB error body costs at most the bound) and for at most
+//!   [`error_body_timeout`](ClassifyDashScopeError::error_body_timeout) (10 s by default; a body
+//!   that stalls is classified from the status and the bytes that had arrived), parsed in any of
+//!   DashScope's four shapes — native, OpenAI-compatible, Anthropic-compatible, SSE-framed — and
+//!   classified by status, code and message ([`classify_response`] is the function that does
+//!   it);
 //! - a transport error from the client becomes `Err(DashScopeError)` of class
 //!   [`Timeout`](crate::ErrorClass::Timeout) or [`Connection`](crate::ErrorClass::Connection),
 //!   the original kept as its `source()`;
@@ -17,25 +20,37 @@
 //! # Event streams
 //!
 //! DashScope reports throttling and failures *inside* successful-looking streams. A 2xx response
-//! whose `content-type` is `text/event-stream` — or any 2xx answer to a request that asked to
-//! stream (`X-DashScope-SSE: enable` or `Accept: text/event-stream`) — is scanned as it is read,
-//! split across chunks at any byte, `\n` or `\r\n`, comments and multi-line `data:` included:
+//! whose `content-type` is `text/event-stream` is scanned as it is read, split across chunks at
+//! any byte, `\n` or `\r\n`, comments and multi-line `data:` included, one leading UTF-8
+//! byte-order mark skipped. So is a 2xx answer to a request that asked to stream
+//! (`X-DashScope-SSE: enable` or `Accept: text/event-stream`) whatever its `content-type`,
+//! unless its first non-blank byte is `{` or `[` (JSON) or it has none: then it passes through
+//! untouched. A response without a body (`204`, `205`, or a body that says it is empty) is
+//! never scanned.
 //!
 //! - **An error before the first event is the call's `Err`.** The future holds the response
 //!   until the first complete event has arrived (at most
-//!   [`first_event_limit`](ClassifyDashScopeError::first_event_limit) bytes, 64 KiB). If it is an
-//!   error — native `event:error` with `:HTTP_STATUS/429` on an HTTP 200, or a compatible
-//!   `data: {"error":…}` — the call fails with the real status, code, message and request id,
-//!   so retry and fallback layers above can act on a streaming 429. Otherwise the response is
-//!   handed out and the bytes read so far are replayed first.
+//!   [`first_event_limit`](ClassifyDashScopeError::first_event_limit) bytes, 64 KiB, and at
+//!   most [`FIRST_EVENT_FRAME_LIMIT`] frames, empty ones included). If it is an error — native
+//!   `event:error` with `:HTTP_STATUS/429` on an HTTP 200, a compatible `data: {"error":…}`, a
+//!   Responses-API `error` or `response.failed` — the call fails with the real status, code,
+//!   message and request id, so retry and fallback layers above can act on a streaming 429.
+//!   Otherwise the response is handed out and the bytes read so far are replayed first.
 //! - **An error after the first event** ends the body with `Err(DashScopeError)`, after every
 //!   byte up to the end of the error event has been yielded.
-//! - **A truncated stream** — one that ends without a final `finish_reason` (the native string
-//!   `"null"` is not final), `data: [DONE]` or Anthropic's `message_stop` — ends with
-//!   [`ErrorClass::StreamInterrupted`](crate::ErrorClass::StreamInterrupted).
+//! - **A truncated stream** ends with
+//!   [`ErrorClass::StreamInterrupted`](crate::ErrorClass::StreamInterrupted). Which streams are
+//!   truncated depends on the API their events show: a chat stream (native, OpenAI-compatible
+//!   chat completions, Anthropic messages) that ends without a final `finish_reason` (the
+//!   native string `"null"` is not final), `data: [DONE]` or `message_stop`; an OpenAI
+//!   Responses-API stream that ends without `response.completed` or `response.incomplete`; a
+//!   response declared `text/event-stream` that ends without a single event. A stream of any
+//!   other API has no end that can be checked, and passes when it ends cleanly.
 //!   [Configurable](ClassifyDashScopeError::detect_truncation).
 //! - **Idle streams** can be failed with [`ErrorClass::Timeout`](crate::ErrorClass::Timeout)
 //!   ([`idle_timeout`](ClassifyDashScopeError::idle_timeout), off by default).
+//! - **Fairness**: however many frames a body has ready, the response future reads a few dozen
+//!   per poll and then yields to the executor, so one response cannot monopolise its thread.
 //! - **Usage**: with a [`UsageSlot`] in the request's extensions, the last `usage` the response
 //!   reports (streamed or not, either API shape) is recorded in it.
 //!
@@ -117,12 +132,22 @@ pub const DEFAULT_FIRST_EVENT_LIMIT: usize = 64 * 1024;
 /// uninspected.
 pub const DEFAULT_MAX_EVENT_SIZE: usize = 1024 * 1024;
 
+/// How long an error body is read, by default, before the error is classified from what has
+/// arrived: 10 s.
+pub const DEFAULT_ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many frames of an event stream (empty ones included) are read at most while waiting for
+/// its first event: 1024. Past this, the response is handed out as with
+/// [`first_event_limit`](ClassifyDashScopeError::first_event_limit).
+pub const FIRST_EVENT_FRAME_LIMIT: usize = 1024;
+
 /// Layer that turns every failure into a typed [`DashScopeError`]; see the [module
 /// docs](self).
 ///
 /// # Default
 ///
-/// - error bodies are read up to [`DEFAULT_ERROR_BODY_LIMIT`] (64 KiB);
+/// - error bodies are read up to [`DEFAULT_ERROR_BODY_LIMIT`] (64 KiB), for at most
+///   [`DEFAULT_ERROR_BODY_TIMEOUT`] (10 s);
 /// - at most [`DEFAULT_FIRST_EVENT_LIMIT`] (64 KiB) of a stream is held back waiting for its
 ///   first event;
 /// - stream events up to [`DEFAULT_MAX_EVENT_SIZE`] (1 MiB) are inspected;
@@ -141,6 +166,7 @@ pub(crate) struct Config {
     pub(crate) max_event_size: usize,
     pub(crate) detect_truncation: bool,
     pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) error_body_timeout: Option<Duration>,
 }
 
 impl Config {
@@ -150,6 +176,7 @@ impl Config {
         max_event_size: DEFAULT_MAX_EVENT_SIZE,
         detect_truncation: true,
         idle_timeout: None,
+        error_body_timeout: Some(DEFAULT_ERROR_BODY_TIMEOUT),
     };
 }
 
@@ -184,10 +211,15 @@ impl ClassifyDashScopeError {
         self
     }
 
-    /// Whether an event stream that ends without a final `finish_reason` (native: anything but
-    /// the string `"null"`), `data: [DONE]` (OpenAI-compatible) or `message_stop` (Anthropic)
-    /// yields [`ErrorClass::StreamInterrupted`](crate::ErrorClass::StreamInterrupted) at its end.
-    /// On by default.
+    /// Whether an event stream that ends without its terminal event yields
+    /// [`ErrorClass::StreamInterrupted`](crate::ErrorClass::StreamInterrupted) at its end. On
+    /// by default.
+    ///
+    /// The terminal event depends on the API the stream's events show: a chat stream ends with
+    /// a final `finish_reason` (native: anything but the string `"null"`), `data: [DONE]`
+    /// (OpenAI-compatible) or `message_stop` (Anthropic); a Responses-API stream with
+    /// `response.completed` or `response.incomplete`. A `text/event-stream` response without a
+    /// single event is truncated too; a stream of any other API is not checked.
     pub const fn detect_truncation(mut self, detect: bool) -> Self {
         self.config.detect_truncation = detect;
         self
@@ -196,8 +228,25 @@ impl ClassifyDashScopeError {
     /// Fails a stream with [`ErrorClass::Timeout`](crate::ErrorClass::Timeout) when no chunk
     /// arrives for `timeout` (also while waiting for the first chunk). Off by default. With
     /// `X-DashScope-Wait-Timeout`, make it longer than the wait.
+    ///
+    /// It also bounds the wait between two chunks of an error body (see
+    /// [`error_body_timeout`](Self::error_body_timeout)). A timeout too long to be added to the
+    /// current instant (such as `Duration::MAX`) never fires.
     pub const fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.config.idle_timeout = Some(timeout);
+        self
+    }
+
+    /// How long to read a non-2xx body before classifying the error from the status and the
+    /// bytes that have arrived: a server that sends its headers and then stalls cannot hold
+    /// the call (and every retry above it) forever. [`DEFAULT_ERROR_BODY_TIMEOUT`] (10 s) by
+    /// default; `Duration::MAX` turns it off. The error keeps its class (a `429` is still rate
+    /// limited, and retryable); its `source()` says the body was cut short.
+    ///
+    /// The timer is made only if the body makes the call wait, so it needs a Tokio runtime
+    /// with time enabled only then.
+    pub const fn error_body_timeout(mut self, timeout: Duration) -> Self {
+        self.config.error_body_timeout = Some(timeout);
         self
     }
 }

@@ -1,9 +1,12 @@
 //! An incremental scanner for DashScope's server-sent events.
 //!
 //! It is fed the bytes of an event stream in whatever pieces they arrive, and reports the first
-//! error event (with the offset in the piece where that event ends), whether a terminal event
-//! (a final `finish_reason`, `data: [DONE]`, Anthropic's `message_stop`) was seen, and the usage
-//! events declared. Lines wholly inside a piece are scanned in place; only a line split across
+//! error event (with the offset in the piece where that event ends), which API the stream speaks
+//! (a chat stream — native, OpenAI-compatible chat completions, Anthropic messages — or the
+//! OpenAI Responses API), whether that API's terminal event (a final `finish_reason`,
+//! `data: [DONE]`, Anthropic's `message_stop`, `response.completed` / `response.incomplete`) was
+//! seen, and the usage events declared. One leading UTF-8 byte-order mark is skipped, as the SSE
+//! specification says. Lines wholly inside a piece are scanned in place; only a line split across
 //! pieces is copied, into a buffer that is reused. Event data is parsed as JSON only when it
 //! looks like an error; nothing allocates in the steady state.
 
@@ -25,12 +28,50 @@ pub(crate) struct ScanError {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum EventKind {
-    /// `message`, `result` or no `event:` line.
+    /// `message`, `result`, any other name, or no `event:` line.
     Data,
     Error,
+    /// Anthropic's start of message: the stream is a chat stream.
+    MessageStart,
     /// Anthropic's end of message.
     MessageStop,
+    /// Any other `response.*` event of the OpenAI Responses API.
+    Response,
+    /// `response.completed` or `response.incomplete`: the Responses API's terminal events.
+    ResponseEnd,
+    /// `response.failed`: the Responses API's failure, its error under `response.error`.
+    ResponseFailed,
 }
+
+impl EventKind {
+    /// The kind an event name (an `event:` line, or a JSON `"type"`) gives.
+    fn from_name(name: &[u8]) -> EventKind {
+        match name {
+            b"error" => EventKind::Error,
+            b"message_start" => EventKind::MessageStart,
+            b"message_stop" => EventKind::MessageStop,
+            b"response.completed" | b"response.incomplete" => EventKind::ResponseEnd,
+            b"response.failed" => EventKind::ResponseFailed,
+            name if name.starts_with(b"response.") => EventKind::Response,
+            _ => EventKind::Data,
+        }
+    }
+}
+
+/// Which API a stream speaks, as far as its events have told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StreamApi {
+    /// Nothing recognisable yet: the end of the stream cannot be checked.
+    Unknown,
+    /// A chat stream (native, OpenAI-compatible chat completions or Anthropic messages): it ends
+    /// with a final `finish_reason`, `data: [DONE]` or `message_stop`.
+    Chat,
+    /// The OpenAI Responses API: it ends with `response.completed` or `response.incomplete`.
+    Responses,
+}
+
+/// The UTF-8 byte-order mark.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 #[derive(Debug)]
 pub(crate) struct SseScanner {
@@ -50,6 +91,9 @@ pub(crate) struct SseScanner {
     terminal: bool,
     /// An event was too large to inspect, so `terminal` may be wrong.
     uninspected: bool,
+    api: StreamApi,
+    /// `Some(n)`: still at the start of the stream, its first `n` bytes a prefix of a BOM.
+    bom: Option<u8>,
     usage: Option<UsageScanner>,
 }
 
@@ -67,6 +111,8 @@ impl SseScanner {
             events: 0,
             terminal: false,
             uninspected: false,
+            api: StreamApi::Unknown,
+            bom: Some(0),
             usage: want_usage.then(UsageScanner::default),
         }
     }
@@ -76,9 +122,15 @@ impl SseScanner {
         self.events
     }
 
-    /// Whether the stream declared its end: a final `finish_reason`, `[DONE]` or `message_stop`.
+    /// Whether the stream declared its end: a final `finish_reason`, `[DONE]`, `message_stop`,
+    /// `response.completed` or `response.incomplete`.
     pub(crate) fn saw_terminal(&self) -> bool {
         self.terminal
+    }
+
+    /// Which API the stream's events showed it speaks.
+    pub(crate) fn api(&self) -> StreamApi {
+        self.api
     }
 
     /// Whether an event was too large to inspect (so the absence of a terminal event proves
@@ -99,7 +151,7 @@ impl SseScanner {
 
     /// Scans the next piece. Stops at, and returns, the first error event.
     pub(crate) fn feed(&mut self, piece: &[u8]) -> Option<ScanError> {
-        let mut start = 0;
+        let mut start = self.skip_bom(piece);
         while let Some(newline) = memchr::memchr(b'\n', &piece[start..]) {
             let end = start + newline;
             let found = if self.line.is_empty() && !self.line_overflow {
@@ -140,6 +192,26 @@ impl SseScanner {
         self.dispatch().map(|fields| ScanError { end: 0, fields })
     }
 
+    /// At the start of the stream: how many bytes of `piece` belong to a leading BOM (possibly
+    /// split across pieces). Bytes held back as a BOM prefix that turn out not to be one are
+    /// given back to the first line.
+    fn skip_bom(&mut self, piece: &[u8]) -> usize {
+        let Some(matched) = self.bom else { return 0 };
+        let want = &BOM[usize::from(matched)..];
+        let n = want.len().min(piece.len());
+        if piece[..n] == want[..n] {
+            self.bom = if n == want.len() {
+                None
+            } else {
+                Some(matched + n as u8)
+            };
+            return n;
+        }
+        self.bom = None;
+        self.push_line_part(&BOM[..usize::from(matched)]);
+        0
+    }
+
     fn push_line_part(&mut self, part: &[u8]) {
         if self.line.len() + part.len() > self.max_event_size {
             self.line_overflow = true;
@@ -169,11 +241,7 @@ impl SseScanner {
                 self.data.extend_from_slice(value);
             }
         } else if let Some(value) = field_value(line, b"event") {
-            self.kind = match value {
-                b"error" => EventKind::Error,
-                b"message_stop" => EventKind::MessageStop,
-                _ => EventKind::Data,
-            };
+            self.kind = EventKind::from_name(value);
         }
         None
     }
@@ -205,21 +273,42 @@ impl SseScanner {
 
     fn inspect(&mut self, kind: EventKind, status: Option<u16>) -> Option<ErrorFields> {
         let data = &self.data[..];
+        // Without an `event:` line, the JSON's own `"type"` names the event (Anthropic and the
+        // Responses API put it in both places).
+        let kind = match kind {
+            EventKind::Data => match json_type(data).map(EventKind::from_name) {
+                Some(EventKind::Error) | None => EventKind::Data,
+                Some(kind) => kind,
+            },
+            kind => kind,
+        };
+        let failed = matches!(kind, EventKind::Error | EventKind::ResponseFailed);
         let status_is_error = status.is_some_and(|s| !(200..300).contains(&s));
         let looks_like_error =
             memmem::find(data, b"\"error\"").is_some() || memmem::find(data, b"\"code\"").is_some();
-        if kind == EventKind::Error || status_is_error || looks_like_error {
-            let parsed = parse_candidate(data);
-            let is_error = kind == EventKind::Error
-                || status_is_error
-                || parsed.as_ref().is_some_and(|(_, is_error)| *is_error);
+        if failed || status_is_error || looks_like_error {
+            let parsed = parse_candidate(data, kind == EventKind::ResponseFailed);
+            let is_error =
+                failed || status_is_error || parsed.as_ref().is_some_and(|(_, is_error)| *is_error);
             if is_error {
                 let mut fields = parsed.map(|(fields, _)| fields).unwrap_or_default();
                 fields.status = status;
                 return Some(fields);
             }
         }
-        if kind == EventKind::MessageStop || data == b"[DONE]" || has_final_finish_reason(data) {
+        match kind {
+            EventKind::MessageStart | EventKind::MessageStop => self.api = StreamApi::Chat,
+            EventKind::Response | EventKind::ResponseEnd => self.api = StreamApi::Responses,
+            EventKind::Data | EventKind::Error | EventKind::ResponseFailed => {
+                if self.api == StreamApi::Unknown && is_chat_event(data) {
+                    self.api = StreamApi::Chat;
+                }
+            }
+        }
+        if matches!(kind, EventKind::MessageStop | EventKind::ResponseEnd)
+            || data == b"[DONE]"
+            || has_final_finish_reason(data)
+        {
             self.terminal = true;
         }
         if let Some(usage) = &mut self.usage {
@@ -253,10 +342,40 @@ fn has_final_finish_reason(data: &[u8]) -> bool {
     false
 }
 
-/// Parses an error candidate: its fields, and whether the object really reports an error.
-fn parse_candidate(data: &[u8]) -> Option<(ErrorFields, bool)> {
+/// Whether `data` is an event of a chat stream: it has a `"finish_reason"` key (native and
+/// OpenAI-compatible chunks carry one, `null` until the end) or is a `chat.completion.chunk`
+/// (the compatible API's final usage chunk has no choices).
+///
+/// A key cannot be faked by content: inside a JSON string its quotes are escaped.
+fn is_chat_event(data: &[u8]) -> bool {
+    memmem::find(data, b"\"finish_reason\"").is_some()
+        || memmem::find(data, b"\"chat.completion.chunk\"").is_some()
+}
+
+/// The string value of the first `"type"` key in `data`, if it is a string.
+fn json_type(data: &[u8]) -> Option<&[u8]> {
+    const KEY: &[u8] = b"\"type\"";
+    let at = memmem::find(data, KEY)?;
+    let value = data[at + KEY.len()..]
+        .trim_ascii_start()
+        .strip_prefix(b":")?;
+    let value = value.trim_ascii_start().strip_prefix(b"\"")?;
+    let end = memchr::memchr(b'"', value)?;
+    Some(&value[..end])
+}
+
+/// Parses an error candidate: its fields, and whether the object really reports an error. For
+/// a Responses-API `response.failed`, the fields are those of its `response` object.
+fn parse_candidate(data: &[u8], response_failed: bool) -> Option<(ErrorFields, bool)> {
     let value: serde_json::Value = serde_json::from_slice(data).ok()?;
     let top = value.as_object()?;
+    let top = if response_failed {
+        top.get("response")
+            .and_then(serde_json::Value::as_object)
+            .unwrap_or(top)
+    } else {
+        top
+    };
     Some((fields_from_object(top), object_is_error(top)))
 }
 
@@ -377,6 +496,69 @@ mod tests {
         assert!(scanner.feed(b.as_bytes()).is_none());
         assert!(scanner.uninspected());
         assert!(scanner.line.capacity() <= 64);
+    }
+
+    #[test]
+    fn one_leading_bom_is_skipped_wherever_the_pieces_split() {
+        let body = "\u{feff}data: {\"error\":{\"code\":\"x\",\"message\":\"m\"}}\n\n";
+        for cut in 0..=body.len() {
+            let (_, err) = scan_all(body.as_bytes(), &[cut]);
+            assert_eq!(err.unwrap().1.code.as_deref(), Some("x"), "cut {cut}");
+        }
+        let cuts: Vec<usize> = (1..body.len()).collect();
+        let (_, err) = scan_all(body.as_bytes(), &cuts);
+        assert!(err.is_some());
+        // Only the first: a second BOM makes the first line an unknown field.
+        let body = format!("\u{feff}{body}");
+        let (scanner, err) = scan_all(body.as_bytes(), &[1, 2, 4]);
+        assert!(err.is_none());
+        assert_eq!(scanner.events(), 0);
+        // A BOM prefix that is not a BOM is given back to the line.
+        let mut scanner = SseScanner::new(64, false);
+        assert!(scanner.feed(b"\xEF").is_none());
+        assert!(scanner.feed(b"data: x\n\n").is_none());
+        assert_eq!(
+            scanner.events(),
+            0,
+            "the line was `\\xEFdata: x`, not a data field"
+        );
+    }
+
+    #[test]
+    fn which_api_a_stream_speaks() {
+        let (scanner, _) = scan_all(NATIVE_OK.as_bytes(), &[]);
+        assert_eq!(scanner.api(), StreamApi::Chat);
+        let anthropic = "event: message_start\ndata: {\"type\":\"message_start\"}\n\n";
+        let (scanner, _) = scan_all(anthropic.as_bytes(), &[]);
+        assert_eq!(scanner.api(), StreamApi::Chat);
+        assert!(!scanner.saw_terminal());
+        // The Responses API, with or without `event:` lines.
+        for body in [
+            "event: response.created\ndata: {}\n\nevent: response.completed\ndata: {}\n\n",
+            "data: {\"type\":\"response.created\"}\n\ndata: {\"type\" : \"response.incomplete\"}\n\n",
+        ] {
+            let (scanner, err) = scan_all(body.as_bytes(), &[]);
+            assert!(err.is_none());
+            assert_eq!(scanner.api(), StreamApi::Responses, "{body}");
+            assert!(scanner.saw_terminal(), "{body}");
+        }
+        let failed = "data: {\"type\":\"response.failed\",\"response\":{\"error\":{\"code\":\"server_error\",\"message\":\"boom\"}}}\n\n";
+        let (_, err) = scan_all(failed.as_bytes(), &[]);
+        assert_eq!(err.unwrap().1.message.as_deref(), Some("boom"));
+        // Content cannot fake a key: its quotes are escaped.
+        let unknown =
+            "data: {\"text\":\"\\\"finish_reason\\\" \\\"type\\\":\\\"response.created\\\"\"}\n\n";
+        let (scanner, _) = scan_all(unknown.as_bytes(), &[]);
+        assert_eq!(scanner.api(), StreamApi::Unknown);
+    }
+
+    #[test]
+    fn json_type_forms() {
+        assert_eq!(json_type(br#"{"type":"a.b"}"#), Some(&b"a.b"[..]));
+        assert_eq!(json_type(br#"{ "type" : "x" }"#), Some(&b"x"[..]));
+        assert_eq!(json_type(br#"{"type":1}"#), None);
+        assert_eq!(json_type(br#"{"type":"unterminated"#), None);
+        assert_eq!(json_type(b"[DONE]"), None);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::Config;
 use super::parse::{X_REQUEST_ID, error_from_fields};
-use super::sse::SseScanner;
+use super::sse::{SseScanner, StreamApi};
 use super::usage::{UsageScanner, UsageSlot};
 use crate::error::{BoxError, DashScopeError, ErrorClass};
 use crate::retry_after::parse_retry_after;
@@ -23,7 +23,8 @@ use crate::retry_after::parse_retry_after;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
     /// The request asked for a stream but the response did not say it is one: the first
-    /// non-blank byte decides (`{` or `[` is JSON, anything else SSE).
+    /// non-blank byte (after a byte-order mark) decides: `{` or `[` is JSON, anything else SSE.
+    /// A body with no such byte is not a stream.
     Sniff,
     Sse,
     Json,
@@ -48,9 +49,15 @@ struct Scan {
     sse: SseScanner,
     json_usage: Option<UsageScanner>,
     slot: Option<UsageSlot>,
-    /// Frames already read and scanned, to be yielded before anything else.
+    /// Frames already read and scanned, to be yielded before anything else (empty data frames
+    /// are not kept).
     replay: VecDeque<Frame<Bytes>>,
     replay_bytes: usize,
+    /// Frames read while waiting for the first event, kept or not.
+    frames_read: usize,
+    /// The response's `content-type` said it is an event stream (rather than the request
+    /// asking for one): a stream without a single event is then truncated.
+    declared: bool,
     /// An error to yield after the frames before it.
     pending: Option<DashScopeError>,
     /// The inner body is finished (ended, failed or timed out): never poll it again.
@@ -75,7 +82,10 @@ impl<B> StreamState<B> {
         let want_usage = slot.is_some();
         Box::pin(StreamState {
             body,
-            idle: config.idle_timeout.map(tokio::time::sleep),
+            idle: config
+                .idle_timeout
+                .and_then(|timeout| Instant::now().checked_add(timeout))
+                .map(tokio::time::sleep_until),
             scan: Scan {
                 mode,
                 sse: SseScanner::new(config.max_event_size, want_usage && mode != Mode::Json),
@@ -83,6 +93,8 @@ impl<B> StreamState<B> {
                 slot,
                 replay: VecDeque::new(),
                 replay_bytes: 0,
+                frames_read: 0,
+                declared: mode == Mode::Sse,
                 pending: None,
                 done: false,
                 handed_out: false,
@@ -107,6 +119,11 @@ impl<B> StreamState<B> {
         self.scan.replay_bytes
     }
 
+    /// Frames read so far through [`push_replay`](Self::push_replay).
+    pub(crate) fn frames_read(&self) -> usize {
+        self.scan.frames_read
+    }
+
     pub(crate) fn is_done(&self) -> bool {
         self.scan.done
     }
@@ -122,9 +139,15 @@ impl<B> StreamState<B> {
         }
     }
 
+    /// Keeps a frame read before the response is handed out, to be replayed. Empty data frames
+    /// carry nothing and are dropped (an endless run of them must not cost memory).
     pub(crate) fn push_replay(self: Pin<&mut Self>, frame: Frame<Bytes>) {
         let scan = self.project().scan;
+        scan.frames_read += 1;
         if let Some(data) = frame.data_ref() {
+            if data.is_empty() {
+                return;
+            }
             scan.replay_bytes += data.len();
         }
         scan.replay.push_back(frame);
@@ -205,7 +228,10 @@ where
             Poll::Ready(Some(Ok(frame))) => frame,
         };
         if let (Some(sleep), Some(timeout)) = (this.idle.as_mut().as_pin_mut(), scan.idle_timeout) {
-            sleep.reset(Instant::now() + timeout);
+            // A timeout too long to add to now never fires: leave the timer far in the future.
+            if let Some(deadline) = Instant::now().checked_add(timeout) {
+                sleep.reset(deadline);
+            }
         }
         let mut data = match frame.into_data() {
             Ok(data) => data,
@@ -274,8 +300,17 @@ impl Scan {
     /// Scans one piece of data. Returns where an error event ends in it, and the error.
     fn scan(&mut self, data: &[u8]) -> Option<(usize, DashScopeError)> {
         if self.mode == Mode::Sniff {
-            match data.trim_ascii_start().first() {
-                None => return None,
+            let first = data
+                .iter()
+                .find(|b| !b.is_ascii_whitespace() && !BOM.contains(b));
+            match first {
+                None => {
+                    // Blank lines and a byte-order mark: the scanner keeps track of the BOM
+                    // and of the lines, in case this turns out to be a stream.
+                    let found = self.sse.feed(data);
+                    debug_assert!(found.is_none(), "blank lines are not an error event");
+                    return None;
+                }
                 Some(b'{' | b'[') => self.mode = Mode::Json,
                 Some(_) => self.mode = Mode::Sse,
             }
@@ -301,33 +336,51 @@ impl Scan {
     /// truncated stream, or a clean end.
     fn end(&mut self) -> Option<DashScopeError> {
         let err = match self.mode {
-            Mode::Json => None,
-            Mode::Sse | Mode::Sniff => match self.sse.finish() {
+            // JSON, or a body with nothing but blank space: not a stream.
+            Mode::Json | Mode::Sniff => None,
+            Mode::Sse => match self.sse.finish() {
                 Some(found) => Some(error_from_fields(
                     None,
                     found.fields,
                     self.request_id(),
                     self.retry_after,
                 )),
-                None if self.detect_truncation
-                    && !self.sse.saw_terminal()
-                    && !self.sse.uninspected() =>
-                {
-                    let mut err = DashScopeError::new(ErrorClass::StreamInterrupted).with_message(
-                        "the event stream ended without a final finish_reason or [DONE]: the \
-                         output is incomplete",
-                    );
-                    if let Some(id) = self.request_id() {
-                        err = err.with_request_id(id);
-                    }
-                    Some(err)
-                }
+                None if self.detect_truncation && !self.sse.uninspected() => self.truncation(),
                 None => None,
             },
         };
         self.publish_usage();
         self.finish_slot();
         err
+    }
+
+    /// The error for a stream that ended cleanly, if its end shows it is incomplete: a chat or
+    /// Responses-API stream without its terminal event, or a declared event stream without a
+    /// single event. A stream of an API the scanner does not know is taken as complete.
+    fn truncation(&self) -> Option<DashScopeError> {
+        if self.sse.saw_terminal() {
+            return None;
+        }
+        let message = match self.sse.api() {
+            StreamApi::Chat => {
+                "the event stream ended without a final finish_reason, [DONE] or message_stop: \
+                 the output is incomplete; send the request again"
+            }
+            StreamApi::Responses => {
+                "the event stream ended without response.completed: the output is incomplete; \
+                 send the request again"
+            }
+            StreamApi::Unknown if self.declared && self.sse.events() == 0 => {
+                "the event stream ended before its first event: the server sent no output; send \
+                 the request again"
+            }
+            StreamApi::Unknown => return None,
+        };
+        let mut err = DashScopeError::new(ErrorClass::StreamInterrupted).with_message(message);
+        if let Some(id) = self.request_id() {
+            err = err.with_request_id(id);
+        }
+        Some(err)
     }
 
     fn idle_error(&self) -> DashScopeError {
@@ -341,6 +394,9 @@ impl Scan {
         err
     }
 }
+
+/// The bytes of a UTF-8 byte-order mark, skipped while sniffing.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 impl<B> std::fmt::Debug for StreamState<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
