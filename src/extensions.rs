@@ -16,6 +16,19 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Attempts(pub u32);
 
+/// How long [`TokenBudget`](crate::TokenBudget) held this request back before sending it, so
+/// that it stayed within its model's quota. Absent when it was sent at once.
+///
+/// ```
+/// # use std::time::Duration;
+/// # use tower_dashscope::BudgetWait;
+/// # let response = http::Response::new(());
+/// let waited = response.extensions().get::<BudgetWait>().map_or(Duration::ZERO, |w| w.0);
+/// # assert_eq!(waited, Duration::ZERO);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BudgetWait(pub std::time::Duration);
+
 /// Token counts a response reported in its `usage` object.
 ///
 /// Both API shapes are read: native `usage.{input_tokens, output_tokens, total_tokens}` and

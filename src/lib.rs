@@ -66,6 +66,7 @@
 
 pub mod api;
 pub mod body;
+pub mod budget;
 pub mod classify;
 mod error;
 mod extensions;
@@ -84,7 +85,8 @@ pub mod wait_timeout;
 pub use api::{Api, Region};
 pub use classify::{ClassifyDashScopeError, ClassifyDashScopeErrorService};
 pub use error::{BoxError, DashScopeError, ErrorClass, RateLimitKind};
-pub use extensions::{Attempts, Usage, UsageSlot};
+pub use budget::{Quota, TokenBudget, TokenBudgetService};
+pub use extensions::{Attempts, BudgetWait, Usage, UsageSlot};
 pub use retry::{RetryWithJitter, RetryWithJitterService};
 pub use retry_after::{MAX_RETRY_AFTER, RETRY_AFTER_MS, parse_retry_after, parse_retry_after_at};
 pub use wait_timeout::{WaitTimeoutHeader, WaitTimeoutHeaderService};

@@ -1,0 +1,372 @@
+//! The response future and body of [`TokenBudgetService`](super::TokenBudgetService).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower::Service;
+
+use super::state::{Admit, Cost, Key, Reservation, Shared};
+use crate::error::{BoxError, DashScopeError, ErrorClass, RateLimitKind, into_dashscope_error};
+use crate::extensions::{BudgetWait, UsageSlot};
+use crate::guard::Held;
+use crate::outcome::failure_of;
+
+/// A place in a model's queue; leaving it (by drop) dequeues, so a cancelled request holds
+/// nothing and is charged nothing.
+struct Queued {
+    shared: Arc<Shared>,
+    key: Key,
+    ticket: u64,
+    /// Set once admitted: the ticket already left the queue.
+    admitted: bool,
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        if !self.admitted {
+            self.shared.dequeue(&self.key, self.ticket);
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`TokenBudgetService`](super::TokenBudgetService): waits for the
+    /// request's model to have room, takes its budget, then calls the inner service.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<S::Future>,
+        // Until admitted: the request, the readied service and the place in the queue.
+        request: Option<Request<B>>,
+        service: Option<S>,
+        queued: Option<Queued>,
+        cost: Cost,
+        started: Instant,
+        deadline: Option<Instant>,
+        sleep: Option<Pin<Box<Sleep>>>,
+        // Once admitted, until the response body ends.
+        held: Option<Held<Reservation>>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Admitting,
+        Calling {
+            #[pin]
+            future: F,
+        },
+        Done,
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    /// A request that is not budgeted (not a chat request): called at once.
+    pub(crate) fn passthrough(mut service: S, request: Request<B>) -> Self {
+        let future = service.call(request);
+        ResponseFuture {
+            state: State::Calling { future },
+            request: None,
+            service: None,
+            queued: None,
+            cost: Cost { tokens: 0 },
+            started: Instant::now(),
+            deadline: None,
+            sleep: None,
+            held: None,
+        }
+    }
+
+    pub(crate) fn admitting(
+        service: S,
+        request: Request<B>,
+        shared: Arc<Shared>,
+        key: Key,
+        cost: Cost,
+    ) -> Self {
+        let started = Instant::now();
+        let deadline = shared
+            .config
+            .max_wait
+            .and_then(|wait| started.checked_add(wait));
+        let ticket = shared.enqueue(&key);
+        ResponseFuture {
+            state: State::Admitting,
+            request: Some(request),
+            service: Some(service),
+            queued: Some(Queued {
+                shared,
+                key,
+                ticket,
+                admitted: false,
+            }),
+            cost,
+            started,
+            deadline,
+            sleep: None,
+            held: None,
+        }
+    }
+}
+
+/// The error of a request that would wait past `max_wait`.
+fn over_max_wait(key: &Key, wait: Duration, max_wait: Duration) -> DashScopeError {
+    DashScopeError::new(ErrorClass::RateLimited(RateLimitKind::Local))
+        .with_retry_after(wait)
+        .with_message(format!(
+            "TokenBudget: model `{}` has no room for this request for {:.3}s, over max_wait \
+             {:.3}s; it was not sent (retry later, or fall back to a model with room)",
+            key.model,
+            wait.as_secs_f64(),
+            max_wait.as_secs_f64()
+        ))
+}
+
+impl<S, B, R> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<Response<BudgetBody<R>>, DashScopeError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Admitting => {
+                    let Some(queued) = this.queued.as_ref() else {
+                        unreachable!("a request is queued until it is admitted");
+                    };
+                    let admit =
+                        queued
+                            .shared
+                            .try_admit(&queued.key, queued.ticket, *this.cost, cx.waker());
+                    let now = Instant::now();
+                    let wake_at = match admit {
+                        Admit::Yes(mut reservation) => {
+                            // Admitted: the place in the queue is gone, the budget is ours.
+                            if let Some(queued) = this.queued.as_mut() {
+                                queued.admitted = true;
+                            }
+                            this.queued.take();
+                            let (Some(mut request), Some(mut service)) =
+                                (this.request.take(), this.service.take())
+                            else {
+                                unreachable!("taken once, here");
+                            };
+                            let slot = match request.extensions().get::<UsageSlot>() {
+                                Some(slot) => slot.clone(),
+                                None => {
+                                    let slot = UsageSlot::new();
+                                    request.extensions_mut().insert(slot.clone());
+                                    slot
+                                }
+                            };
+                            reservation.usage = Some(slot);
+                            let waited = now.saturating_duration_since(*this.started);
+                            reservation.waited = waited;
+                            if !waited.is_zero() {
+                                tracing::debug!(
+                                    model = &*reservation.key.model,
+                                    waited_ms = waited.as_millis() as u64,
+                                    tokens = reservation.tokens,
+                                    "TokenBudget: admitted after waiting"
+                                );
+                            }
+                            *this.held = Some(Held::new(reservation));
+                            *this.sleep = None;
+                            let future = service.call(request);
+                            this.state.set(State::Calling { future });
+                            continue;
+                        }
+                        Admit::At(at) => Some(at),
+                        Admit::Woken => None,
+                    };
+                    // Not yet: fail now if the wait would end past max_wait.
+                    if let (Some(deadline), Some(at)) = (*this.deadline, wake_at) {
+                        if at > deadline {
+                            let max_wait = deadline.saturating_duration_since(*this.started);
+                            let err = over_max_wait(
+                                &queued.key,
+                                at.saturating_duration_since(now),
+                                max_wait,
+                            );
+                            this.state.set(State::Done);
+                            this.queued.take();
+                            return Poll::Ready(Err(err));
+                        }
+                    }
+                    let Some(at) = wake_at.or(*this.deadline) else {
+                        return Poll::Pending;
+                    };
+                    if wake_at.is_none() && now >= at {
+                        // Queued behind others (or for a permit) past max_wait.
+                        let max_wait = at.saturating_duration_since(*this.started);
+                        let err = over_max_wait(&queued.key, max_wait, max_wait);
+                        this.state.set(State::Done);
+                        this.queued.take();
+                        return Poll::Ready(Err(err));
+                    }
+                    match this.sleep.as_mut() {
+                        Some(sleep) => sleep.as_mut().reset(at),
+                        None => *this.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
+                    }
+                    if let Some(sleep) = this.sleep.as_mut() {
+                        ready!(sleep.as_mut().poll(cx));
+                    }
+                }
+                StateProj::Calling { future } => {
+                    let result = ready!(future.poll(cx)).map_err(into_dashscope_error);
+                    this.state.set(State::Done);
+                    let mut held = this.held.take();
+                    if let Some(reservation) = held.as_mut().map(Held::get_mut) {
+                        settle_outcome(reservation, &result);
+                    }
+                    return Poll::Ready(match result {
+                        Ok(response) => {
+                            let (mut parts, body) = response.into_parts();
+                            // The wait is the time to admission, not the call's.
+                            if let Some(reservation) = held.as_ref().map(Held::get) {
+                                let wait = reservation.waited;
+                                if !wait.is_zero() {
+                                    parts.extensions.insert(BudgetWait(wait));
+                                }
+                            }
+                            Ok(Response::from_parts(
+                                parts,
+                                BudgetBody { inner: body, held },
+                            ))
+                        }
+                        Err(err) => {
+                            if let Some(held) = held {
+                                held.complete();
+                            }
+                            Err(err)
+                        }
+                    });
+                }
+                StateProj::Done => {
+                    panic!("TokenBudget's ResponseFuture polled after completion")
+                }
+            }
+        }
+    }
+}
+
+/// What the outcome of the call says to the budget: 429s lower the model's rates, successes
+/// raise them back; a request the server refused before generating gets its tokens back.
+fn settle_outcome<R>(reservation: &mut Reservation, result: &Result<Response<R>, DashScopeError>) {
+    let failure = failure_of(result);
+    let throttled = match failure.map(|f| f.class()) {
+        Some(ErrorClass::RateLimited(RateLimitKind::Local)) => return,
+        Some(ErrorClass::RateLimited(kind)) => Some(kind),
+        _ => None,
+    };
+    if failure.is_none() || throttled.is_some() {
+        reservation
+            .shared
+            .observe(&reservation.key, throttled);
+    }
+    let refused = failure.is_some_and(|f| {
+        f.status().is_some()
+            && !matches!(
+                f.class(),
+                ErrorClass::ServerError
+                    | ErrorClass::Unavailable
+                    | ErrorClass::Timeout
+                    | ErrorClass::Connection
+                    | ErrorClass::StreamInterrupted
+            )
+    });
+    if refused {
+        reservation.refund_tokens();
+    }
+}
+
+impl<S, B> fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("cost", &self.cost)
+            .finish_non_exhaustive()
+    }
+}
+
+pin_project! {
+    /// The response body of [`TokenBudgetService`](super::TokenBudgetService): the inner body,
+    /// unchanged. When it ends, the request's reservation is settled against the usage the
+    /// response reported, and its concurrency permit is released; dropped or failed part-way,
+    /// the permit is released and the estimate stays charged (the server billed what it sent).
+    pub struct BudgetBody<B> {
+        #[pin]
+        inner: B,
+        held: Option<Held<Reservation>>,
+    }
+}
+
+impl<B> BudgetBody<B> {
+    /// The body inside; the reservation is released as if the body had been dropped.
+    pub fn into_inner(self) -> B {
+        self.inner
+    }
+}
+
+impl<B: Body> Body for BudgetBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        match &frame {
+            None => {
+                if let Some(held) = this.held.take() {
+                    held.complete();
+                }
+            }
+            Some(Err(_)) => {
+                // Failed part-way: keep the charge, free the permit.
+                this.held.take();
+            }
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B: fmt::Debug> fmt::Debug for BudgetBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BudgetBody")
+            .field("inner", &self.inner)
+            .field("settled", &self.held.is_none())
+            .finish()
+    }
+}

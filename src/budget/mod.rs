@@ -1,0 +1,433 @@
+//! Stay under DashScope's per-model RPM and TPM instead of collecting 429s.
+//!
+//! DashScope limits requests and tokens per minute, per model, per root account, and enforces
+//! them per second (RPS = RPM/60, TPS = TPM/60). [`TokenBudget`] keeps every model's traffic
+//! within its [`Quota`] on the client side:
+//!
+//! - **Reserve before sending, all or nothing.** When a request is admitted, one request of the
+//!   model's rate, its estimated tokens (input from the messages, output from `max_tokens`) and
+//!   a concurrency permit are taken together. A request that is still waiting holds nothing and
+//!   is charged nothing; dropping it leaves no trace.
+//! - **Wait, don't fail.** A request with no room waits — in arrival order per model — until it
+//!   has room ([`BudgetWait`](crate::BudgetWait) in the response says how long). With
+//!   [`max_wait`](TokenBudget::max_wait) a request that would wait longer is not sent and gets a
+//!   [`RateLimited(Local)`](crate::RateLimitKind::Local) error whose `retry_after` is the wait,
+//!   so a fallback above can go to a model with room first.
+//! - **Shaped per second.** Over any window of one second (configurable:
+//!   [`burst`](TokenBudget::burst)) a model is sent at most one second's worth of its quota, so
+//!   both of DashScope's enforcements — a continuous bucket holding one second's worth, and
+//!   fixed one-second windows — are satisfied.
+//! - **Settled both ways.** When the response reports its `usage` (streamed or not; the
+//!   [`UsageSlot`](crate::UsageSlot) protocol of [`ClassifyDashScopeError`](crate::ClassifyDashScopeError)
+//!   below), an over-estimate is given back and an under-estimate is charged as debt to the next
+//!   requests. A request the server refused (a 429, a 400) gets its tokens back; one cancelled
+//!   or cut after it was sent keeps its estimate, as the server billed it.
+//! - **A request bigger than a second's worth** waits for an empty window, then goes into debt;
+//!   it never fails and never waits forever.
+//! - **Adaptive.** When the configured quota is higher than what the account really has, the
+//!   server's 429s lower the model's rates by kind — requests, tokens, or, for the burst limit, a
+//!   slow ramp — and successes raise them back, additively. An optional
+//!   [`warm_up`](TokenBudget::warm_up) ramps a cold start.
+//!
+//! The shaping is a sliding window of its own rather than governor's GCRA: settling against
+//! real usage needs refunds and debt, which governor does not have, and a token bucket that
+//! holds a second's worth admits up to two seconds' worth in some one-second window. See
+//! `window.rs` for the algorithm; all its time is `tokio::time`.
+//!
+//! Requests that are not chat requests (a path of no chat API, or a body that cannot be read
+//! without consuming it — see [`ReplayBody`](crate::body::ReplayBody)) pass through uncounted.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::Full;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_dashscope::{BoxError, BudgetWait, Quota, TokenBudget};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let client = service_fn(|_req: Request<Full<Bytes>>| async {
+//!     Ok::<_, BoxError>(Response::new(Full::new(Bytes::from_static(b"{}"))))
+//! });
+//! // 120 requests a minute: two a second.
+//! let budget = TokenBudget::new(Quota::per_minute(120, 1_000_000));
+//! let service = ServiceBuilder::new().layer(budget).service(client);
+//!
+//! let chat = || Request::post("/compatible-mode/v1/chat/completions")
+//!     .body(Full::new(Bytes::from_static(br#"{"model":"qwen-plus","messages":[],"max_tokens":10}"#)))
+//!     .unwrap();
+//! for _ in 0..2 {
+//!     let response = service.clone().oneshot(chat()).await.unwrap();
+//!     assert!(response.extensions().get::<BudgetWait>().is_none()); // sent at once
+//! }
+//! // The third request of the same second waits for the window to move on.
+//! let response = service.clone().oneshot(chat()).await.unwrap();
+//! assert!(response.extensions().get::<BudgetWait>().unwrap().0 >= Duration::from_millis(990));
+//! # }
+//! ```
+//!
+//! Customised:
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_dashscope::{Quota, TokenBudget};
+//!
+//! let budget = TokenBudget::new(Quota::per_minute(600, 1_000_000))  // every other model
+//!     .model("qwen-max", Quota::per_minute(60, 100_000))           // this one is tighter
+//!     .max_concurrency(32)                                         // in flight, all models
+//!     .max_wait(Duration::from_secs(5))                            // or RateLimited(Local)
+//!     .default_output_tokens(512)                                  // when max_tokens is unset
+//!     .warm_up(0.2, Duration::from_secs(30));                      // ramp from 20% over 30 s
+//! # let _ = budget;
+//! ```
+
+mod estimate;
+pub mod future;
+mod state;
+mod window;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{HeaderMap, Request, Response, Uri};
+use tower::{Layer, Service};
+
+pub use self::estimate::{CharEstimator, TokenEstimator};
+use self::estimate::DynEstimator;
+pub use self::future::{BudgetBody, ResponseFuture};
+use self::state::{Cost, Key, Shared};
+use crate::body::ReplayBody;
+use crate::error::{BoxError, DashScopeError, into_dashscope_error};
+use crate::request::ChatRequest;
+
+/// A model's quota: requests and tokens (input + output) per minute, as DashScope states them.
+///
+/// Zero in either place means that dimension is not limited.
+///
+/// ```
+/// use tower_dashscope::Quota;
+///
+/// let quota = Quota::per_minute(600, 1_000_000);
+/// assert_eq!(quota.requests_per_minute(), 600);
+/// assert_eq!(quota.tokens_per_minute(), 1_000_000);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Quota {
+    requests: u32,
+    tokens: u32,
+}
+
+impl Quota {
+    /// `requests` and `tokens` per minute; zero leaves that dimension unlimited.
+    #[must_use]
+    pub const fn per_minute(requests: u32, tokens: u32) -> Self {
+        Quota { requests, tokens }
+    }
+
+    /// Requests per minute (zero: unlimited).
+    #[must_use]
+    pub const fn requests_per_minute(&self) -> u32 {
+        self.requests
+    }
+
+    /// Tokens per minute (zero: unlimited).
+    #[must_use]
+    pub const fn tokens_per_minute(&self) -> u32 {
+        self.tokens
+    }
+}
+
+/// Which account a request is counted in, for users with several: see
+/// [`TokenBudget::account`].
+type AccountFn = Arc<dyn Fn(&Uri, &HeaderMap) -> Option<String> + Send + Sync>;
+
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) default: Quota,
+    pub(crate) models: HashMap<String, Quota>,
+    pub(crate) window: Duration,
+    pub(crate) max_concurrency: Option<usize>,
+    pub(crate) max_wait: Option<Duration>,
+    pub(crate) default_output_tokens: u32,
+    pub(crate) estimator: DynEstimator,
+    pub(crate) adaptive: bool,
+    pub(crate) warm_up: Option<(f64, Duration)>,
+    pub(crate) max_models: usize,
+    pub(crate) account: Option<AccountFn>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("default", &self.default)
+            .field("models", &self.models)
+            .field("window", &self.window)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("max_wait", &self.max_wait)
+            .field("default_output_tokens", &self.default_output_tokens)
+            .field("adaptive", &self.adaptive)
+            .field("warm_up", &self.warm_up)
+            .field("max_models", &self.max_models)
+            .field("account", &self.account.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The most models (and accounts) a budget keeps state for; see [`TokenBudget::max_models`].
+pub const DEFAULT_MAX_MODELS: usize = 1024;
+
+/// Layer that keeps each model within its quota; see the [module docs](self).
+///
+/// Cloning is cheap and shares the budget: every clone, and every service made from any of
+/// them, counts in the same state. The builder methods make a new budget, so configure first,
+/// then clone.
+///
+/// # Default
+///
+/// - the quota given to [`new`](Self::new) for every model ([`model`](Self::model) for others);
+/// - [`burst`](Self::burst): one second (a second's worth of the quota at once);
+/// - [`max_concurrency`](Self::max_concurrency): unlimited;
+/// - [`max_wait`](Self::max_wait): unlimited (requests wait as long as their quota needs);
+/// - [`default_output_tokens`](Self::default_output_tokens): 1024;
+/// - [`estimator`](Self::estimator): [`CharEstimator`];
+/// - [`adaptive`](Self::adaptive): on; [`warm_up`](Self::warm_up): off;
+/// - [`max_models`](Self::max_models): [`DEFAULT_MAX_MODELS`];
+/// - one budget per model name, whatever the account ([`account`](Self::account)).
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct TokenBudget {
+    shared: Arc<Shared>,
+}
+
+impl TokenBudget {
+    /// A budget that gives every model `quota`.
+    pub fn new(quota: Quota) -> Self {
+        TokenBudget {
+            shared: Shared::new(Config {
+                default: quota,
+                models: HashMap::new(),
+                window: Duration::from_secs(1),
+                max_concurrency: None,
+                max_wait: None,
+                default_output_tokens: 1024,
+                estimator: DynEstimator(Arc::new(CharEstimator)),
+                adaptive: true,
+                warm_up: None,
+                max_models: DEFAULT_MAX_MODELS,
+                account: None,
+            }),
+        }
+    }
+
+    fn with(mut self, change: impl FnOnce(&mut Config)) -> Self {
+        let mut config = self.shared.config.clone();
+        change(&mut config);
+        self.shared = Shared::new(config);
+        self
+    }
+
+    /// `model`'s own quota, in place of the default.
+    pub fn model(self, model: impl Into<String>, quota: Quota) -> Self {
+        let model = model.into();
+        self.with(|c| {
+            c.models.insert(model, quota);
+        })
+    }
+
+    /// How many requests may be in flight at once, over every model (a request is in flight
+    /// from its admission until its response body ends or is dropped). `0` is taken as `1`.
+    pub fn max_concurrency(self, max: usize) -> Self {
+        self.with(|c| c.max_concurrency = Some(max.max(1)))
+    }
+
+    /// The longest a request may wait for room. A request that would wait longer is not sent:
+    /// it fails at once with [`RateLimited(Local)`](crate::RateLimitKind::Local) and the wait as
+    /// its `retry_after`. `Duration::ZERO` fails fast.
+    pub fn max_wait(self, max_wait: Duration) -> Self {
+        self.with(|c| c.max_wait = Some(max_wait))
+    }
+
+    /// The window over which a model may be sent its quota's worth at once: a second by
+    /// default, as DashScope enforces. Longer windows allow larger bursts (and suit quotas of
+    /// under 60 requests a minute); the window is clamped to 1 ms ..= 1 h.
+    pub fn burst(self, window: Duration) -> Self {
+        let window = window.clamp(Duration::from_millis(1), Duration::from_secs(3600));
+        self.with(|c| c.window = window)
+    }
+
+    /// The output tokens charged for a request that sets no `max_tokens`.
+    pub fn default_output_tokens(self, tokens: u32) -> Self {
+        self.with(|c| c.default_output_tokens = tokens)
+    }
+
+    /// How input tokens are estimated before sending; [`CharEstimator`] by default.
+    pub fn estimator(self, estimator: impl TokenEstimator) -> Self {
+        self.with(|c| c.estimator = DynEstimator(Arc::new(estimator)))
+    }
+
+    /// Whether the server's 429s lower a model's rates (and successes raise them back). On by
+    /// default; turn it off when the quota is known exactly.
+    pub fn adaptive(self, adaptive: bool) -> Self {
+        self.with(|c| c.adaptive = adaptive)
+    }
+
+    /// After a cold start, ramp each model from `from` (a fraction of its quota, clamped to
+    /// `0.01 ..= 1.0`) to its whole quota over `over`, as DashScope's growth-rate limit wants.
+    pub fn warm_up(self, from: f64, over: Duration) -> Self {
+        let from = if from.is_finite() { from.clamp(0.01, 1.0) } else { 1.0 };
+        self.with(|c| c.warm_up = Some((from, over)))
+    }
+
+    /// The most models (and accounts) with state at once: beyond it, idle ones are forgotten,
+    /// and if none is idle, new names share one budget of the default quota. Memory stays
+    /// bounded however many model names arrive. `0` is taken as `1`.
+    pub fn max_models(self, max: usize) -> Self {
+        self.with(|c| c.max_models = max.max(1))
+    }
+
+    /// Counts requests per account as well as per model, for users with several accounts:
+    /// `account` names the account of a request (from its URI or headers, e.g. a workspace
+    /// header); `None` counts it in a shared one. Limits are per account at DashScope.
+    pub fn account(
+        self,
+        account: impl Fn(&Uri, &HeaderMap) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        let account: AccountFn = Arc::new(account);
+        self.with(|c| c.account = Some(account))
+    }
+
+    /// Requests admitted and not yet finished, over every model.
+    #[must_use]
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight()
+    }
+
+    /// The tokens counted against `model` now (in its window, and owed), for metrics and tests.
+    #[must_use]
+    pub fn tokens_in_window(&self, model: &str) -> u64 {
+        self.shared.tokens_used(&Key {
+            account: None,
+            model: Arc::from(model),
+        })
+    }
+
+    /// The request and token rates in force for `model`, as fractions of its quota (below 1.0
+    /// after the server throttled it, or while warming up); `None` before its first request.
+    #[must_use]
+    pub fn rate_factors(&self, model: &str) -> Option<(f64, f64)> {
+        self.shared.factors(&Key {
+            account: None,
+            model: Arc::from(model),
+        })
+    }
+
+    /// How many models (and accounts) have state now.
+    #[must_use]
+    pub fn tracked_models(&self) -> usize {
+        self.shared.model_count()
+    }
+}
+
+impl<S> Layer<S> for TokenBudget {
+    type Service = TokenBudgetService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TokenBudgetService {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Service that keeps each model within its quota; made by [`TokenBudget`], see the
+/// [module docs](self).
+pub struct TokenBudgetService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S: Clone> Clone for TokenBudgetService<S> {
+    fn clone(&self) -> Self {
+        TokenBudgetService {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for TokenBudgetService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenBudgetService")
+            .field("inner", &self.inner)
+            .field("config", &self.shared.config)
+            .finish()
+    }
+}
+
+impl<S> TokenBudgetService<S> {
+    /// A reference to the inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// A mutable reference to the inner service.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the service, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B, R> Service<Request<B>> for TokenBudgetService<S>
+where
+    S: Service<Request<B>, Response = Response<R>> + Clone,
+    S::Error: Into<BoxError>,
+    B: ReplayBody,
+{
+    type Response = Response<BudgetBody<R>>;
+    type Error = DashScopeError;
+    type Future = ResponseFuture<S, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(into_dashscope_error)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        // The readied service goes into the future and is called once the request is admitted.
+        let clone = self.inner.clone();
+        let service = std::mem::replace(&mut self.inner, clone);
+        let Some(chat) = ChatRequest::of(&mut request) else {
+            return ResponseFuture::passthrough(service, request);
+        };
+        let config = &self.shared.config;
+        let input = match request.body().bytes() {
+            Some(body) => config.estimator.0.input_tokens(&chat, &body),
+            None => chat.estimated_input_tokens(),
+        };
+        let output = chat
+            .max_tokens()
+            .unwrap_or(config.default_output_tokens);
+        let cost = Cost {
+            tokens: input.saturating_add(u64::from(output)),
+        };
+        let account = config
+            .account
+            .as_ref()
+            .and_then(|account| account(request.uri(), request.headers()))
+            .map(Arc::from);
+        let key = Key {
+            account,
+            model: Arc::from(chat.model().unwrap_or("")),
+        };
+        ResponseFuture::admitting(service, request, self.shared.clone(), key, cost)
+    }
+}

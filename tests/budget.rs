@@ -1,0 +1,350 @@
+//! TokenBudget: shaping, settlement, waits, concurrency, cancellation and adaptation, in paused
+//! time against scripted inner services.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
+use tower_dashscope::{
+    BoxError, BudgetWait, ClassifyDashScopeError, ErrorClass, Quota, RateLimitKind, TokenBudget,
+};
+
+const CHAT: &str = "/compatible-mode/v1/chat/completions";
+
+fn chat(model: &str, max_tokens: u32) -> Request<Full<Bytes>> {
+    let body = format!(
+        r#"{{"model":"{model}","max_tokens":{max_tokens},"messages":[{{"role":"user","content":"abcd"}}]}}"#
+    );
+    Request::post(CHAT).body(Full::new(Bytes::from(body))).unwrap()
+}
+
+/// A server that answers every request at once with `usage` of `total` tokens (input 1), and
+/// records when each request arrived.
+#[derive(Clone)]
+struct Server {
+    arrivals: Arc<Mutex<Vec<(Instant, String)>>>,
+    output_tokens: Arc<AtomicU32>,
+    status: Arc<AtomicU32>,
+}
+
+impl Server {
+    fn new(output_tokens: u32) -> Self {
+        Server {
+            arrivals: Arc::default(),
+            output_tokens: Arc::new(AtomicU32::new(output_tokens)),
+            status: Arc::new(AtomicU32::new(200)),
+        }
+    }
+
+    fn service(&self) -> impl Service<
+        Request<Full<Bytes>>,
+        Response = Response<Full<Bytes>>,
+        Error = BoxError,
+        Future: Send,
+    > + Clone
+    + Send
+    + Sync
+    + use<> {
+        serve(self.clone())
+    }
+
+    fn arrivals(&self) -> Vec<Instant> {
+        self.arrivals.lock().unwrap().iter().map(|a| a.0).collect()
+    }
+}
+
+fn serve(
+    server: Server,
+) -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = BoxError,
+    Future: Send,
+> + Clone
++ Send
++ Sync {
+        service_fn(move |req: Request<Full<Bytes>>| {
+            let server = server.clone();
+            async move {
+                let body = req.into_body().collect().await?.to_bytes();
+                let value: serde_json::Value = serde_json::from_slice(&body)?;
+                let model = value["model"].as_str().unwrap_or("").to_owned();
+                server
+                    .arrivals
+                    .lock()
+                    .unwrap()
+                    .push((Instant::now(), model));
+                let status = server.status.load(Ordering::SeqCst) as u16;
+                let answer = if status == 200 {
+                    let out = server.output_tokens.load(Ordering::SeqCst);
+                    format!(
+                        r#"{{"choices":[{{"message":{{"content":"x"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":1,"completion_tokens":{out},"total_tokens":{}}}}}"#,
+                        out + 1
+                    )
+                } else {
+                    r#"{"error":{"code":"limit_requests","message":"Requests rate limit exceeded","type":"limit_requests"}}"#.to_owned()
+                };
+                Ok::<_, BoxError>(
+                    Response::builder()
+                        .status(status)
+                        .body(Full::new(Bytes::from(answer)))
+                        .unwrap(),
+                )
+            }
+        })
+}
+
+/// The most arrivals in any window of `width`.
+fn max_in_window(times: &[Instant], width: Duration) -> usize {
+    let mut times = times.to_vec();
+    times.sort();
+    (0..times.len())
+        .map(|i| times[i..].iter().take_while(|t| **t < times[i] + width).count())
+        .max()
+        .unwrap_or(0)
+}
+
+async fn send_and_read<S>(service: S, request: Request<Full<Bytes>>) -> Result<Response<Bytes>, tower_dashscope::DashScopeError>
+where
+    S: Service<Request<Full<Bytes>>, Error = tower_dashscope::DashScopeError>,
+    S::Response: Into<Response<tower_dashscope::budget::BudgetBody<tower_dashscope::classify::ResponseBody<Full<Bytes>>>>>,
+{
+    let response: Response<_> = service.oneshot(request).await?.into();
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await?.to_bytes();
+    Ok(Response::from_parts(parts, bytes))
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_are_shaped_per_second() {
+    let server = Server::new(1);
+    let budget = TokenBudget::new(Quota::per_minute(300, 0)); // 5 a second
+    let service = ServiceBuilder::new()
+        .layer(budget.clone())
+        .layer(ClassifyDashScopeError::new())
+        .service(server.service());
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..30)
+        .map(|_| tokio::spawn(send_and_read(service.clone(), chat("qwen-plus", 10))))
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let arrivals = server.arrivals();
+    assert_eq!(arrivals.len(), 30);
+    assert!(max_in_window(&arrivals, Duration::from_secs(1)) <= 5);
+    // And it does not dawdle: 30 requests at 5 a second take about six seconds, not more.
+    assert!(start.elapsed() < Duration::from_millis(6_100), "{:?}", start.elapsed());
+    assert_eq!(budget.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn tokens_weigh_and_models_are_independent() {
+    let server = Server::new(1);
+    // 600 tokens a minute = 10 a second; each request is 1 input (4 chars) + 4 output = 5.
+    let budget = TokenBudget::new(Quota::per_minute(0, 600)).model("qwen-max", Quota::per_minute(0, 6000));
+    let service = ServiceBuilder::new()
+        .layer(budget.clone())
+        .layer(ClassifyDashScopeError::new())
+        .service(server.service());
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let model = if i % 2 == 0 { "qwen-plus" } else { "qwen-max" };
+        tasks.push(tokio::spawn(send_and_read(service.clone(), chat(model, 4))));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let arrivals = server.arrivals.lock().unwrap().clone();
+    let plus: Vec<_> = arrivals.iter().filter(|a| a.1 == "qwen-plus").map(|a| a.0).collect();
+    let max: Vec<_> = arrivals.iter().filter(|a| a.1 == "qwen-max").map(|a| a.0).collect();
+    // Two of qwen-plus a second (10 tokens); qwen-max has room for all six at once.
+    assert!(max_in_window(&plus, Duration::from_secs(1)) <= 2);
+    assert_eq!(max_in_window(&max, Duration::from_millis(1)), 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn usage_settles_both_ways() {
+    let server = Server::new(1);
+    let budget = TokenBudget::new(Quota::per_minute(0, 60_000)).adaptive(false);
+    let service = ServiceBuilder::new()
+        .layer(budget.clone())
+        .layer(ClassifyDashScopeError::new())
+        .service(server.service());
+
+    // Estimated 1 + 100 tokens; used 2: 99 come back once the body is read.
+    send_and_read(service.clone(), chat("m", 100)).await.unwrap();
+    assert_eq!(budget.tokens_in_window("m"), 2);
+
+    // Estimated 1 + 10; used 1 + 500: the difference is owed.
+    server.output_tokens.store(500, Ordering::SeqCst);
+    send_and_read(service.clone(), chat("m", 10)).await.unwrap();
+    assert_eq!(budget.tokens_in_window("m"), 2 + 501);
+
+    // Usage missing (no classifier below to read it): the estimate stays.
+    let plain = TokenBudget::new(Quota::per_minute(0, 60_000));
+    let unread = plain.clone().layer(server.service());
+    let response = unread.oneshot(chat("m", 10)).await.unwrap();
+    response.into_body().collect().await.unwrap();
+    assert_eq!(plain.tokens_in_window("m"), 11);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_request_gets_its_tokens_back_and_lowers_the_rate() {
+    let server = Server::new(1);
+    server.status.store(429, Ordering::SeqCst);
+    let budget = TokenBudget::new(Quota::per_minute(600, 60_000));
+    let service = ServiceBuilder::new()
+        .layer(budget.clone())
+        .layer(ClassifyDashScopeError::new())
+        .service(server.service());
+    let err = service.clone().oneshot(chat("m", 100)).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::RateLimited(RateLimitKind::Requests));
+    assert_eq!(budget.tokens_in_window("m"), 0);
+    let (requests, tokens) = budget.rate_factors("m").unwrap();
+    assert!(requests < 1.0 && tokens == 1.0, "{requests} {tokens}");
+
+    // Successes raise it back, additively.
+    server.status.store(200, Ordering::SeqCst);
+    for _ in 0..20 {
+        send_and_read(service.clone(), chat("m", 1)).await.unwrap();
+        tokio::time::advance(Duration::from_millis(200)).await;
+    }
+    assert_eq!(budget.rate_factors("m"), Some((1.0, 1.0)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_bigger_than_a_second_waits_then_goes_into_debt() {
+    let server = Server::new(1);
+    // 60 tokens a second; the big one estimates 1 + 200.
+    let budget = TokenBudget::new(Quota::per_minute(0, 3600)).adaptive(false);
+    let service = ServiceBuilder::new()
+        .layer(budget.clone())
+        .service(server.service());
+    let small = service.clone().oneshot(chat("m", 20)).await.unwrap();
+    drop(small);
+    let start = Instant::now();
+    let big = service.clone().oneshot(chat("m", 200)).await.unwrap();
+    assert!(big.extensions().get::<BudgetWait>().is_some(), "waited for an empty window");
+    drop(big);
+    // The next small request pays the debt: about three more seconds.
+    let next = service.clone().oneshot(chat("m", 1)).await.unwrap();
+    let waited = next.extensions().get::<BudgetWait>().unwrap().0;
+    assert!(waited >= Duration::from_secs(2), "{waited:?}");
+    assert!(start.elapsed() < Duration::from_secs(6), "never waits forever");
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_wait_fails_fast_with_the_wait_as_retry_after() {
+    let server = Server::new(1);
+    let budget = TokenBudget::new(Quota::per_minute(60, 0)).max_wait(Duration::ZERO);
+    let service = ServiceBuilder::new().layer(budget).service(server.service());
+    service.clone().oneshot(chat("m", 1)).await.unwrap();
+    let err = service.clone().oneshot(chat("m", 1)).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::RateLimited(RateLimitKind::Local));
+    let retry_after = err.retry_after().unwrap();
+    assert!(retry_after > Duration::from_millis(900) && retry_after <= Duration::from_secs(1));
+    assert!(err.to_string().contains("max_wait"), "{err}");
+    assert_eq!(server.arrivals().len(), 1, "the refused request was not sent");
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrency_is_held_until_the_body_ends_or_drops() {
+    let server = Server::new(1);
+    let budget = TokenBudget::new(Quota::per_minute(0, 0)).max_concurrency(2);
+    let service = ServiceBuilder::new().layer(budget.clone()).service(server.service());
+    let first = service.clone().oneshot(chat("m", 1)).await.unwrap();
+    let second = service.clone().oneshot(chat("m", 1)).await.unwrap();
+    assert_eq!(budget.in_flight(), 2);
+    let mut third = tokio_test::task::spawn(service.clone().oneshot(chat("m", 1)));
+    assert!(third.poll().is_pending());
+    // Reading a body to its end frees a permit; the third goes.
+    first.into_body().collect().await.unwrap();
+    assert!(third.is_woken());
+    let third = match third.poll() {
+        std::task::Poll::Ready(result) => result.unwrap(),
+        std::task::Poll::Pending => panic!("admitted once a permit was free"),
+    };
+    drop(second);
+    drop(third);
+    assert_eq!(budget.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelled_while_waiting_leaves_no_trace() {
+    let server = Server::new(1);
+    let budget = TokenBudget::new(Quota::per_minute(60, 600)).adaptive(false);
+    let service = ServiceBuilder::new().layer(budget.clone()).service(server.service());
+    service.clone().oneshot(chat("m", 1)).await.unwrap();
+    let used = budget.tokens_in_window("m");
+    // Waiting: holds nothing; dropped, it is as if it never came.
+    let waiting = tokio::time::timeout(Duration::from_millis(100), service.clone().oneshot(chat("m", 5)));
+    assert!(waiting.await.is_err());
+    assert_eq!(budget.tokens_in_window("m"), used);
+    assert_eq!(budget.in_flight(), 0);
+    // And it does not block the queue for the next one.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let next = tokio::time::timeout(Duration::from_millis(10), service.clone().oneshot(chat("m", 1)));
+    assert!(next.await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelled_after_sending_keeps_the_charge_and_frees_the_permit() {
+    let budget = TokenBudget::new(Quota::per_minute(0, 6000)).max_concurrency(1);
+    let slow = service_fn(|_req: Request<Full<Bytes>>| async {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        Ok::<_, BoxError>(Response::new(Full::new(Bytes::new())))
+    });
+    let service = budget.clone().layer(slow);
+    let sent = tokio::time::timeout(Duration::from_secs(1), service.clone().oneshot(chat("m", 10)));
+    assert!(sent.await.is_err());
+    assert_eq!(budget.tokens_in_window("m"), 11, "the server may have billed it");
+    assert_eq!(budget.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn clones_share_one_budget_and_non_chat_requests_pass() {
+    let server = Server::new(1);
+    let budget = TokenBudget::new(Quota::per_minute(60, 0));
+    let a = budget.clone().layer(server.service());
+    let b = budget.clone().layer(server.service());
+    a.oneshot(chat("m", 1)).await.unwrap();
+    let response = b.oneshot(chat("m", 1)).await.unwrap();
+    assert!(response.extensions().get::<BudgetWait>().is_some(), "the second clone waited");
+
+    // A request of no chat API is not counted.
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let other = budget.clone().layer(service_fn(move |_req: Request<Full<Bytes>>| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async { Ok::<_, BoxError>(Response::new(Full::new(Bytes::new()))) }
+    }));
+    let embeddings = Request::post("/compatible-mode/v1/embeddings").body(Full::new(Bytes::from("{}"))).unwrap();
+    let response = other.oneshot(embeddings).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.extensions().get::<BudgetWait>().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn memory_stays_bounded_whatever_the_model_names() {
+    let server = Server::new(1);
+    let budget = TokenBudget::new(Quota::per_minute(6000, 0)).max_models(8);
+    let service = budget.clone().layer(server.service());
+    for i in 0..100 {
+        service.clone().oneshot(chat(&format!("model-{i}"), 1)).await.unwrap();
+    }
+    assert!(budget.tracked_models() <= 9, "{}", budget.tracked_models());
+}
+
+#[test]
+fn services_and_futures_are_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>(_: &T) {}
+    let server = Server::new(1);
+    let service = TokenBudget::new(Quota::per_minute(1, 1)).layer(server.service());
+    assert_send_sync(&service);
+}
