@@ -78,7 +78,7 @@ pub mod wait_timeout;
 
 pub use api::{Api, Region};
 pub use classify::{ClassifyDashScopeError, ClassifyDashScopeErrorService};
-pub use error::{BoxError, DashScopeError, ErrorClass, RateLimitKind};
+pub use error::{BoxError, DashScopeError, ErrorClass, QuotaReset, QuotaScope, RateLimitKind};
 pub use extensions::Attempts;
 pub use retry::{RetryWithJitter, RetryWithJitterService};
 pub use retry_after::{MAX_RETRY_AFTER, RETRY_AFTER_MS, parse_retry_after, parse_retry_after_at};

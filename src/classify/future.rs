@@ -12,7 +12,7 @@ use pin_project_lite::pin_project;
 
 use super::Config;
 use super::body::ResponseBody;
-use super::parse::classify_response;
+use super::rules::classify_response;
 use super::stream::{Mode, StreamState};
 use super::usage::UsageSlot;
 use crate::error::{BoxError, DashScopeError, into_dashscope_error};
