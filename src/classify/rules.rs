@@ -936,10 +936,26 @@ fn civil_year(days: i64) -> i64 {
 
 fn find_ignore_case(haystack: &str, needle: &str) -> Option<usize> {
     let (h, n) = (haystack.as_bytes(), needle.as_bytes());
+    let (&first, rest) = n.split_first()?;
     if n.len() > h.len() {
         return None;
     }
-    (0..=h.len() - n.len()).find(|&i| h[i..i + n.len()].eq_ignore_ascii_case(n))
+    // Candidates start with the needle's first byte in either case; memchr finds them fast.
+    let last_start = h.len() - n.len();
+    let mut from = 0;
+    while from <= last_start {
+        let at = from
+            + memchr::memchr2(
+                first.to_ascii_lowercase(),
+                first.to_ascii_uppercase(),
+                &h[from..=last_start],
+            )?;
+        if h[at + 1..at + n.len()].eq_ignore_ascii_case(rest) {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
 }
 
 fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
@@ -1116,6 +1132,37 @@ mod tests {
             ),
             None
         );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            rng_seed: proptest::test_runner::RngSeed::Fixed(2026),
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+        #[test]
+        fn reset_parsing_never_panics(text in "\\PC{0,40}", digits in "[0-9 :+T-]{0,30}", secs in 0u64..8_000_000_000) {
+            let now = at(secs);
+            for message in [format!("reset at {text}"), format!("reset at {digits} UTC"), format!("reset at {digits}")] {
+                if let Some(reset) = parse_reset_time_at(&message, now) {
+                    proptest::prop_assert!(reset >= now);
+                }
+            }
+        }
+
+        #[test]
+        fn rules_never_panic(message in "\\PC{0,60}", code in "\\PC{0,12}", status in 100u16..600) {
+            let status = StatusCode::from_u16(status).ok();
+            let verdict = classify(status, Some(&code), None, Some(&code), Some(&message));
+            let _ = quota_reset(verdict.reset, &message, at(1_789_209_600));
+            let _ = classify_plain(status, Some(&message));
+        }
+
+        #[test]
+        fn find_agrees_with_a_naive_search(h in "[aAbB\u{e9}]{0,12}", n in "[aAbB]{1,3}") {
+            let naive = (0..=h.len().saturating_sub(n.len()))
+                .find(|&i| h.len() >= n.len() && h.as_bytes()[i..i + n.len()].eq_ignore_ascii_case(n.as_bytes()));
+            proptest::prop_assert_eq!(find_ignore_case(&h, &n), naive);
+        }
     }
 
     #[test]
