@@ -391,7 +391,9 @@ impl fmt::Display for ErrorClass {
 /// error inside an event stream, the `:HTTP_STATUS/NNN` value, not the `200` of the status
 /// line), DashScope's code, the message with its `<NNN> Code: ` prefix stripped, the request id,
 /// a server-requested retry delay, and for transport failures the underlying error as
-/// [`source`](StdError::source).
+/// [`source`](StdError::source). For quota and limit errors it also says who shares the quota
+/// ([`quota_scope`](Self::quota_scope): one model, the plan, the account) and when it comes back
+/// ([`quota_reset`](Self::quota_reset)); [`advice`](Self::advice) says what to do.
 ///
 /// It is one pointer wide, so `Result<Response, DashScopeError>` stays small, and cheap to clone.
 ///

@@ -13,7 +13,7 @@ use super::shapes::{ErrorFields, fields_from_object, object_is_error};
 use super::usage::{Usage, UsageScanner};
 
 /// `HTTP_STATUS/429` → `429`.
-pub(crate) fn parse_status_comment(comment: &[u8]) -> Option<u16> {
+fn parse_status_comment(comment: &[u8]) -> Option<u16> {
     let digits = comment
         .trim_ascii()
         .strip_prefix(b"HTTP_STATUS/")?
@@ -25,7 +25,7 @@ pub(crate) fn parse_status_comment(comment: &[u8]) -> Option<u16> {
 }
 
 /// The value of an SSE field line `name:value` (one leading space removed), if `line` is one.
-pub(crate) fn field_value<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+fn field_value<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     let rest = line.strip_prefix(name)?.strip_prefix(b":")?;
     Some(rest.strip_prefix(b" ").unwrap_or(rest))
 }
