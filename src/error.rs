@@ -21,11 +21,12 @@
 //! assert_eq!(advice(&err), "slow down: tokens per minute");
 //! ```
 
+use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::fmt;
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
 
@@ -49,7 +50,9 @@ pub enum RateLimitKind {
     /// The growth-rate limit: `Throttling.BurstRate`, `limit_burst_rate` "Request rate increased
     /// too quickly". Ramp traffic up smoothly; `X-DashScope-Wait-Timeout` lets the server queue.
     Burst,
-    /// Too many requests in flight at once (a gateway's or a client-side concurrency limit).
+    /// Too many requests in flight at once: Coding Plan's "concurrency allocated quota
+    /// exceeded" (a plan-wide dynamic cap), a gateway's or a client-side concurrency limit,
+    /// batch capacity held by jobs in flight.
     Concurrency,
     /// Refused by a limit on this side of the network (a client-side budget in fail-fast mode);
     /// the request never reached the server.
@@ -71,6 +74,99 @@ impl fmt::Display for RateLimitKind {
     }
 }
 
+/// Who shares the limit or quota an error reports: what a model fallback needs to know.
+///
+/// DashScope's rate limits and free quotas are per model (§5 of its rate-limit rules), so
+/// another model may still answer; a Coding Plan's or Token Plan's windows are shared by every
+/// model on the plan, and an overdue bill stops the whole account, so trying a sibling model
+/// only spends another request. See [`DashScopeError::quota_scope`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum QuotaScope {
+    /// This model only: DashScope's requests, tokens and burst limits per model,
+    /// `Throttling.AllocationQuota` "Free allocated quota exceeded.",
+    /// `AllocationQuota.FreeTierOnly`, `CommodityNotPurchased`. Another model may answer.
+    Model,
+    /// Every model of a subscription plan: Coding Plan's `usage` / `hour` / `week` / `month`
+    /// windows and its concurrency cap, a Token Plan's quota. Another model of the same plan
+    /// fails the same way.
+    Plan,
+    /// The whole account: `Arrearage`, `PrepaidBillOverdue`, `PostpaidBillOverdue`,
+    /// `billing_error`. No model answers until the bill is paid.
+    Account,
+}
+
+impl QuotaScope {
+    /// Whether a different model (of the same account and plan) can succeed where this failed.
+    #[must_use]
+    pub fn other_models_may_succeed(self) -> bool {
+        self == QuotaScope::Model
+    }
+}
+
+impl fmt::Display for QuotaScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            QuotaScope::Model => "model",
+            QuotaScope::Plan => "plan",
+            QuotaScope::Account => "account",
+        })
+    }
+}
+
+/// When an exhausted quota comes back: a wall-clock time, exact or estimated.
+///
+/// Exact when the server wrote it (a Token Plan's "The quota will reset at 09-12 11:40:00 UTC.")
+/// or the plan's published schedule fixes it (a Coding Plan's weekly window resets on Monday
+/// 00:00 UTC+8); estimated when only a rule of thumb is known (a Coding Plan's `usage` and
+/// `hour` windows "usually recover after about an hour"). See [`DashScopeError::quota_reset`].
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use tower_dashscope::QuotaReset;
+///
+/// let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+/// assert!(!QuotaReset::exact(at).is_estimate());
+/// assert_eq!(QuotaReset::estimated(at).at(), at);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct QuotaReset {
+    at: SystemTime,
+    estimated: bool,
+}
+
+impl QuotaReset {
+    /// A reset time the server stated or a published schedule fixes.
+    #[must_use]
+    pub fn exact(at: SystemTime) -> Self {
+        QuotaReset {
+            at,
+            estimated: false,
+        }
+    }
+
+    /// A reset time guessed from a rule of thumb; the quota may come back earlier or later.
+    #[must_use]
+    pub fn estimated(at: SystemTime) -> Self {
+        QuotaReset {
+            at,
+            estimated: true,
+        }
+    }
+
+    /// When the quota is (expected to be) back.
+    #[must_use]
+    pub fn at(self) -> SystemTime {
+        self.at
+    }
+
+    /// Whether [`at`](Self::at) is an estimate rather than a stated or scheduled time.
+    #[must_use]
+    pub fn is_estimate(self) -> bool {
+        self.estimated
+    }
+}
+
 /// What kind of failure a [`DashScopeError`] is: the one thing a caller matches on.
 ///
 /// Each variant lists the DashScope codes that produce it. Only rate limits,
@@ -84,18 +180,26 @@ pub enum ErrorClass {
     /// (`sk-sp-`) on a pay-as-you-go base URL. Not retryable.
     Authentication,
     /// 403: `AccessDenied`, `AccessDenied.Unpurchased`, `Model.AccessDenied`,
-    /// `Workspace.AccessDenied`, `permission_error`. Not retryable.
+    /// `Workspace.AccessDenied`, `App.AccessDenied`, `permission_error`; a plain
+    /// "Access denied." (exhausted free quota *or* no access: the error's advice names both);
+    /// Coding Plan's 405 "only available for Coding Agents" (send a `User-Agent`).
+    /// Not retryable.
     PermissionDenied,
     /// Free quota, subscription or billing exhausted: `Arrearage`, `AllocationQuota.FreeTierOnly`,
     /// `Throttling.AllocationQuota` with exactly "Free allocated quota exceeded.",
     /// `CommodityNotPurchased`, `PrepaidBillOverdue`, `PostpaidBillOverdue`, `billing_error`,
-    /// Coding Plan "hour / week / month allocated quota exceeded", a plain 403 "Access denied.".
+    /// Coding Plan "usage / hour / week / month allocated quota exceeded", Token Plan "Your
+    /// token-plan … quota has been exhausted", per-feature count limits (voice clones).
+    /// [`DashScopeError::quota_scope`] says whether another model can help,
+    /// [`DashScopeError::quota_reset`] when the quota comes back.
     /// Not retryable (until the quota resets or the bill is paid).
     QuotaExhausted,
     /// 429 throttling; [`RateLimitKind`] says which limit. Retryable.
     RateLimited(RateLimitKind),
     /// 400 and other 4xx: `InvalidParameter`, `invalid_parameter_error`,
-    /// `invalid_request_error`, `InternalError.Algo.*` on a 400. Not retryable.
+    /// `invalid_request_error`, `InternalError.Algo.*` on a 400, a 403 `AccessDenied` "does not
+    /// support synchronous / asynchronous calls" (the `X-DashScope-Async` header). Not
+    /// retryable.
     InvalidRequest,
     /// The input is longer than the model's context window: "Range of input length should be
     /// [1, N]", `context_length_exceeded`. Not retryable with the same input (a model with a
@@ -106,19 +210,23 @@ pub enum ErrorClass {
     /// Not retryable with the same input.
     ContentFiltered,
     /// 404: `ModelNotFound`, `model_not_found`, `model_not_supported`, `WorkSpaceNotFound`,
-    /// `not_found_error`, a bare 404 (wrong base path), or a redirect (wrong base URL).
-    /// Not retryable.
+    /// `not_found_error`, a bare 404 (wrong base path), or a redirect (wrong base URL); a 400
+    /// "Model not exist." or "url error, please check url！" (model and endpoint do not match);
+    /// a 403 `Endpoint.AccessDenied` (a retired model: use its replacement). Not retryable.
     NotFound,
     /// 413 (the gateway's 16 MiB body limit), `request_too_large`. Not retryable.
     PayloadTooLarge,
     /// 500 and other 5xx: `InternalError`, `InternalError.Algo` on a 5xx, `SystemError`,
-    /// `ModelServiceFailed`, `api_error`. Retryable.
+    /// `ModelServiceFailed`, `api_error`, `internal_server_error`. Retryable. Some 500s are
+    /// caused by the request (`list index out of range`, invalid tool-call JSON): their
+    /// [advice](DashScopeError::advice) says so.
     ServerError,
     /// 503, capacity: `ModelUnavailable`, `ModelServingError` "throttled due to system capacity
     /// limits", `ServiceUnavailable`, `overloaded_error`. Retryable (or try another model).
     Unavailable,
     /// The call took too long: `RequestTimeOut` (the server's 300 s limit; stream instead),
-    /// `timeout_error`, 408, 504, `tower::timeout` and IO timeouts. Retryable.
+    /// `InternalError.Timeout`, `ResponseTimeout`, `timeout_error`, 408, 504, `tower::timeout`
+    /// and IO timeouts. Retryable.
     Timeout,
     /// The request may not have reached the server: refused, reset or aborted connections, DNS
     /// failures, `APIConnectionError`, and any transport error this crate does not recognise.
@@ -283,7 +391,9 @@ impl fmt::Display for ErrorClass {
 /// error inside an event stream, the `:HTTP_STATUS/NNN` value, not the `200` of the status
 /// line), DashScope's code, the message with its `<NNN> Code: ` prefix stripped, the request id,
 /// a server-requested retry delay, and for transport failures the underlying error as
-/// [`source`](StdError::source).
+/// [`source`](StdError::source). For quota and limit errors it also says who shares the quota
+/// ([`quota_scope`](Self::quota_scope): one model, the plan, the account) and when it comes back
+/// ([`quota_reset`](Self::quota_reset)); [`advice`](Self::advice) says what to do.
 ///
 /// It is one pointer wide, so `Result<Response, DashScopeError>` stays small, and cheap to clone.
 ///
@@ -306,6 +416,10 @@ struct Inner {
     retry_after: Option<Duration>,
     attempts: Option<u32>,
     source: Option<Arc<dyn StdError + Send + Sync>>,
+    quota_scope: Option<QuotaScope>,
+    quota_reset: Option<QuotaReset>,
+    /// Advice for this error in particular, instead of its class's.
+    advice: Option<Cow<'static, str>>,
 }
 
 impl DashScopeError {
@@ -323,6 +437,9 @@ impl DashScopeError {
                 retry_after: None,
                 attempts: None,
                 source: None,
+                quota_scope: None,
+                quota_reset: None,
+                advice: None,
             }),
         }
     }
@@ -376,6 +493,29 @@ impl DashScopeError {
         self
     }
 
+    /// Sets who shares the exhausted quota or limit; see [`quota_scope`](Self::quota_scope).
+    #[must_use]
+    pub fn with_quota_scope(mut self, scope: QuotaScope) -> Self {
+        self.inner.quota_scope = Some(scope);
+        self
+    }
+
+    /// Sets when the exhausted quota comes back; see [`quota_reset`](Self::quota_reset). This
+    /// does not set [`retry_after`](Self::retry_after).
+    #[must_use]
+    pub fn with_quota_reset(mut self, reset: QuotaReset) -> Self {
+        self.inner.quota_reset = Some(reset);
+        self
+    }
+
+    /// Sets what to do about this error in particular, replacing its class's
+    /// [`advice`](ErrorClass::advice) in [`advice`](Self::advice) and `Display`.
+    #[must_use]
+    pub fn with_advice(mut self, advice: impl Into<Cow<'static, str>>) -> Self {
+        self.inner.advice = Some(advice.into());
+        self
+    }
+
     /// What kind of failure this is.
     #[must_use]
     pub fn class(&self) -> ErrorClass {
@@ -414,6 +554,66 @@ impl DashScopeError {
     #[must_use]
     pub fn retry_after(&self) -> Option<Duration> {
         self.inner.retry_after
+    }
+
+    /// Who shares the limit or quota this error reports: `Some(Model)` when another model may
+    /// answer, `Some(Plan)` or `Some(Account)` when every model behind the same key fails the
+    /// same way (a model fallback should skip them), `None` when unknown or not a quota or
+    /// limit error.
+    ///
+    /// ```
+    /// use http::{HeaderMap, StatusCode};
+    /// use tower_dashscope::{classify::classify_response, ErrorClass, QuotaScope};
+    ///
+    /// let body = br#"{"code":"throttling","message":"usage allocated quota exceeded. please try again later."}"#;
+    /// let err = classify_response(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new(), body);
+    /// assert_eq!(err.class(), ErrorClass::QuotaExhausted);
+    /// assert_eq!(err.quota_scope(), Some(QuotaScope::Plan));
+    /// ```
+    #[must_use]
+    pub fn quota_scope(&self) -> Option<QuotaScope> {
+        self.inner.quota_scope
+    }
+
+    /// Whether a different model behind the same key cannot help: the limit or quota is shared
+    /// by the whole plan or account (see [`quota_scope`](Self::quota_scope)).
+    #[must_use]
+    pub fn is_plan_wide(&self) -> bool {
+        matches!(
+            self.inner.quota_scope,
+            Some(QuotaScope::Plan | QuotaScope::Account)
+        )
+    }
+
+    /// When an exhausted quota comes back, if known; see [`QuotaReset`].
+    ///
+    /// The classifier sets it for a Token Plan's "The quota will reset at MM-DD hh:mm:ss UTC"
+    /// (exact, and [`retry_after`](Self::retry_after) is set to the time until then), a Coding
+    /// Plan's `week` window (exact: Monday 00:00 UTC+8; `retry_after` set too), and a Coding
+    /// Plan's `usage` and `hour` windows (an estimate, one hour after the error; `retry_after`
+    /// is *not* set, so nothing waits on a guess). A `month` window resets on the
+    /// subscription day, which the response does not say: `None`.
+    #[must_use]
+    pub fn quota_reset(&self) -> Option<QuotaReset> {
+        self.inner.quota_reset
+    }
+
+    /// Shorthand for `quota_reset().map(QuotaReset::at)`: when the quota is (expected to be)
+    /// back.
+    #[must_use]
+    pub fn quota_resets_at(&self) -> Option<SystemTime> {
+        self.inner.quota_reset.map(QuotaReset::at)
+    }
+
+    /// What to do about this error: advice particular to it when the classifier knows some
+    /// (e.g. send a `User-Agent` to Coding Plan, switch a retired model to its replacement, set
+    /// `X-DashScope-Async`), else its class's [`advice`](ErrorClass::advice).
+    #[must_use]
+    pub fn advice(&self) -> &str {
+        self.inner
+            .advice
+            .as_deref()
+            .unwrap_or_else(|| self.inner.class.advice())
     }
 
     /// How many attempts a retrying layer made before returning this error; `None` when no
@@ -533,12 +733,22 @@ impl fmt::Debug for DashScopeError {
         if let Some(source) = &inner.source {
             d.field("source", source);
         }
+        if let Some(scope) = inner.quota_scope {
+            d.field("quota_scope", &scope);
+        }
+        if let Some(reset) = inner.quota_reset {
+            d.field("quota_reset", &reset);
+        }
+        if let Some(advice) = &inner.advice {
+            d.field("advice", advice);
+        }
         d.finish()
     }
 }
 
 impl fmt::Display for DashScopeError {
-    /// One log line: class, status and code, message, request id, retry delay, what to do.
+    /// One log line: class, status and code, message, request id, retry delay (or when the
+    /// quota resets), what to do.
     ///
     /// `rate limited (tokens) [429 Throttling.AllocationQuota]: Allocated quota exceeded, please
     /// increase your quota limit. (request id 70acdc21-…); back off and retry; send fewer tokens
@@ -560,18 +770,44 @@ impl fmt::Display for DashScopeError {
         if let Some(request_id) = &inner.request_id {
             write!(f, " (request id {request_id})")?;
         }
-        if let Some(retry_after) = inner.retry_after {
-            write!(
+        match (inner.quota_reset, inner.retry_after) {
+            (Some(reset), _) => {
+                let at = HttpTime(reset.at);
+                if reset.is_estimate() {
+                    write!(f, "; quota expected back around {at} (estimate)")?;
+                } else {
+                    write!(f, "; quota resets at {at}")?;
+                }
+            }
+            (None, Some(retry_after)) => write!(
                 f,
                 "; server asks to retry after {:.3}s",
                 retry_after.as_secs_f64()
-            )?;
+            )?,
+            (None, None) => {}
         }
         if let Some(attempts) = inner.attempts {
             let plural = if attempts == 1 { "" } else { "s" };
             write!(f, "; after {attempts} attempt{plural}")?;
         }
-        write!(f, "; {}", inner.class.advice())
+        write!(f, "; {}", self.advice())
+    }
+}
+
+/// A wall-clock time as an HTTP-date, or as seconds from the Unix epoch where an HTTP-date
+/// cannot say it (before 1970, after 9999: `httpdate` panics on those).
+struct HttpTime(SystemTime);
+
+impl fmt::Display for HttpTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const YEAR_10000: u64 = 253_402_300_800;
+        match self.0.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(since) if since.as_secs() < YEAR_10000 => {
+                f.write_str(&httpdate::fmt_http_date(self.0))
+            }
+            Ok(since) => write!(f, "{}s after the Unix epoch", since.as_secs()),
+            Err(before) => write!(f, "{}s before the Unix epoch", before.duration().as_secs()),
+        }
     }
 }
 

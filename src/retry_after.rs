@@ -25,7 +25,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderMap, HeaderValue};
+use http::HeaderMap;
 
 /// The longest delay the parser reports. Larger values — and dates further in the future —
 /// are clamped to this, so a caller still learns "a long time" and can decide not to wait.
@@ -39,6 +39,10 @@ pub use crate::headers::RETRY_AFTER_MS;
 /// - `Retry-After`: seconds, integer or fractional (`2`, `1.5`), or an HTTP-date (all three
 ///   formats of RFC 9110), measured against the system clock; a date in the past means zero.
 ///
+/// A header sent more than once — as several header lines, or folded into one comma-separated
+/// line by a proxy (`2, 2`) — gives its first usable value (`garbage` then `2` gives 2 s). An
+/// HTTP-date's own comma does not split it.
+///
 /// Returns `None` when neither header is present or usable: negative, NaN, infinite, empty,
 /// non-ASCII or otherwise garbage values. Values larger than [`MAX_RETRY_AFTER`] are clamped to
 /// it. An unusable `retry-after-ms` falls back to `Retry-After`. Never panics.
@@ -51,19 +55,60 @@ pub fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// clock (for tests, and for replaying recorded responses).
 #[must_use]
 pub fn parse_retry_after_at(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    if let Some(ms) = headers
-        .get(RETRY_AFTER_MS)
-        .and_then(|v| parse_decimal(v, 1e-3))
-    {
-        return Some(ms);
+    first_usable(headers, &RETRY_AFTER_MS, |text| parse_decimal(text, 1e-3)).or_else(|| {
+        first_usable(headers, &http::header::RETRY_AFTER, |text| {
+            parse_decimal(text, 1.0).or_else(|| parse_http_date(text, now))
+        })
+    })
+}
+
+/// At most this many lines of one header are looked at.
+const MAX_HEADER_LINES: usize = 8;
+/// At most this many comma-separated items of one line are looked at.
+const MAX_LIST_ITEMS: usize = 8;
+
+/// The first value of header `name` that `parse` accepts: each line whole, then (for a line
+/// that is not usable whole) its comma-separated items in order, where an item that is not
+/// usable alone is tried joined with the next one (an HTTP-date has a comma of its own).
+/// The work is bounded whatever the headers hold.
+fn first_usable(
+    headers: &HeaderMap,
+    name: &http::HeaderName,
+    parse: impl Fn(&str) -> Option<Duration>,
+) -> Option<Duration> {
+    headers
+        .get_all(name)
+        .iter()
+        .take(MAX_HEADER_LINES)
+        .filter_map(|value| value.to_str().ok())
+        .find_map(|line| parse(line).or_else(|| first_usable_item(line, &parse)))
+}
+
+fn first_usable_item(line: &str, parse: &impl Fn(&str) -> Option<Duration>) -> Option<Duration> {
+    if !line.contains(',') || line.len() > 2 * MAX_DATE_LEN + 2 {
+        return None;
     }
-    let value = headers.get(http::header::RETRY_AFTER)?;
-    parse_decimal(value, 1.0).or_else(|| parse_http_date(value, now))
+    let mut items = line.split(',').take(MAX_LIST_ITEMS).peekable();
+    let mut start = 0;
+    while let Some(item) = items.next() {
+        if let Some(found) = parse(item) {
+            return Some(found);
+        }
+        if let Some(next) = items.peek() {
+            // `Sun, 06 Nov 1994 08:49:37 GMT`: a date split at its own comma.
+            let joined = line.get(start..start + item.len() + 1 + next.len());
+            if let Some(found) = joined.and_then(parse) {
+                return Some(found);
+            }
+        }
+        start += item.len() + 1;
+    }
+    None
 }
 
 /// Parses `digits[.digits]` (surrounding spaces allowed) times `unit` seconds.
-fn parse_decimal(value: &HeaderValue, unit: f64) -> Option<Duration> {
-    let text = value.to_str().ok()?.trim();
+fn parse_decimal(text: &str, unit: f64) -> Option<Duration> {
+    let text = text.trim();
     // Bound the work on hostile input; 40 characters is far beyond any sane delay.
     if text.is_empty() || text.len() > 40 {
         return None;
@@ -94,9 +139,12 @@ fn clamp_secs(seconds: f64) -> Duration {
     }
 }
 
-fn parse_http_date(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
-    let text = value.to_str().ok()?.trim();
-    if text.len() > 64 {
+/// The longest HTTP-date text looked at.
+const MAX_DATE_LEN: usize = 64;
+
+fn parse_http_date(text: &str, now: SystemTime) -> Option<Duration> {
+    let text = text.trim();
+    if text.len() > MAX_DATE_LEN {
         return None;
     }
     let at = httpdate::parse_http_date(text).ok()?;
@@ -107,7 +155,7 @@ fn parse_http_date(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderName;
+    use http::{HeaderName, HeaderValue};
     use proptest::prelude::*;
 
     fn headers(pairs: &[(&str, &[u8])]) -> HeaderMap {
@@ -180,6 +228,51 @@ mod tests {
             None
         );
         assert_eq!(parse_retry_after(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn a_header_sent_twice_gives_the_first_usable_value() {
+        // Two header lines: garbage, then a number.
+        let map = headers(&[("retry-after", b"garbage"), ("retry-after", b"2")]);
+        assert_eq!(parse_retry_after(&map), Some(Duration::from_secs(2)));
+        // Two usable lines: the first.
+        let map = headers(&[("retry-after", b"2"), ("retry-after", b"5")]);
+        assert_eq!(parse_retry_after(&map), Some(Duration::from_secs(2)));
+        // Folded into one line by a proxy.
+        assert_eq!(ra("2, 2"), Some(Duration::from_secs(2)));
+        assert_eq!(ra("2,2"), Some(Duration::from_secs(2)));
+        assert_eq!(ra("garbage, 1.5"), Some(Duration::from_millis(1500)));
+        assert_eq!(ra(" , 3"), Some(Duration::from_secs(3)));
+        // The same for retry-after-ms.
+        let map = headers(&[("retry-after-ms", b"soon"), ("retry-after-ms", b"250")]);
+        assert_eq!(parse_retry_after(&map), Some(Duration::from_millis(250)));
+        let map = headers(&[("retry-after-ms", b"250, 250")]);
+        assert_eq!(parse_retry_after(&map), Some(Duration::from_millis(250)));
+        // Nothing usable anywhere.
+        let map = headers(&[("retry-after", b"soon"), ("retry-after", b"later, never")]);
+        assert_eq!(parse_retry_after(&map), None);
+        assert_eq!(ra(","), None);
+    }
+
+    #[test]
+    fn http_dates_sent_twice() {
+        let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:30 GMT").unwrap();
+        let date = "Sun, 06 Nov 1994 08:49:37 GMT";
+        // A date's own comma does not split it; a list of two dates gives the first.
+        let twice = format!("{date}, {date}");
+        let map = headers(&[("retry-after", twice.as_bytes())]);
+        assert_eq!(
+            parse_retry_after_at(&map, now),
+            Some(Duration::from_secs(7))
+        );
+        let map = headers(&[
+            ("retry-after", b"garbage"),
+            ("retry-after", date.as_bytes()),
+        ]);
+        assert_eq!(
+            parse_retry_after_at(&map, now),
+            Some(Duration::from_secs(7))
+        );
     }
 
     #[test]

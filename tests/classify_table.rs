@@ -448,11 +448,13 @@ fn table_403_permission_and_free_quota() {
         "The free tier of the model has been exhausted. If you wish to continue access the model on a paid basis, please disable the \"use free tier only\" mode in the management console.",
         QuotaExhausted,
     );
+    // DASHSCOPE.md §6: a plain `Access denied.` is either exhausted free quota *or* no access to
+    // the model: not assumed to be quota (it was `QuotaExhausted` before §6).
     cases.push(case(
         "403 plain text `Access denied.`",
         403,
         "Access denied.",
-        QuotaExhausted,
+        PermissionDenied,
         None,
     ));
     run(&cases);
@@ -1270,10 +1272,18 @@ fn garbage_bodies_are_classified_from_status() {
 
 #[test]
 fn plain_access_denied_only_on_403() {
+    // DASHSCOPE.md §6: "A plain `Access denied.` is either exhausted free quota *or* no access
+    // to the model: do not assume quota." Permission denied, with advice naming both.
     let case = "403 plain `Access denied.`";
     let err = classify(403, "Access denied.");
-    assert_eq!(err.class(), QuotaExhausted, "{case}: {err}");
+    assert_eq!(err.class(), PermissionDenied, "{case}: {err}");
     assert!(!err.is_retryable(), "{case}");
+    assert_eq!(err.quota_scope(), None, "{case}");
+    assert!(
+        err.advice().contains("free quota") && err.advice().contains("access"),
+        "{case}: {}",
+        err.advice()
+    );
 
     let case = "403 plain text other than `Access denied.`";
     let err = classify(403, "Forbidden");

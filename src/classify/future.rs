@@ -13,7 +13,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::Config;
 use super::body::ResponseBody;
-use super::parse::classify_response;
+use super::rules::classify_response;
 use super::stream::{Mode, StreamState};
 use super::usage::UsageSlot;
 use crate::error::{BoxError, DashScopeError, into_dashscope_error};

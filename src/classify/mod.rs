@@ -103,7 +103,8 @@
 
 mod body;
 pub mod future;
-mod parse;
+mod rules;
+mod shapes;
 mod sse;
 mod stream;
 mod usage;
@@ -117,7 +118,7 @@ use tower::{Layer, Service};
 
 pub use self::body::ResponseBody;
 use self::future::ResponseFuture;
-pub use self::parse::classify_response;
+pub use self::rules::{classify_response, classify_response_at};
 pub use self::usage::{Usage, UsageSlot};
 use crate::error::{BoxError, DashScopeError, into_dashscope_error};
 

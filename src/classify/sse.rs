@@ -12,10 +12,37 @@
 
 use memchr::memmem;
 
-use super::parse::{
-    ErrorFields, field_value, fields_from_object, object_is_error, parse_status_comment,
-};
+use super::shapes::{ErrorFields, fields_from_object, object_is_error};
 use super::usage::{Usage, UsageScanner};
+
+/// `HTTP_STATUS/429` → `429`.
+fn parse_status_comment(comment: &[u8]) -> Option<u16> {
+    let digits = comment
+        .trim_ascii()
+        .strip_prefix(b"HTTP_STATUS/")?
+        .trim_ascii();
+    if digits.len() != 3 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// The value of an SSE field line `name:value` (one leading space removed), if `line` is one.
+fn field_value<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let rest = line.strip_prefix(name)?.strip_prefix(b":")?;
+    Some(rest.strip_prefix(b" ").unwrap_or(rest))
+}
+
+#[cfg(test)]
+#[test]
+fn status_comment() {
+    assert_eq!(parse_status_comment(b"HTTP_STATUS/429"), Some(429));
+    assert_eq!(parse_status_comment(b"HTTP_STATUS/429\r"), Some(429));
+    assert_eq!(parse_status_comment(b" HTTP_STATUS/400"), Some(400));
+    assert_eq!(parse_status_comment(b"HTTP_STATUS/4299"), None);
+    assert_eq!(parse_status_comment(b"HTTP_STATUS/"), None);
+    assert_eq!(parse_status_comment(b"keep-alive"), None);
+}
 
 /// An error event found in the stream.
 #[derive(Debug)]

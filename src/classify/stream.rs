@@ -14,7 +14,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use super::Config;
-use super::parse::{X_REQUEST_ID, error_from_fields};
+use super::rules::{X_REQUEST_ID, error_from_fields};
 use super::sse::{SseScanner, StreamApi};
 use super::usage::{UsageScanner, UsageSlot};
 use crate::error::{BoxError, DashScopeError, ErrorClass};
