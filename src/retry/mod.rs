@@ -82,6 +82,7 @@
 mod backoff;
 mod budget;
 pub mod future;
+mod throttle;
 
 use std::fmt;
 use std::hash::BuildHasher;
@@ -95,17 +96,19 @@ use rand::rngs::SmallRng;
 use tower::{Layer, Service};
 
 pub use crate::body::{ReplayBody, SendOnce};
+pub use crate::outcome::Failure;
 
 pub use self::backoff::Jitter;
-use self::budget::RetryBudget;
+pub use self::budget::{Budget, RetryBudget};
 use self::future::ResponseFuture;
+use self::throttle::Throttle;
 use crate::error::{BoxError, DashScopeError, into_dashscope_error};
 
-/// Layer that retries retryable failures with backoff, jitter, Retry-After, a deadline and a
-/// shared budget; see the [module docs](self).
+/// Layer that retries retryable failures with backoff, jitter, Retry-After, a deadline, a
+/// shared throttle and a shared budget; see the [module docs](self).
 ///
-/// Cloning is cheap and shares the retry budget and the jitter source: configure the layer
-/// first, then clone it or apply it to services.
+/// Cloning is cheap and shares the retry budget, the throttle and the jitter source: configure
+/// the layer first, then clone it or apply it to services.
 ///
 /// # Default
 ///
@@ -114,6 +117,7 @@ use crate::error::{BoxError, DashScopeError, into_dashscope_error};
 /// - [`jitter`](Self::jitter): [`Jitter::Full`];
 /// - [`max_retry_after`](Self::max_retry_after): 120 s;
 /// - [`deadline`](Self::deadline): none;
+/// - [`retry_if`](Self::retry_if): [`Failure::is_retryable`];
 /// - [`budget`](Self::budget): 10 retries per second, plus 20% of requests, over 10 s;
 /// - jitter seeded from the process's random state ([`seed`](Self::seed) to fix it).
 #[derive(Clone)]
@@ -133,33 +137,54 @@ pub(crate) struct Config {
     pub(crate) jitter: Jitter,
 }
 
-/// State shared by every clone of a layer and every service made from it.
+/// Decides whether a failure is retried.
+type RetryIf = Arc<dyn Fn(&Failure) -> bool + Send + Sync>;
+
+/// State shared by every clone of a layer and every service made from it. The builder methods
+/// make a new one holding the same budget and throttle.
 pub(crate) struct Shared {
     /// `None` when the budget was turned off.
-    pub(crate) budget: Option<RetryBudget>,
+    pub(crate) budget: Option<Arc<dyn Budget>>,
+    pub(crate) throttle: Arc<Throttle>,
     pub(crate) rng: Mutex<SmallRng>,
-    min_per_sec: u32,
-    retry_ratio: f32,
+    /// `None`: [`Failure::is_retryable`].
+    pub(crate) retry_if: Option<RetryIf>,
     seed: u64,
 }
 
 impl Shared {
-    fn new(budget: bool, min_per_sec: u32, retry_ratio: f32, seed: u64) -> Arc<Self> {
-        // Keep the inputs in the documented range instead of overflowing.
-        let retry_ratio = if retry_ratio.is_finite() {
-            retry_ratio.clamp(0.0, 1000.0)
-        } else {
-            0.0
+    fn with(&self, change: impl FnOnce(&mut Parts)) -> Arc<Self> {
+        let mut parts = Parts {
+            budget: self.budget.clone(),
+            throttle: self.throttle.clone(),
+            retry_if: self.retry_if.clone(),
+            seed: self.seed,
         };
-        let min_per_sec = min_per_sec.min(i32::MAX as u32 / 10);
+        change(&mut parts);
         Arc::new(Shared {
-            budget: budget.then(|| RetryBudget::new(min_per_sec, retry_ratio)),
-            rng: Mutex::new(SmallRng::seed_from_u64(seed)),
-            min_per_sec,
-            retry_ratio,
-            seed,
+            budget: parts.budget,
+            throttle: parts.throttle,
+            rng: Mutex::new(SmallRng::seed_from_u64(parts.seed)),
+            retry_if: parts.retry_if,
+            seed: parts.seed,
         })
     }
+
+    /// Whether `failure` may be retried, by the layer's predicate.
+    pub(crate) fn retries(&self, failure: &Failure) -> bool {
+        match &self.retry_if {
+            Some(retry_if) => retry_if(failure),
+            None => failure.is_retryable(),
+        }
+    }
+}
+
+/// What [`Shared::with`] changes.
+struct Parts {
+    budget: Option<Arc<dyn Budget>>,
+    throttle: Arc<Throttle>,
+    retry_if: Option<RetryIf>,
+    seed: u64,
 }
 
 impl RetryWithJitter {
@@ -175,7 +200,13 @@ impl RetryWithJitter {
                 deadline: None,
                 jitter: Jitter::Full,
             },
-            shared: Shared::new(true, 10, 0.2, seed),
+            shared: Arc::new(Shared {
+                budget: Some(Arc::new(RetryBudget::new(10, 0.2))),
+                throttle: Arc::new(Throttle::new()),
+                rng: Mutex::new(SmallRng::seed_from_u64(seed)),
+                retry_if: None,
+                seed,
+            }),
         }
     }
 
@@ -193,7 +224,8 @@ impl RetryWithJitter {
     }
 
     /// The longest backoff between two attempts (a server's Retry-After may ask for longer; see
-    /// [`max_retry_after`](Self::max_retry_after)).
+    /// [`max_retry_after`](Self::max_retry_after)). It also bounds how far the throttle spreads
+    /// rate-limited retries out.
     pub fn max_delay(mut self, delay: Duration) -> Self {
         self.config.max_delay = delay;
         self
@@ -207,7 +239,8 @@ impl RetryWithJitter {
     }
 
     /// The total time, from the call, within which attempts may start: a wait that would end
-    /// after it is not started, and the last failure is returned instead.
+    /// after it is not started, and once it passes while a retry waits for the inner service
+    /// to be ready, the call ends with the last failure.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.config.deadline = Some(deadline);
         self
@@ -219,26 +252,59 @@ impl RetryWithJitter {
         self
     }
 
-    /// The retry budget: retries may add `retry_ratio` (e.g. `0.2` for 20%) of the requests
-    /// made in the last 10 seconds, plus `min_per_sec` retries per second so that a lone
-    /// request still gets its retries. When it is spent, failures are returned without retrying.
-    /// `retry_ratio` is clamped to `0.0 ..= 1000.0` (NaN is `0.0`).
+    /// Which failures are retried: those for which `predicate` returns `true` (the request must
+    /// still be replayable, and the attempt limit, deadline, budget and `max_retry_after` still
+    /// apply). The default is [`Failure::is_retryable`].
     ///
-    /// This makes a new budget: layers configured afterwards and their clones share it.
-    pub fn budget(mut self, min_per_sec: u32, retry_ratio: f32) -> Self {
-        self.shared = Shared::new(true, min_per_sec, retry_ratio, self.shared.seed);
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_dashscope::{ErrorClass, RetryWithJitter};
+    /// use tower_dashscope::retry::Failure;
+    ///
+    /// // Retry what is retryable, except timeouts (the request may have been billed), and also
+    /// // the 409s of a proxy that answers so while it reloads.
+    /// let retry = RetryWithJitter::new().retry_if(|failure: &Failure| {
+    ///     (failure.is_retryable() && failure.class() != ErrorClass::Timeout)
+    ///         || failure.status() == Some(StatusCode::CONFLICT)
+    /// });
+    /// # let _ = retry;
+    /// ```
+    pub fn retry_if<F>(mut self, predicate: F) -> Self
+    where
+        F: Fn(&Failure) -> bool + Send + Sync + 'static,
+    {
+        let predicate: RetryIf = Arc::new(predicate);
+        self.shared = self.shared.with(|p| p.retry_if = Some(predicate));
         self
     }
 
-    /// Seeds the jitter, for reproducible delays (tests, simulations). Also makes a new budget.
+    /// The built-in retry budget ([`RetryBudget`]): retries may add `retry_ratio` (e.g. `0.2`
+    /// for 20%) of the requests made in the last 10 seconds, plus `min_per_sec` retries per
+    /// second so that a lone request still gets its retries. When it is spent, failures are
+    /// returned without retrying. `retry_ratio` is clamped to `0.0 ..= 1000.0` (NaN is `0.0`).
+    ///
+    /// The budget pays for retries of failures that may mean the server is down (5xx,
+    /// timeouts, connection errors), and for rate-limited retries while nothing succeeds; the
+    /// rate-limited retries of a server that is answering go through the shared throttle
+    /// instead (see the [module docs](self)).
+    ///
+    /// This makes a new budget: layers configured afterwards and their clones share it.
+    pub fn budget(self, min_per_sec: u32, retry_ratio: f32) -> Self {
+        self.budget_with(RetryBudget::new(min_per_sec, retry_ratio))
+    }
+
+    /// Another [`Budget`] instead of the built-in one (e.g. one shared by a fleet of
+    /// processes). Pass an `Arc` of it to share it with other layers too.
+    pub fn budget_with(mut self, budget: impl Budget) -> Self {
+        let budget: Arc<dyn Budget> = Arc::new(budget);
+        self.shared = self.shared.with(|p| p.budget = Some(budget));
+        self
+    }
+
+    /// Seeds the jitter, for reproducible delays (tests, simulations). The budget and the
+    /// throttle stay the ones configured before.
     pub fn seed(mut self, seed: u64) -> Self {
-        let shared = &self.shared;
-        self.shared = Shared::new(
-            shared.budget.is_some(),
-            shared.min_per_sec,
-            shared.retry_ratio,
-            seed,
-        );
+        self.shared = self.shared.with(|p| p.seed = seed);
         self
     }
 
@@ -246,7 +312,7 @@ impl RetryWithJitter {
     /// [`max_attempts`](Self::max_attempts). During an outage this multiplies the load by the
     /// attempt count; prefer a budget unless another layer limits retries.
     pub fn without_budget(mut self) -> Self {
-        self.shared = Shared::new(false, 0, 0.0, self.shared.seed);
+        self.shared = self.shared.with(|p| p.budget = None);
         self
     }
 }
@@ -261,9 +327,8 @@ impl fmt::Debug for RetryWithJitter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryWithJitter")
             .field("config", &self.config)
-            .field("budget", &self.shared.budget.is_some())
-            .field("budget_min_per_sec", &self.shared.min_per_sec)
-            .field("budget_retry_ratio", &self.shared.retry_ratio)
+            .field("budget", &self.shared.budget)
+            .field("retry_if", &self.shared.retry_if.as_ref().map(|_| "custom"))
             .finish()
     }
 }
@@ -329,10 +394,11 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     S::Error: Into<BoxError>,
     ReqBody: ReplayBody,
+    ResBody: http_body::Body,
 {
     type Response = Response<ResBody>;
     type Error = DashScopeError;
-    type Future = ResponseFuture<S, ReqBody>;
+    type Future = ResponseFuture<S, ReqBody, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(into_dashscope_error)
