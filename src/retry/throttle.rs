@@ -69,9 +69,10 @@ impl Throttle {
             return None;
         }
         // Over the window, or over the throttle's life if that is shorter (at least a second).
-        let observed = now
-            .saturating_duration_since(state.start)
-            .clamp(Duration::from_secs(1), Duration::from_secs(WINDOW_SECS as u64));
+        let observed = now.saturating_duration_since(state.start).clamp(
+            Duration::from_secs(1),
+            Duration::from_secs(WINDOW_SECS as u64),
+        );
         state.waiting += 1;
         let spread = observed.mul_f64(state.waiting as f64 / successes as f64);
         Some((spread, Queued(self.clone())))
@@ -122,7 +123,11 @@ mod tests {
         crate::guard::Held::new(a).complete();
         drop(crate::guard::Held::new(b));
         let (again, _c) = throttle.enqueue().unwrap();
-        assert_eq!(again, Duration::from_millis(200), "released when sent or dropped");
+        assert_eq!(
+            again,
+            Duration::from_millis(200),
+            "released when sent or dropped"
+        );
         tokio::time::sleep(Duration::from_secs(11)).await;
         assert!(throttle.enqueue().is_none(), "successes expire");
     }
