@@ -5,26 +5,53 @@
 //! capped exponential backoff and full jitter, as Alibaba recommends:
 //!
 //! - **Retry-After wins.** When a failure carries a server-requested delay (`retry-after-ms`,
-//!   `Retry-After` as integer or float seconds, or an HTTP-date), the retry waits at least that
-//!   long. A delay above [`max_retry_after`](RetryWithJitter::max_retry_after) (120 s) is not
-//!   waited for: the failure is returned at once, so the caller (or a fallback layer) can decide.
+//!   `Retry-After` as integer or float seconds, or an HTTP-date), the retry waits that long plus
+//!   up to 10% (at most 1 s) of jitter. A delay above
+//!   [`max_retry_after`](RetryWithJitter::max_retry_after) (120 s) is not waited for: the
+//!   failure is returned at once, so the caller (or a fallback layer) can decide. A zero delay
+//!   (`Retry-After: 0`, `retry-after-ms: 0`, a date in the past) is taken as no hint: obeyed,
+//!   every client behind the same gateway would retry at once, together.
 //! - **A deadline** ([`deadline`](RetryWithJitter::deadline)): no wait starts that would end
-//!   past it.
-//! - **A retry budget** shared by every clone of the layer: retries may add at most 20% to the
-//!   load, above a floor of 10 retries per second so a lone request still gets its retries.
-//!   During a total outage, attempts per request stay near 1.2 instead of the attempt limit.
-//!   The ratio is exact to a thousandth (tower's `TpsBudget` rounds `1 / ratio` down, so that
-//!   0.4 gives 50%); requests count for 10 seconds.
+//!   past it, and a retry still waiting for the inner service to be ready when it passes gives
+//!   up, returning the last failure.
+//! - **A live server that rate-limits is waited for, together.** Rate-limited failures
+//!   ([`ErrorClass::RateLimited`](crate::ErrorClass::RateLimited)) while requests are also
+//!   succeeding (any success in the last 10 s, seen by any clone) mean a healthy server at its
+//!   quota, not an outage: they do not spend the retry budget. Instead every clone shares a
+//!   throttle that knows how fast the server has been taking requests (successes per second
+//!   over 10 s) and how many rate-limited retries are waiting; each retry waits at least its
+//!   usual backoff, and at least a draw from `0 ..= waiting / rate` (capped by
+//!   [`max_delay`](RetryWithJitter::max_delay)), so that the retries arrive about as fast as the
+//!   server takes them instead of colliding again. On DashScope's per-second quotas this
+//!   completes more requests than Alibaba's tenacity recipe with fewer attempts
+//!   (`examples/retry_vs_recipe.rs`: 288 of 300 at 2.5 attempts per request, against 228 at
+//!   3.7). Deterministic under paused time and a [`seed`](RetryWithJitter::seed).
+//! - **A retry budget** for everything else (5xx, timeouts, connection errors, and rate limits
+//!   while nothing succeeds), shared by every clone of the layer: retries may add at most 20% to
+//!   the load, above a floor of 10 retries per second so a lone request still gets its retries.
+//!   During a total outage, attempts per request stay near 1.2 instead of the attempt limit
+//!   (`examples/outage_amplification.rs`). A retry is withdrawn from the budget when it is
+//!   scheduled and refunded if it is never sent (the caller dropped the future during the
+//!   wait). The budget is a trait, [`Budget`]: the built-in [`RetryBudget`] (exact to a
+//!   thousandth; requests count for 10 seconds) or your own with
+//!   [`budget_with`](RetryWithJitter::budget_with).
+//! - **What is retried** is [`Failure::is_retryable`] unless
+//!   [`retry_if`](RetryWithJitter::retry_if) says otherwise.
 //! - **Replay.** Each attempt sends a copy of the request (method, URI, headers, extensions and
 //!   a clone of the body; see [`ReplayBody`]) and readies the inner service again first. A
-//!   request whose body cannot be cloned is sent once.
+//!   request whose body cannot be cloned is sent once. A response dropped for a retry has its
+//!   body read away (up to 64 KiB) while the backoff runs, so that its connection can be
+//!   reused.
 //!
 //! Over a [`ClassifyDashScopeError`](crate::ClassifyDashScopeError) it sees typed errors. Without
 //! one below, it retries `Ok` responses with status 408, 429, 500, 502, 503 and 504 (honouring
 //! their `Retry-After`) and transport errors; when it gives up it hands back the last response
-//! or error as it was. Successful responses carry [`Attempts`](crate::Attempts) in their
-//! extensions, errors their attempt count ([`DashScopeError::attempts`]); every retry is a
-//! `tracing` event.
+//! or error as it was. If a retry was scheduled but cannot be sent (the deadline passed or the
+//! inner service failed while it waited), the last failure comes back as an error: a typed
+//! error from the dropped response's status, retry-after and request id, or the inner error;
+//! a readiness error becomes its source when it has none (and is a `tracing` warning).
+//! Successful responses carry [`Attempts`](crate::Attempts) in their extensions, errors their
+//! attempt count ([`DashScopeError::attempts`]); every retry is a `tracing` event.
 //!
 //! # Example
 //!
@@ -51,7 +78,7 @@
 //! });
 //!
 //! let service = ServiceBuilder::new()
-//!     .layer(RetryWithJitter::new()) // 6 attempts, 1 s .. 60 s, full jitter, 20% budget
+//!     .layer(RetryWithJitter::new()) // 6 attempts, 1 s .. 60 s, full jitter, throttle, budget
 //!     .layer(ClassifyDashScopeError::new())
 //!     .service(client);
 //!
