@@ -1,9 +1,6 @@
 //! A drop guard for anything held while an attempt runs: released exactly once, on completion
 //! or on drop.
 
-// Used by the layers that hold resources across an attempt (the retry budget first).
-#![allow(dead_code)]
-
 /// How a held resource ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Ending {

@@ -75,7 +75,7 @@ impl Failure {
 /// - `Err(err)`: its class and retry-after, as a classifier (or the error conversion) set them.
 /// - `Ok(response)` with a non-2xx status (there was no classifier below): the class from the
 ///   status alone ([`ErrorClass::from_status`]) and the delay from `retry-after-ms` /
-///   `Retry-After` ([`parse_retry_after`](crate::parse_retry_after)).
+///   `Retry-After` ([`parse_retry_after`]).
 /// - `Ok(response)` with a 1xx or 2xx status: `None`.
 #[must_use]
 pub fn failure_of<R>(outcome: &Result<Response<R>, DashScopeError>) -> Option<Failure> {

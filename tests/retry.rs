@@ -15,8 +15,8 @@ use tokio::time::Instant;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_dashscope::retry::Jitter;
 use tower_dashscope::{
-    Attempts, BoxError, ClassifyDashScopeError, ErrorClass, RateLimitKind, RetryWithJitter,
-    RetryWithJitterService,
+    Attempts, BoxError, ClassifyDashScopeError, DashScopeError, ErrorClass, RateLimitKind,
+    RetryWithJitter, RetryWithJitterService,
 };
 
 type Req = Request<Full<Bytes>>;
@@ -386,11 +386,128 @@ async fn foreign_bodies_pass_through_send_once_and_either_replays() {
     );
 }
 
+/// A service that is ready once, then fails readiness with "connection pool closed"; its one
+/// call fails with `answer`.
+#[derive(Clone)]
+struct BreaksAfterFirst<F>(Arc<AtomicU32>, F);
+
+impl<F, T> Service<Req> for BreaksAfterFirst<F>
+where
+    F: Fn() -> Result<Response<T>, BoxError>,
+{
+    type Response = Response<T>;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<Response<T>, BoxError>>;
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.0.fetch_add(1, Ordering::SeqCst) == 0 {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Ready(Err("connection pool closed".into()))
+        }
+    }
+    fn call(&mut self, _req: Req) -> Self::Future {
+        std::future::ready((self.1)())
+    }
+}
+
 #[tokio::test(start_paused = true)]
-async fn readiness_errors_before_a_retry_end_the_call() {
+async fn readiness_errors_before_a_retry_return_the_last_failure() {
+    // Over a classifier: the typed error, its code and request id kept.
+    let typed = || -> Result<Res, BoxError> {
+        Err(DashScopeError::new(ErrorClass::Unavailable)
+            .with_status(StatusCode::SERVICE_UNAVAILABLE)
+            .with_code("ModelUnavailable")
+            .with_request_id("req-1")
+            .into())
+    };
+    let err = seeded()
+        .layer(BreaksAfterFirst(Arc::default(), typed))
+        .oneshot(request())
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Unavailable);
+    assert_eq!(err.code(), Some("ModelUnavailable"));
+    assert_eq!(err.request_id(), Some("req-1"));
+    assert_eq!(err.attempts(), Some(1));
+    let mut chain = Vec::new();
+    let mut next = std::error::Error::source(&err);
+    while let Some(source) = next {
+        chain.push(source.to_string());
+        next = source.source();
+    }
+    assert!(
+        chain.iter().any(|s| s.contains("connection pool closed")),
+        "the readiness error is the source: {chain:?}"
+    );
+
+    // Without one: the dropped response's status and request id, as a typed error.
+    let bare = || Ok(common::response(503, &[("x-request-id", "req-2")], ""));
+    let err = seeded()
+        .layer(BreaksAfterFirst(Arc::default(), bare))
+        .oneshot(request())
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Unavailable);
+    assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+    assert_eq!(err.request_id(), Some("req-2"));
+    assert_eq!(err.attempts(), Some(1));
+}
+
+/// D1: a caller that leaves while a retry waits (a timeout around the call) gets the retry it
+/// withdrew refunded; it sent nothing.
+#[tokio::test(start_paused = true)]
+async fn the_budget_is_refunded_for_retries_never_sent() {
+    let server = Scripted::new(vec![(503, vec![("retry-after", "1")], "")]);
+    // Each request adds one retry to the budget (for 10 s), and there is no reserve.
+    let service = seeded().budget(0, 1.0).layer(server.clone());
+    for _ in 0..5 {
+        let call = tokio::time::timeout(
+            Duration::from_millis(100),
+            service.clone().oneshot(request()),
+        );
+        assert!(call.await.is_err(), "timed out during the 1 s wait");
+    }
+    assert_eq!(server.call_count(), 5, "no retry was sent");
+    // The five retries withdrawn and never sent are back: this call gets all five of its own.
+    let response = service.oneshot(request()).await.unwrap();
+    assert_eq!(response.extensions().get::<Attempts>(), Some(&Attempts(6)));
+}
+
+/// D2: `Retry-After: 0`, `retry-after-ms: 0` or a date in the past is no hint: the normal,
+/// jittered backoff spreads the attempts out instead of six at once.
+#[tokio::test(start_paused = true)]
+async fn a_zero_or_past_retry_after_is_no_hint() {
+    for header in [
+        ("retry-after", "0"),
+        ("retry-after-ms", "0"),
+        ("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT"),
+    ] {
+        let server = Scripted::new(vec![(503, vec![header], "")]);
+        let response = seeded()
+            .layer(server.clone())
+            .oneshot(request())
+            .await
+            .unwrap();
+        assert_eq!(response.extensions().get::<Attempts>(), Some(&Attempts(6)));
+        let gaps = server.gaps();
+        assert!(
+            gaps.iter().all(|gap| !gap.is_zero()),
+            "{header:?}: {gaps:?}"
+        );
+        for (n, gap) in gaps.iter().enumerate() {
+            assert!(*gap <= Duration::from_secs(1 << n), "{header:?}: {gaps:?}");
+        }
+    }
+}
+
+/// D3: a retry waiting for the inner service's readiness gives up at the deadline, with the
+/// last failure.
+#[tokio::test(start_paused = true)]
+async fn the_deadline_ends_a_retry_waiting_for_readiness() {
+    /// Ready once, then never again (and never wakes the task).
     #[derive(Clone)]
-    struct BreaksAfterFirst(Arc<AtomicU32>);
-    impl Service<Req> for BreaksAfterFirst {
+    struct Stuck(Arc<AtomicU32>);
+    impl Service<Req> for Stuck {
         type Response = Res;
         type Error = BoxError;
         type Future = std::future::Ready<Result<Res, BoxError>>;
@@ -398,20 +515,150 @@ async fn readiness_errors_before_a_retry_end_the_call() {
             if self.0.fetch_add(1, Ordering::SeqCst) == 0 {
                 Poll::Ready(Ok(()))
             } else {
-                Poll::Ready(Err("connection pool closed".into()))
+                Poll::Pending
             }
         }
         fn call(&mut self, _req: Req) -> Self::Future {
-            std::future::ready(Ok(common::response(503, &[], "")))
+            std::future::ready(Ok(common::response(503, &[("x-request-id", "req-3")], "")))
         }
     }
+    let start = Instant::now();
+    let service = seeded()
+        .deadline(Duration::from_secs(10))
+        .layer(Stuck(Arc::default()));
+    let outcome = tokio::time::timeout(Duration::from_secs(600), service.oneshot(request())).await;
+    let err = outcome.expect("the call ends at its deadline").unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Unavailable);
+    assert_eq!(err.request_id(), Some("req-3"));
+    assert_eq!(err.attempts(), Some(1));
+    assert!(
+        start.elapsed() < Duration::from_secs(11),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+/// D4: a typed retry-after at `Duration::MAX` (allowed by `max_retry_after`) plus jitter does
+/// not overflow.
+#[tokio::test(start_paused = true)]
+async fn a_huge_retry_after_does_not_overflow() {
+    let server = tower::service_fn(|_req: Req| async {
+        Err::<Res, BoxError>(
+            DashScopeError::new(ErrorClass::Unavailable)
+                .with_retry_after(Duration::MAX)
+                .into(),
+        )
+    });
     let err = seeded()
-        .layer(BreaksAfterFirst(Arc::default()))
+        .max_retry_after(Duration::MAX)
+        .deadline(Duration::from_secs(10))
+        .layer(server)
         .oneshot(request())
         .await
         .unwrap_err();
-    assert_eq!(err.class(), ErrorClass::Connection);
-    assert_eq!(err.attempts(), Some(1));
+    assert_eq!(err.retry_after(), Some(Duration::MAX));
+    assert_eq!(
+        err.attempts(),
+        Some(1),
+        "the wait would end after the deadline"
+    );
+}
+
+/// A retryable `Ok` response dropped for a retry is read to its end (up to 64 KiB) while the
+/// backoff runs, so that its connection can be reused.
+#[tokio::test(start_paused = true)]
+async fn responses_dropped_for_a_retry_are_drained() {
+    use common::CountingBody;
+
+    for (size, expected) in [(10 * 1024, 10 * 1024), (1024 * 1024, 64 * 1024)] {
+        let polled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let calls = Arc::new(AtomicU32::new(0));
+        let (counter, seen) = (calls.clone(), polled.clone());
+        let server = tower::service_fn(move |_req: Req| {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            let (mut body, _) = CountingBody::new(if n == 0 { size } else { 2 }, 1024);
+            body.polled = seen.clone();
+            let mut response = Response::new(body);
+            if n == 0 {
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            }
+            async move { Ok::<_, BoxError>(response) }
+        });
+        let response = seeded().layer(server).oneshot(request()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            polled.load(Ordering::SeqCst),
+            expected,
+            "{size}-byte body: drained up to 64 KiB, the answer untouched"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_501_is_not_retried_with_or_without_a_classifier() {
+    let server = Scripted::statuses(&[501, 200]);
+    let response = seeded()
+        .layer(server.clone())
+        .oneshot(request())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_IMPLEMENTED);
+    assert_eq!(server.call_count(), 1);
+
+    let server = Scripted::new(vec![
+        (
+            501,
+            vec![],
+            r#"{"code":"NotImplemented","message":"Not implemented."}"#,
+        ),
+        (200, vec![], ""),
+    ]);
+    let err = seeded()
+        .layer(ClassifyDashScopeError::new().layer(server.clone()))
+        .oneshot(request())
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::NOT_IMPLEMENTED));
+    assert!(!err.is_retryable());
+    assert_eq!(server.call_count(), 1);
+}
+
+/// `seed` keeps the budget configured (and shared) before it.
+#[tokio::test(start_paused = true)]
+async fn seed_keeps_the_budget() {
+    let layer = RetryWithJitter::new().budget(0, 1.0);
+    let reseeded = layer.clone().seed(9);
+    let healthy = Scripted::statuses(&[200]);
+    for _ in 0..5 {
+        layer
+            .layer(healthy.clone())
+            .oneshot(request())
+            .await
+            .unwrap();
+    }
+    // Five requests through `layer` and this one: six retries' worth in the shared budget.
+    let down = Scripted::statuses(&[503]);
+    let response = reseeded.layer(down).oneshot(request()).await.unwrap();
+    assert_eq!(response.extensions().get::<Attempts>(), Some(&Attempts(6)));
+}
+
+/// A total outage of 429s (nothing ever succeeds) is bounded by the budget like one of 503s:
+/// only a live server's rate limits go through the throttle instead.
+#[tokio::test(start_paused = true)]
+async fn an_outage_of_429s_is_bounded_by_the_budget() {
+    let server = Scripted::statuses(&[429]);
+    let service = seeded().layer(server.clone());
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| tokio::spawn(service.clone().oneshot(request())))
+        .collect();
+    for task in tasks {
+        assert_eq!(
+            task.await.unwrap().unwrap().status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
+    let per_request = server.call_count() as f64 / 1000.0;
+    assert!(per_request <= 1.35, "{per_request}");
 }
 
 #[test]
@@ -429,7 +676,7 @@ fn zero_attempts_means_one() {
         RetryWithJitter::new().max_attempts(0).budget(1, f32::NAN)
     );
     assert!(debug.contains("max_attempts: 1"), "{debug}");
-    assert!(debug.contains("budget_retry_ratio: 0.0"), "{debug}");
+    assert!(debug.contains("retry_ratio: 0.0"), "{debug}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -465,4 +712,189 @@ async fn with_tower_test_a_retry_waits_for_readiness() {
 
     let response = call.await.unwrap().unwrap();
     assert_eq!(response.extensions().get::<Attempts>(), Some(&Attempts(2)));
+}
+
+/// The scenario of `examples/retry_vs_recipe.rs`, smaller: a live server that rate-limits (the
+/// simulator's `qwen-plus` at 60 requests per minute, answers taking 2.7 s), 60 requests arriving
+/// at 2 per second. Alibaba's recipe (6 attempts, tenacity's `wait_random_exponential(min=1,
+/// max=60)`) against `RetryWithJitter` with its defaults: counts, not times.
+mod throttled_server {
+    use super::*;
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+    use tower_dashscope::mock::{MockDashScope, ModelConfig};
+
+    const REQUESTS: u32 = 60;
+
+    fn chat() -> Req {
+        Request::post("/compatible-mode/v1/chat/completions")
+            .body(Full::new(Bytes::from_static(
+                br#"{"model":"qwen-plus","messages":[{"role":"user","content":"Hello"}]}"#,
+            )))
+            .unwrap()
+    }
+
+    fn simulator() -> MockDashScope {
+        MockDashScope::builder()
+            .model(
+                "qwen-plus",
+                ModelConfig::new()
+                    .rpm(60)
+                    .latency(Duration::from_millis(700), 8.0),
+            )
+            .build()
+    }
+
+    /// Requests completed, and attempts the server saw.
+    async fn run<F, Fut>(mock: &MockDashScope, one: F) -> (u32, u64)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = bool> + Send + 'static,
+    {
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for i in 0..REQUESTS {
+            tokio::time::sleep_until(start + Duration::from_millis(500) * i).await;
+            tasks.push(tokio::spawn(one()));
+        }
+        let mut completed = 0;
+        for task in tasks {
+            completed += u32::from(task.await.unwrap());
+        }
+        (completed, mock.stats().total().requests)
+    }
+
+    async fn recipe(seed: u64) -> (u32, u64) {
+        let mock = simulator();
+        let rng = Arc::new(Mutex::new(SmallRng::seed_from_u64(seed)));
+        run(&mock, || {
+            let (mock, rng) = (mock.clone(), rng.clone());
+            async move {
+                for attempt in 1..=6 {
+                    let response = mock.clone().oneshot(chat()).await.unwrap();
+                    if response.status().is_success() {
+                        return true;
+                    }
+                    if attempt < 6 {
+                        let high = 2f64.powi(attempt - 1).clamp(1.0, 60.0);
+                        let wait = rng.lock().unwrap().random_range(1.0..=high);
+                        tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+                    }
+                }
+                false
+            }
+        })
+        .await
+    }
+
+    async fn layer(seed: u64) -> (u32, u64) {
+        let mock = simulator();
+        let service = RetryWithJitter::new().seed(seed).layer(mock.clone());
+        run(&mock, || {
+            let service = service.clone();
+            async move {
+                let response = service.oneshot(chat()).await;
+                response.is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_alone_completes_more_than_the_recipe_with_fewer_attempts() {
+        for seed in 1..=3 {
+            let (recipe_done, recipe_attempts) = recipe(seed).await;
+            let (done, attempts) = layer(seed).await;
+            assert!(
+                done >= recipe_done && attempts < recipe_attempts,
+                "seed {seed}: RetryWithJitter completed {done} of {REQUESTS} in {attempts} \
+                 attempts, the recipe {recipe_done} in {recipe_attempts}"
+            );
+        }
+    }
+}
+
+// The API the layer opened: `retry_if` and the `Budget` trait.
+
+#[tokio::test(start_paused = true)]
+async fn retry_if_decides_what_is_retried() {
+    use tower_dashscope::retry::Failure;
+
+    // A 501 retried by choice.
+    let server = Scripted::statuses(&[501, 200]);
+    let response = seeded()
+        .retry_if(|f: &Failure| f.status() == Some(StatusCode::NOT_IMPLEMENTED))
+        .layer(server.clone())
+        .oneshot(request())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(server.call_count(), 2);
+
+    // A 503 not retried by choice.
+    let server = Scripted::statuses(&[503, 200]);
+    let response = seeded()
+        .retry_if(|f: &Failure| f.class() != ErrorClass::Unavailable && f.is_retryable())
+        .layer(server.clone())
+        .oneshot(request())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(server.call_count(), 1);
+}
+
+/// A budget that counts what the layer asks of it and grants `retries` retries.
+#[derive(Debug, Default)]
+struct Counting {
+    deposits: AtomicU32,
+    withdrawals: AtomicU32,
+    refunds: AtomicU32,
+    retries: AtomicU32,
+}
+
+impl tower_dashscope::retry::Budget for Counting {
+    fn deposit(&self) {
+        self.deposits.fetch_add(1, Ordering::SeqCst);
+    }
+    fn withdraw(&self) -> bool {
+        self.withdrawals.fetch_add(1, Ordering::SeqCst);
+        self.retries
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+    fn refund(&self) {
+        self.refunds.fetch_add(1, Ordering::SeqCst);
+        self.retries.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_plugged_budget_is_asked_and_refunded_and_survives_seed() {
+    let budget = Arc::new(Counting {
+        retries: AtomicU32::new(2),
+        ..Counting::default()
+    });
+    let layer = RetryWithJitter::new().budget_with(budget.clone()).seed(3);
+    let server = Scripted::new(vec![(503, vec![("retry-after", "1")], "")]);
+
+    // Two retries granted, the third refused: three attempts.
+    let response = layer
+        .layer(server.clone())
+        .oneshot(request())
+        .await
+        .unwrap();
+    assert_eq!(response.extensions().get::<Attempts>(), Some(&Attempts(3)));
+    assert_eq!(budget.deposits.load(Ordering::SeqCst), 1);
+    assert_eq!(budget.withdrawals.load(Ordering::SeqCst), 3);
+    assert_eq!(budget.refunds.load(Ordering::SeqCst), 0);
+
+    // A caller leaving during the wait gets its retry refunded.
+    budget.retries.store(1, Ordering::SeqCst);
+    let call = tokio::time::timeout(
+        Duration::from_millis(100),
+        layer.layer(server.clone()).oneshot(request()),
+    );
+    assert!(call.await.is_err());
+    assert_eq!(budget.refunds.load(Ordering::SeqCst), 1);
+    assert_eq!(budget.retries.load(Ordering::SeqCst), 1);
 }

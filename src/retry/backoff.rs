@@ -44,10 +44,11 @@ pub(crate) fn backoff(
 /// A small jitter on top of a server-requested delay: up to 10% of it, at most one second.
 pub(crate) fn on_top_of(retry_after: Duration, rng: &mut impl Rng) -> Duration {
     let spread = (retry_after / 10).min(Duration::from_secs(1));
-    retry_after + uniform(Duration::ZERO, spread, rng)
+    retry_after.saturating_add(uniform(Duration::ZERO, spread, rng))
 }
 
-fn uniform(low: Duration, high: Duration, rng: &mut impl Rng) -> Duration {
+/// A duration drawn uniformly from `low ..= high` (`low` when `high <= low`).
+pub(crate) fn uniform(low: Duration, high: Duration, rng: &mut impl Rng) -> Duration {
     if high <= low {
         return low;
     }
@@ -91,6 +92,7 @@ mod tests {
                 prop_assert!(d <= Duration::from_nanos(max_ns.max(base_ns)));
             }
             let _ = on_top_of(Duration::MAX / 2, &mut rng);
+            prop_assert_eq!(on_top_of(Duration::MAX, &mut rng), Duration::MAX);
         }
     }
 

@@ -1,8 +1,94 @@
 //! The retry budget: retries may add a fixed share of the requests made recently.
 
-use std::sync::Mutex;
+use std::fmt;
+use std::sync::{Arc, Mutex};
 
 use tokio::time::Instant;
+
+use crate::guard::{Ending, Release};
+
+/// A budget of retries shared by every clone of a [`RetryWithJitter`](super::RetryWithJitter)
+/// layer: it is told of every request, and asked before every retry that it pays for.
+///
+/// The built-in one is [`RetryBudget`]; plug another (one shared by a fleet through Redis, one
+/// that also counts another layer's requests) with
+/// [`budget_with`](super::RetryWithJitter::budget_with). Implementations are called on the
+/// request path: keep them fast and never block for long.
+///
+/// ```
+/// use std::sync::atomic::{AtomicI64, Ordering};
+/// use tower_dashscope::RetryWithJitter;
+/// use tower_dashscope::retry::Budget;
+///
+/// /// At most 100 retries over the life of the process.
+/// #[derive(Debug)]
+/// struct Hundred(AtomicI64);
+///
+/// impl Budget for Hundred {
+///     fn deposit(&self) {}
+///     fn withdraw(&self) -> bool {
+///         self.0.fetch_sub(1, Ordering::SeqCst) > 0
+///     }
+///     fn refund(&self) {
+///         self.0.fetch_add(1, Ordering::SeqCst);
+///     }
+/// }
+///
+/// let retry = RetryWithJitter::new().budget_with(Hundred(AtomicI64::new(100)));
+/// # let _ = retry;
+/// ```
+pub trait Budget: fmt::Debug + Send + Sync + 'static {
+    /// A request was made (called once per call, not per attempt).
+    fn deposit(&self);
+
+    /// Takes one retry if the budget has one; `false` means "do not retry".
+    fn withdraw(&self) -> bool;
+
+    /// Gives back a retry that was withdrawn but never sent: the caller went away (a timeout
+    /// around the call, a dropped future) while the retry was waiting for its backoff or for the
+    /// inner service.
+    fn refund(&self);
+}
+
+impl<B: Budget + ?Sized> Budget for Arc<B> {
+    fn deposit(&self) {
+        (**self).deposit();
+    }
+
+    fn withdraw(&self) -> bool {
+        (**self).withdraw()
+    }
+
+    fn refund(&self) {
+        (**self).refund();
+    }
+}
+
+impl<B: Budget + ?Sized> Budget for Box<B> {
+    fn deposit(&self) {
+        (**self).deposit();
+    }
+
+    fn withdraw(&self) -> bool {
+        (**self).withdraw()
+    }
+
+    fn refund(&self) {
+        (**self).refund();
+    }
+}
+
+/// A retry withdrawn from a budget for a retry that has not been sent yet: kept once the retry
+/// is sent ([`Ending::Completed`]), refunded if the future is dropped first.
+pub(crate) struct Withdrawn(pub(crate) Arc<dyn Budget>);
+
+impl Release for Withdrawn {
+    fn release(self, ending: Ending) {
+        if ending == Ending::Dropped {
+            self.0.refund();
+        }
+    }
+}
 
 /// How long a request counts towards the budget.
 const WINDOW_SECS: usize = 10;
@@ -11,15 +97,32 @@ const WINDOW_SECS: usize = 10;
 /// is exact (tower's `TpsBudget` rounds `1 / ratio` down to a whole number: 0.4 becomes 50%).
 const MILLI: i64 = 1000;
 
-/// A sliding ten-second window of one-second slots. Every request deposits `ratio` of a retry;
-/// every retry withdraws one; `min_per_sec` retries per second are always available, so a lone
-/// request still gets its retries. Time is `tokio::time`, so paused tests drive it.
-#[derive(Debug)]
-pub(crate) struct RetryBudget {
+/// The built-in [`Budget`]: retries may add `retry_ratio` of the requests made in the last 10
+/// seconds, plus `min_per_sec` retries per second so that a lone request still gets its retries.
+///
+/// A sliding ten-second window of one-second slots: every request deposits `retry_ratio` of a
+/// retry, every retry withdraws one, and a refund puts one back. The ratio is exact to a
+/// thousandth (tower's `TpsBudget` rounds `1 / ratio` down, so that 0.4 gives 50%). Time is
+/// `tokio::time`, so paused tests drive it.
+///
+/// ```
+/// use std::sync::Arc;
+/// use tower_dashscope::RetryWithJitter;
+/// use tower_dashscope::retry::RetryBudget;
+///
+/// // One budget for two differently configured layers.
+/// let budget = Arc::new(RetryBudget::new(5, 0.1));
+/// let chat = RetryWithJitter::new().budget_with(budget.clone());
+/// let embeddings = RetryWithJitter::new().max_attempts(3).budget_with(budget);
+/// # let _ = (chat, embeddings);
+/// ```
+pub struct RetryBudget {
     /// Thousandths of a retry deposited per request.
     deposit: i64,
     /// Thousandths of a retry always available over the window.
     reserve: i64,
+    min_per_sec: u32,
+    retry_ratio: f32,
     window: Mutex<Window>,
 }
 
@@ -33,11 +136,24 @@ struct Window {
 }
 
 impl RetryBudget {
-    /// `ratio` must be finite and in `0.0..=1000.0` (the caller clamps it).
-    pub(crate) fn new(min_per_sec: u32, ratio: f32) -> Self {
+    /// `min_per_sec` retries per second plus `retry_ratio` (e.g. `0.2` for 20%) of the requests
+    /// of the last 10 seconds. `retry_ratio` is clamped to `0.0 ..= 1000.0` (NaN is `0.0`).
+    ///
+    /// Its clock is `tokio::time`: call it inside a runtime (or with time paused, in tests).
+    #[must_use]
+    pub fn new(min_per_sec: u32, retry_ratio: f32) -> Self {
+        // Keep the inputs in the documented range instead of overflowing.
+        let retry_ratio = if retry_ratio.is_finite() {
+            retry_ratio.clamp(0.0, 1000.0)
+        } else {
+            0.0
+        };
+        let min_per_sec = min_per_sec.min(i32::MAX as u32 / 10);
         RetryBudget {
-            deposit: (f64::from(ratio) * MILLI as f64).round() as i64,
+            deposit: (f64::from(retry_ratio) * MILLI as f64).round() as i64,
             reserve: i64::from(min_per_sec) * WINDOW_SECS as i64 * MILLI,
+            min_per_sec,
+            retry_ratio,
             window: Mutex::new(Window {
                 slots: [0; WINDOW_SECS],
                 second: 0,
@@ -46,15 +162,24 @@ impl RetryBudget {
         }
     }
 
-    /// A request was made.
-    pub(crate) fn deposit(&self) {
-        let mut window = self.lock();
-        let current = window.rotate(Instant::now());
-        window.slots[current] = window.slots[current].saturating_add(self.deposit);
+    fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
+        // The window holds plain numbers: a panic elsewhere cannot leave it invalid.
+        self.window.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes one retry if the budget has one.
-    pub(crate) fn withdraw(&self) -> bool {
+    fn add(&self, amount: i64) {
+        let mut window = self.lock();
+        let current = window.rotate(Instant::now());
+        window.slots[current] = window.slots[current].saturating_add(amount);
+    }
+}
+
+impl Budget for RetryBudget {
+    fn deposit(&self) {
+        self.add(self.deposit);
+    }
+
+    fn withdraw(&self) -> bool {
         let mut window = self.lock();
         let current = window.rotate(Instant::now());
         let balance = window
@@ -68,9 +193,17 @@ impl RetryBudget {
         true
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
-        // The window holds plain numbers: a panic elsewhere cannot leave it invalid.
-        self.window.lock().unwrap_or_else(|e| e.into_inner())
+    fn refund(&self) {
+        self.add(MILLI);
+    }
+}
+
+impl fmt::Debug for RetryBudget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryBudget")
+            .field("min_per_sec", &self.min_per_sec)
+            .field("retry_ratio", &self.retry_ratio)
+            .finish_non_exhaustive()
     }
 }
 
@@ -120,6 +253,16 @@ mod tests {
         }
         assert_eq!(granted(&RetryBudget::new(0, 0.0), 1000), 0);
         assert_eq!(granted(&RetryBudget::new(0, 2.5), 10), 25);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refunds_give_a_retry_back() {
+        let budget = RetryBudget::new(0, 1.0);
+        budget.deposit();
+        assert!(budget.withdraw());
+        assert!(!budget.withdraw());
+        budget.refund();
+        assert!(budget.withdraw());
     }
 
     #[tokio::test(start_paused = true)]

@@ -7,29 +7,48 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use bytes::Buf;
 use http::{Request, Response};
+use http_body::Body;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::Service;
 
-use super::backoff::{backoff, on_top_of};
+use super::backoff::{backoff, on_top_of, uniform};
+use super::budget::Withdrawn;
+use super::throttle::Queued;
 use super::{Config, ReplayBody, Shared, clone_request};
-use crate::error::{BoxError, DashScopeError, into_dashscope_error};
+use crate::error::{BoxError, DashScopeError, ErrorClass, into_dashscope_error};
 use crate::extensions::Attempts;
+use crate::guard::{Ending, Held, Release};
+use crate::headers::{REQUEST_ID, X_REQUEST_ID};
 use crate::outcome::{Failure, failure_of};
+
+/// How much of a response dropped for a retry is read (and discarded) while the backoff runs,
+/// so that the connection it came on can be reused.
+pub(crate) const DRAIN_LIMIT: usize = 64 * 1024;
 
 pin_project! {
     /// Response future of [`RetryWithJitterService`](super::RetryWithJitterService).
     #[must_use = "futures do nothing unless polled"]
-    pub struct ResponseFuture<S, B>
+    pub struct ResponseFuture<S, B, R>
     where
         S: Service<Request<B>>,
     {
         #[pin]
         state: State<S::Future>,
+        // The body of a response dropped for a retry, read to its end (up to `DRAIN_LIMIT`)
+        // while the backoff runs.
+        #[pin]
+        drain: Drain<R>,
         service: S,
         // A copy of the request for the next attempt; `None` when the body cannot be replayed.
         spare: Option<Request<B>>,
+        // While a retry waits: the failure it replaces, returned if the retry is not sent.
+        last: Option<DashScopeError>,
+        // While a retry waits: what it holds (a retry withdrawn from the budget, or a place
+        // among the throttled retries), released when it is sent or the future dropped.
+        ticket: Option<Held<Ticket>>,
         attempts: u32,
         started: Instant,
         previous_delay: Duration,
@@ -45,15 +64,47 @@ pin_project! {
             #[pin]
             future: F,
         },
+        // The backoff, then the inner service's readiness. Once the backoff has passed
+        // (`slept`), `sleep` is reset to the deadline, if there is one, and raced with
+        // readiness.
         Waiting {
             #[pin]
             sleep: Sleep,
+            slept: bool,
         },
-        Readying,
     }
 }
 
-impl<S, B> ResponseFuture<S, B>
+pin_project! {
+    #[project = DrainProj]
+    enum Drain<R> {
+        Body {
+            #[pin]
+            body: R,
+            read: usize,
+        },
+        Done,
+    }
+}
+
+/// What a scheduled retry holds until it is sent.
+pub(crate) enum Ticket {
+    /// A retry from the budget: kept once sent, refunded if the retry never is.
+    Budget(Withdrawn),
+    /// A place among the rate-limited retries waiting for a live server.
+    Throttled(Queued),
+}
+
+impl Release for Ticket {
+    fn release(self, ending: Ending) {
+        match self {
+            Ticket::Budget(withdrawn) => withdrawn.release(ending),
+            Ticket::Throttled(queued) => queued.release(ending),
+        }
+    }
+}
+
+impl<S, B, R> ResponseFuture<S, B, R>
 where
     S: Service<Request<B>>,
 {
@@ -66,8 +117,11 @@ where
     ) -> Self {
         ResponseFuture {
             state: State::Calling { future },
+            drain: Drain::Done,
             service,
             spare,
+            last: None,
+            ticket: None,
             attempts: 1,
             started: Instant::now(),
             previous_delay: config.base_delay,
@@ -77,11 +131,12 @@ where
     }
 }
 
-impl<S, B, R> Future for ResponseFuture<S, B>
+impl<S, B, R> Future for ResponseFuture<S, B, R>
 where
     S: Service<Request<B>, Response = Response<R>>,
     S::Error: Into<BoxError>,
     B: ReplayBody,
+    R: Body,
 {
     type Output = Result<Response<R>, DashScopeError>;
 
@@ -91,22 +146,25 @@ where
             match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
                     let result = ready!(future.poll(cx)).map_err(into_dashscope_error);
-                    // `Some(retry_after)` when a later attempt may succeed.
-                    let retryable = failure_of(&result)
-                        .filter(Failure::is_retryable)
-                        .map(|failure| failure.retry_after());
-                    let delay = retryable.and_then(|retry_after| {
-                        next_delay(
-                            retry_after,
-                            *this.attempts,
-                            this.spare.is_some(),
-                            this.started,
-                            this.previous_delay,
-                            this.config,
-                            this.shared,
-                        )
-                    });
-                    let Some(delay) = delay else {
+                    let failure = failure_of(&result);
+                    if failure.is_none() {
+                        this.shared.throttle.success();
+                    }
+                    let scheduled = failure
+                        .filter(|failure| this.shared.retries(failure))
+                        .and_then(|failure| {
+                            let retry = next_retry(
+                                &failure,
+                                *this.attempts,
+                                this.spare.is_some(),
+                                this.started,
+                                this.previous_delay,
+                                this.config,
+                                this.shared,
+                            )?;
+                            Some((failure, retry))
+                        });
+                    let Some((failure, (delay, ticket))) = scheduled else {
                         let attempts = *this.attempts;
                         return Poll::Ready(match result {
                             Ok(mut response) => {
@@ -131,25 +189,82 @@ where
                             "retrying"
                         ),
                     }
+                    *this.last = Some(match result {
+                        Ok(response) => {
+                            // Keep what the response said, and read its body away while the
+                            // backoff runs, so that its connection can be reused.
+                            let (parts, body) = response.into_parts();
+                            this.drain.set(Drain::Body { body, read: 0 });
+                            error_of_head(&parts, &failure)
+                        }
+                        Err(err) => err,
+                    });
+                    *this.ticket = ticket;
                     *this.previous_delay = delay;
                     this.state.set(State::Waiting {
                         sleep: tokio::time::sleep(delay),
+                        slept: false,
                     });
                 }
-                StateProj::Waiting { sleep } => {
-                    ready!(sleep.poll(cx));
-                    this.state.set(State::Readying);
-                }
-                StateProj::Readying => {
-                    if let Err(err) = ready!(this.service.poll_ready(cx)) {
-                        let err = into_dashscope_error(err).with_attempts(*this.attempts);
-                        return Poll::Ready(Err(err));
+                StateProj::Waiting { mut sleep, slept } => {
+                    if !*slept {
+                        poll_drain(this.drain.as_mut(), cx);
+                        ready!(sleep.as_mut().poll(cx));
+                        *slept = true;
+                        this.drain.set(Drain::Done);
+                        if let Some(deadline) = this.config.deadline {
+                            // Far beyond any real deadline when the addition overflows.
+                            let at = this
+                                .started
+                                .checked_add(deadline)
+                                .unwrap_or_else(|| Instant::now() + FAR_FUTURE);
+                            sleep.as_mut().reset(at);
+                        }
+                    }
+                    match this.service.poll_ready(cx) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(err)) => {
+                            let err = into_dashscope_error(err);
+                            tracing::warn!(
+                                error = %err,
+                                attempts = *this.attempts,
+                                "the inner service failed before a retry; returning the last failure"
+                            );
+                            let last = this.last.take().unwrap_or_else(|| err.clone());
+                            let last = if std::error::Error::source(&last).is_none() {
+                                last.with_source(err)
+                            } else {
+                                last
+                            };
+                            *this.ticket = None;
+                            return Poll::Ready(Err(last.with_attempts(*this.attempts)));
+                        }
+                        Poll::Pending => {
+                            if this.config.deadline.is_some() && sleep.poll(cx).is_ready() {
+                                tracing::debug!(
+                                    attempts = *this.attempts,
+                                    "the deadline passed while waiting for the inner service; \\
+                                     returning the last failure"
+                                );
+                                *this.ticket = None;
+                                let last = this.last.take().unwrap_or_else(|| {
+                                    DashScopeError::new(ErrorClass::Timeout)
+                                        .with_message("the retry deadline passed")
+                                });
+                                return Poll::Ready(Err(last.with_attempts(*this.attempts)));
+                            }
+                            return Poll::Pending;
+                        }
                     }
                     let Some(request) = this.spare.take() else {
                         unreachable!("a retry is only scheduled when a spare request exists");
                     };
                     *this.spare = clone_request(&request);
                     *this.attempts += 1;
+                    *this.last = None;
+                    if let Some(ticket) = this.ticket.take() {
+                        ticket.complete();
+                    }
                     let future = this.service.call(request);
                     this.state.set(State::Calling { future });
                 }
@@ -158,16 +273,60 @@ where
     }
 }
 
-/// How long to wait before the next attempt, or `None` to give up now.
-fn next_delay(
-    retry_after: Option<Duration>,
+/// Instead of an `Instant` past the end of time: about 30 years.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// Reads a dropped response's body away, up to [`DRAIN_LIMIT`] bytes, as far as it is ready.
+fn poll_drain<R: Body>(mut drain: Pin<&mut Drain<R>>, cx: &mut Context<'_>) {
+    loop {
+        let DrainProj::Body { body, read } = drain.as_mut().project() else {
+            return;
+        };
+        match body.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                *read = read.saturating_add(frame.data_ref().map_or(0, Buf::remaining));
+                if *read >= DRAIN_LIMIT {
+                    drain.set(Drain::Done);
+                }
+            }
+            Poll::Ready(Some(Err(_)) | None) => drain.set(Drain::Done),
+            Poll::Pending => return,
+        }
+    }
+}
+
+/// The failure a dropped response reported, as a typed error: returned if its retry is never
+/// sent (the deadline passed, or the inner service failed, while it waited).
+fn error_of_head(parts: &http::response::Parts, failure: &Failure) -> DashScopeError {
+    let mut err = DashScopeError::new(failure.class());
+    if let Some(status) = failure.status() {
+        err = err.with_status(status);
+    }
+    if let Some(retry_after) = failure.retry_after() {
+        err = err.with_retry_after(retry_after);
+    }
+    let request_id = parts
+        .headers
+        .get(X_REQUEST_ID)
+        .or_else(|| parts.headers.get(REQUEST_ID))
+        .and_then(|v| v.to_str().ok());
+    if let Some(id) = request_id {
+        err = err.with_request_id(id);
+    }
+    err
+}
+
+/// How long to wait before the next attempt and what the retry holds meanwhile, or `None` to
+/// give up now.
+fn next_retry(
+    failure: &Failure,
     attempts: u32,
     replayable: bool,
     started: &Instant,
     previous: &Duration,
     config: &Config,
     shared: &Shared,
-) -> Option<Duration> {
+) -> Option<(Duration, Option<Held<Ticket>>)> {
     let give_up = |reason: &'static str| {
         tracing::debug!(attempts, reason, "not retrying");
         None
@@ -178,13 +337,22 @@ fn next_delay(
     if !replayable {
         return give_up("the request body cannot be replayed");
     }
+    // `Retry-After: 0` (or a date in the past) is no hint: clients that all obeyed it would
+    // retry together, at once.
+    let hint = failure.retry_after().filter(|d| !d.is_zero());
+    if hint.is_some_and(|hint| hint > config.max_retry_after) {
+        return give_up("the server asks to wait longer than max_retry_after");
+    }
+    // A live server that rate-limits: spread the retries out over the time it needs to take
+    // them all, instead of spending the outage budget.
+    let throttled = matches!(failure.class(), ErrorClass::RateLimited(_))
+        .then(|| shared.throttle.enqueue())
+        .flatten()
+        .map(|(spread, queued)| (spread, Held::new(Ticket::Throttled(queued))));
     let delay = {
         let mut rng = shared.rng.lock().unwrap_or_else(|e| e.into_inner());
-        match retry_after {
-            Some(retry_after) if retry_after > config.max_retry_after => {
-                return give_up("the server asks to wait longer than max_retry_after");
-            }
-            Some(retry_after) => on_top_of(retry_after, &mut *rng),
+        let backoff = match hint {
+            Some(hint) => on_top_of(hint, &mut *rng),
             None => backoff(
                 config.jitter,
                 config.base_delay,
@@ -193,6 +361,13 @@ fn next_delay(
                 *previous,
                 &mut *rng,
             ),
+        };
+        match &throttled {
+            Some((spread, _)) if hint.is_none() => {
+                let spread = (*spread).min(config.max_delay);
+                backoff.max(uniform(Duration::ZERO, spread, &mut *rng))
+            }
+            _ => backoff,
         }
     };
     if let Some(deadline) = config.deadline {
@@ -200,17 +375,20 @@ fn next_delay(
             return give_up("the next attempt would start after the deadline");
         }
     }
-    if shared
-        .budget
-        .as_ref()
-        .is_some_and(|budget| !budget.withdraw())
-    {
-        return give_up("the retry budget is spent");
-    }
-    Some(delay)
+    let ticket = match (throttled, &shared.budget) {
+        (Some((_, queued)), _) => Some(queued),
+        (None, None) => None,
+        (None, Some(budget)) => {
+            if !budget.withdraw() {
+                return give_up("the retry budget is spent");
+            }
+            Some(Held::new(Ticket::Budget(Withdrawn(budget.clone()))))
+        }
+    };
+    Some((delay, ticket))
 }
 
-impl<S, B> fmt::Debug for ResponseFuture<S, B>
+impl<S, B, R> fmt::Debug for ResponseFuture<S, B, R>
 where
     S: Service<Request<B>>,
 {

@@ -5,26 +5,53 @@
 //! capped exponential backoff and full jitter, as Alibaba recommends:
 //!
 //! - **Retry-After wins.** When a failure carries a server-requested delay (`retry-after-ms`,
-//!   `Retry-After` as integer or float seconds, or an HTTP-date), the retry waits at least that
-//!   long. A delay above [`max_retry_after`](RetryWithJitter::max_retry_after) (120 s) is not
-//!   waited for: the failure is returned at once, so the caller (or a fallback layer) can decide.
+//!   `Retry-After` as integer or float seconds, or an HTTP-date), the retry waits that long plus
+//!   up to 10% (at most 1 s) of jitter. A delay above
+//!   [`max_retry_after`](RetryWithJitter::max_retry_after) (120 s) is not waited for: the
+//!   failure is returned at once, so the caller (or a fallback layer) can decide. A zero delay
+//!   (`Retry-After: 0`, `retry-after-ms: 0`, a date in the past) is taken as no hint: obeyed,
+//!   every client behind the same gateway would retry at once, together.
 //! - **A deadline** ([`deadline`](RetryWithJitter::deadline)): no wait starts that would end
-//!   past it.
-//! - **A retry budget** shared by every clone of the layer: retries may add at most 20% to the
-//!   load, above a floor of 10 retries per second so a lone request still gets its retries.
-//!   During a total outage, attempts per request stay near 1.2 instead of the attempt limit.
-//!   The ratio is exact to a thousandth (tower's `TpsBudget` rounds `1 / ratio` down, so that
-//!   0.4 gives 50%); requests count for 10 seconds.
+//!   past it, and a retry still waiting for the inner service to be ready when it passes gives
+//!   up, returning the last failure.
+//! - **A live server that rate-limits is waited for, together.** Rate-limited failures
+//!   ([`ErrorClass::RateLimited`](crate::ErrorClass::RateLimited)) while requests are also
+//!   succeeding (any success in the last 10 s, seen by any clone) mean a healthy server at its
+//!   quota, not an outage: they do not spend the retry budget. Instead every clone shares a
+//!   throttle that knows how fast the server has been taking requests (successes per second
+//!   over 10 s) and how many rate-limited retries are waiting; each retry waits at least its
+//!   usual backoff, and at least a draw from `0 ..= waiting / rate` (capped by
+//!   [`max_delay`](RetryWithJitter::max_delay)), so that the retries arrive about as fast as the
+//!   server takes them instead of colliding again. On DashScope's per-second quotas this
+//!   completes more requests than Alibaba's tenacity recipe with fewer attempts
+//!   (`examples/retry_vs_recipe.rs`: 288 of 300 at 2.5 attempts per request, against 228 at
+//!   3.7). Deterministic under paused time and a [`seed`](RetryWithJitter::seed).
+//! - **A retry budget** for everything else (5xx, timeouts, connection errors, and rate limits
+//!   while nothing succeeds), shared by every clone of the layer: retries may add at most 20% to
+//!   the load, above a floor of 10 retries per second so a lone request still gets its retries.
+//!   During a total outage, attempts per request stay near 1.2 instead of the attempt limit
+//!   (`examples/outage_amplification.rs`). A retry is withdrawn from the budget when it is
+//!   scheduled and refunded if it is never sent (the caller dropped the future during the
+//!   wait). The budget is a trait, [`Budget`]: the built-in [`RetryBudget`] (exact to a
+//!   thousandth; requests count for 10 seconds) or your own with
+//!   [`budget_with`](RetryWithJitter::budget_with).
+//! - **What is retried** is [`Failure::is_retryable`] unless
+//!   [`retry_if`](RetryWithJitter::retry_if) says otherwise.
 //! - **Replay.** Each attempt sends a copy of the request (method, URI, headers, extensions and
 //!   a clone of the body; see [`ReplayBody`]) and readies the inner service again first. A
-//!   request whose body cannot be cloned is sent once.
+//!   request whose body cannot be cloned is sent once. A response dropped for a retry has its
+//!   body read away (up to 64 KiB) while the backoff runs, so that its connection can be
+//!   reused.
 //!
 //! Over a [`ClassifyDashScopeError`](crate::ClassifyDashScopeError) it sees typed errors. Without
 //! one below, it retries `Ok` responses with status 408, 429, 500, 502, 503 and 504 (honouring
 //! their `Retry-After`) and transport errors; when it gives up it hands back the last response
-//! or error as it was. Successful responses carry [`Attempts`](crate::Attempts) in their
-//! extensions, errors their attempt count ([`DashScopeError::attempts`]); every retry is a
-//! `tracing` event.
+//! or error as it was. If a retry was scheduled but cannot be sent (the deadline passed or the
+//! inner service failed while it waited), the last failure comes back as an error: a typed
+//! error from the dropped response's status, retry-after and request id, or the inner error;
+//! a readiness error becomes its source when it has none (and is a `tracing` warning).
+//! Successful responses carry [`Attempts`](crate::Attempts) in their extensions, errors their
+//! attempt count ([`DashScopeError::attempts`]); every retry is a `tracing` event.
 //!
 //! # Example
 //!
@@ -51,7 +78,7 @@
 //! });
 //!
 //! let service = ServiceBuilder::new()
-//!     .layer(RetryWithJitter::new()) // 6 attempts, 1 s .. 60 s, full jitter, 20% budget
+//!     .layer(RetryWithJitter::new()) // 6 attempts, 1 s .. 60 s, full jitter, throttle, budget
 //!     .layer(ClassifyDashScopeError::new())
 //!     .service(client);
 //!
@@ -82,6 +109,7 @@
 mod backoff;
 mod budget;
 pub mod future;
+mod throttle;
 
 use std::fmt;
 use std::hash::BuildHasher;
@@ -95,17 +123,19 @@ use rand::rngs::SmallRng;
 use tower::{Layer, Service};
 
 pub use crate::body::{ReplayBody, SendOnce};
+pub use crate::outcome::Failure;
 
 pub use self::backoff::Jitter;
-use self::budget::RetryBudget;
+pub use self::budget::{Budget, RetryBudget};
 use self::future::ResponseFuture;
+use self::throttle::Throttle;
 use crate::error::{BoxError, DashScopeError, into_dashscope_error};
 
-/// Layer that retries retryable failures with backoff, jitter, Retry-After, a deadline and a
-/// shared budget; see the [module docs](self).
+/// Layer that retries retryable failures with backoff, jitter, Retry-After, a deadline, a
+/// shared throttle and a shared budget; see the [module docs](self).
 ///
-/// Cloning is cheap and shares the retry budget and the jitter source: configure the layer
-/// first, then clone it or apply it to services.
+/// Cloning is cheap and shares the retry budget, the throttle and the jitter source: configure
+/// the layer first, then clone it or apply it to services.
 ///
 /// # Default
 ///
@@ -114,6 +144,7 @@ use crate::error::{BoxError, DashScopeError, into_dashscope_error};
 /// - [`jitter`](Self::jitter): [`Jitter::Full`];
 /// - [`max_retry_after`](Self::max_retry_after): 120 s;
 /// - [`deadline`](Self::deadline): none;
+/// - [`retry_if`](Self::retry_if): [`Failure::is_retryable`];
 /// - [`budget`](Self::budget): 10 retries per second, plus 20% of requests, over 10 s;
 /// - jitter seeded from the process's random state ([`seed`](Self::seed) to fix it).
 #[derive(Clone)]
@@ -133,33 +164,54 @@ pub(crate) struct Config {
     pub(crate) jitter: Jitter,
 }
 
-/// State shared by every clone of a layer and every service made from it.
+/// Decides whether a failure is retried.
+type RetryIf = Arc<dyn Fn(&Failure) -> bool + Send + Sync>;
+
+/// State shared by every clone of a layer and every service made from it. The builder methods
+/// make a new one holding the same budget and throttle.
 pub(crate) struct Shared {
     /// `None` when the budget was turned off.
-    pub(crate) budget: Option<RetryBudget>,
+    pub(crate) budget: Option<Arc<dyn Budget>>,
+    pub(crate) throttle: Arc<Throttle>,
     pub(crate) rng: Mutex<SmallRng>,
-    min_per_sec: u32,
-    retry_ratio: f32,
+    /// `None`: [`Failure::is_retryable`].
+    pub(crate) retry_if: Option<RetryIf>,
     seed: u64,
 }
 
 impl Shared {
-    fn new(budget: bool, min_per_sec: u32, retry_ratio: f32, seed: u64) -> Arc<Self> {
-        // Keep the inputs in the documented range instead of overflowing.
-        let retry_ratio = if retry_ratio.is_finite() {
-            retry_ratio.clamp(0.0, 1000.0)
-        } else {
-            0.0
+    fn with(&self, change: impl FnOnce(&mut Parts)) -> Arc<Self> {
+        let mut parts = Parts {
+            budget: self.budget.clone(),
+            throttle: self.throttle.clone(),
+            retry_if: self.retry_if.clone(),
+            seed: self.seed,
         };
-        let min_per_sec = min_per_sec.min(i32::MAX as u32 / 10);
+        change(&mut parts);
         Arc::new(Shared {
-            budget: budget.then(|| RetryBudget::new(min_per_sec, retry_ratio)),
-            rng: Mutex::new(SmallRng::seed_from_u64(seed)),
-            min_per_sec,
-            retry_ratio,
-            seed,
+            budget: parts.budget,
+            throttle: parts.throttle,
+            rng: Mutex::new(SmallRng::seed_from_u64(parts.seed)),
+            retry_if: parts.retry_if,
+            seed: parts.seed,
         })
     }
+
+    /// Whether `failure` may be retried, by the layer's predicate.
+    pub(crate) fn retries(&self, failure: &Failure) -> bool {
+        match &self.retry_if {
+            Some(retry_if) => retry_if(failure),
+            None => failure.is_retryable(),
+        }
+    }
+}
+
+/// What [`Shared::with`] changes.
+struct Parts {
+    budget: Option<Arc<dyn Budget>>,
+    throttle: Arc<Throttle>,
+    retry_if: Option<RetryIf>,
+    seed: u64,
 }
 
 impl RetryWithJitter {
@@ -175,7 +227,13 @@ impl RetryWithJitter {
                 deadline: None,
                 jitter: Jitter::Full,
             },
-            shared: Shared::new(true, 10, 0.2, seed),
+            shared: Arc::new(Shared {
+                budget: Some(Arc::new(RetryBudget::new(10, 0.2))),
+                throttle: Arc::new(Throttle::new()),
+                rng: Mutex::new(SmallRng::seed_from_u64(seed)),
+                retry_if: None,
+                seed,
+            }),
         }
     }
 
@@ -193,7 +251,8 @@ impl RetryWithJitter {
     }
 
     /// The longest backoff between two attempts (a server's Retry-After may ask for longer; see
-    /// [`max_retry_after`](Self::max_retry_after)).
+    /// [`max_retry_after`](Self::max_retry_after)). It also bounds how far the throttle spreads
+    /// rate-limited retries out.
     pub fn max_delay(mut self, delay: Duration) -> Self {
         self.config.max_delay = delay;
         self
@@ -207,7 +266,8 @@ impl RetryWithJitter {
     }
 
     /// The total time, from the call, within which attempts may start: a wait that would end
-    /// after it is not started, and the last failure is returned instead.
+    /// after it is not started, and once it passes while a retry waits for the inner service
+    /// to be ready, the call ends with the last failure.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.config.deadline = Some(deadline);
         self
@@ -219,26 +279,59 @@ impl RetryWithJitter {
         self
     }
 
-    /// The retry budget: retries may add `retry_ratio` (e.g. `0.2` for 20%) of the requests
-    /// made in the last 10 seconds, plus `min_per_sec` retries per second so that a lone
-    /// request still gets its retries. When it is spent, failures are returned without retrying.
-    /// `retry_ratio` is clamped to `0.0 ..= 1000.0` (NaN is `0.0`).
+    /// Which failures are retried: those for which `predicate` returns `true` (the request must
+    /// still be replayable, and the attempt limit, deadline, budget and `max_retry_after` still
+    /// apply). The default is [`Failure::is_retryable`].
     ///
-    /// This makes a new budget: layers configured afterwards and their clones share it.
-    pub fn budget(mut self, min_per_sec: u32, retry_ratio: f32) -> Self {
-        self.shared = Shared::new(true, min_per_sec, retry_ratio, self.shared.seed);
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_dashscope::{ErrorClass, RetryWithJitter};
+    /// use tower_dashscope::retry::Failure;
+    ///
+    /// // Retry what is retryable, except timeouts (the request may have been billed), and also
+    /// // the 409s of a proxy that answers so while it reloads.
+    /// let retry = RetryWithJitter::new().retry_if(|failure: &Failure| {
+    ///     (failure.is_retryable() && failure.class() != ErrorClass::Timeout)
+    ///         || failure.status() == Some(StatusCode::CONFLICT)
+    /// });
+    /// # let _ = retry;
+    /// ```
+    pub fn retry_if<F>(mut self, predicate: F) -> Self
+    where
+        F: Fn(&Failure) -> bool + Send + Sync + 'static,
+    {
+        let predicate: RetryIf = Arc::new(predicate);
+        self.shared = self.shared.with(|p| p.retry_if = Some(predicate));
         self
     }
 
-    /// Seeds the jitter, for reproducible delays (tests, simulations). Also makes a new budget.
+    /// The built-in retry budget ([`RetryBudget`]): retries may add `retry_ratio` (e.g. `0.2`
+    /// for 20%) of the requests made in the last 10 seconds, plus `min_per_sec` retries per
+    /// second so that a lone request still gets its retries. When it is spent, failures are
+    /// returned without retrying. `retry_ratio` is clamped to `0.0 ..= 1000.0` (NaN is `0.0`).
+    ///
+    /// The budget pays for retries of failures that may mean the server is down (5xx,
+    /// timeouts, connection errors), and for rate-limited retries while nothing succeeds; the
+    /// rate-limited retries of a server that is answering go through the shared throttle
+    /// instead (see the [module docs](self)).
+    ///
+    /// This makes a new budget: layers configured afterwards and their clones share it.
+    pub fn budget(self, min_per_sec: u32, retry_ratio: f32) -> Self {
+        self.budget_with(RetryBudget::new(min_per_sec, retry_ratio))
+    }
+
+    /// Another [`Budget`] instead of the built-in one (e.g. one shared by a fleet of
+    /// processes). Pass an `Arc` of it to share it with other layers too.
+    pub fn budget_with(mut self, budget: impl Budget) -> Self {
+        let budget: Arc<dyn Budget> = Arc::new(budget);
+        self.shared = self.shared.with(|p| p.budget = Some(budget));
+        self
+    }
+
+    /// Seeds the jitter, for reproducible delays (tests, simulations). The budget and the
+    /// throttle stay the ones configured before.
     pub fn seed(mut self, seed: u64) -> Self {
-        let shared = &self.shared;
-        self.shared = Shared::new(
-            shared.budget.is_some(),
-            shared.min_per_sec,
-            shared.retry_ratio,
-            seed,
-        );
+        self.shared = self.shared.with(|p| p.seed = seed);
         self
     }
 
@@ -246,7 +339,7 @@ impl RetryWithJitter {
     /// [`max_attempts`](Self::max_attempts). During an outage this multiplies the load by the
     /// attempt count; prefer a budget unless another layer limits retries.
     pub fn without_budget(mut self) -> Self {
-        self.shared = Shared::new(false, 0, 0.0, self.shared.seed);
+        self.shared = self.shared.with(|p| p.budget = None);
         self
     }
 }
@@ -261,9 +354,8 @@ impl fmt::Debug for RetryWithJitter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryWithJitter")
             .field("config", &self.config)
-            .field("budget", &self.shared.budget.is_some())
-            .field("budget_min_per_sec", &self.shared.min_per_sec)
-            .field("budget_retry_ratio", &self.shared.retry_ratio)
+            .field("budget", &self.shared.budget)
+            .field("retry_if", &self.shared.retry_if.as_ref().map(|_| "custom"))
             .finish()
     }
 }
@@ -329,10 +421,11 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     S::Error: Into<BoxError>,
     ReqBody: ReplayBody,
+    ResBody: http_body::Body,
 {
     type Response = Response<ResBody>;
     type Error = DashScopeError;
-    type Future = ResponseFuture<S, ReqBody>;
+    type Future = ResponseFuture<S, ReqBody, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(into_dashscope_error)
