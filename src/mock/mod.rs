@@ -16,12 +16,14 @@
 //!
 //! # Token counts
 //!
-//! Deterministic, so tests can compute quotas exactly: the input is every string in the
-//! messages (and Anthropic's `system`), each followed by one separator, at one token per four
-//! characters (not bytes), rounded up, and at least one — a single message `"12345678"` is 9
-//! characters, 3 tokens. The output is the request's `max_tokens` (16 when it sets none), one
-//! word of a fixed sentence per token. Every answer's `usage` reports exactly these counts, and
-//! the tokens-per-minute quota charges their sum when the request is admitted.
+//! Deterministic, so tests can compute quotas exactly: the input is one token per four
+//! characters (not bytes) of message text, as [`ChatRequest::input_chars`] counts them (every
+//! string under `messages`, `system`, native `input`), rounded up, and at least one — a single
+//! message `"12345678"` is 2 tokens. The output is the request's `max_tokens` (16 when it sets
+//! none), one word of a fixed sentence per token. Every answer's `usage` reports exactly these
+//! counts, and the tokens-per-minute quota charges their sum when the request is admitted.
+//!
+//! [`ChatRequest::input_chars`]: crate::request::ChatRequest::input_chars
 //!
 //! # Example
 //!
@@ -98,9 +100,12 @@ use tower::Service;
 use self::body::InFlight;
 pub use self::body::MockBody;
 pub use self::model::{Exhausted, MAX_OUTPUT_TOKENS, ModelConfig};
-use self::respond::{Api, Chat, Failure, Pace};
+use self::respond::{Failure, Pace};
 pub use self::server::MockServer;
+use crate::api::Api;
 use crate::error::BoxError;
+use crate::headers::{X_API_KEY, X_DASHSCOPE_WAIT_TIMEOUT, X_REQUEST_ID};
+use crate::request::ChatRequest;
 
 /// The longest `X-DashScope-Wait-Timeout` the simulator honours, in seconds; larger values are
 /// read as this.
@@ -510,7 +515,7 @@ impl MockDashScope {
             // Anthropic's SDKs send the key as `x-api-key`.
             let key = bearer.or_else(|| {
                 (api == Api::Anthropic)
-                    .then(|| headers.get("x-api-key"))
+                    .then(|| headers.get(X_API_KEY))
                     .flatten()
                     .and_then(|v| v.to_str().ok())
             });
@@ -526,16 +531,16 @@ impl MockDashScope {
                 return Ok(failure.respond(api, sse_header, &request_id, None));
             }
         }
-        let Some(chat) = Chat::parse(api, &body, sse_header) else {
+        let Some(chat) = ChatRequest::parse(api, &headers, &body) else {
             let failure = Failure::invalid_parameter("The request body is not valid JSON.");
             return Ok(failure.respond(api, sse_header, &request_id, None));
         };
-        let Some(model) = chat.model.clone() else {
+        let Some(model) = chat.model().map(str::to_owned) else {
             let failure = Failure::invalid_parameter("Model not specified.");
-            return Ok(failure.respond(api, chat.stream, &request_id, None));
+            return Ok(failure.respond(api, chat.stream(), &request_id, None));
         };
         let wait = headers
-            .get("x-dashscope-wait-timeout")
+            .get(X_DASHSCOPE_WAIT_TIMEOUT)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map_or(Duration::ZERO, |secs| {
@@ -546,20 +551,20 @@ impl MockDashScope {
         // A request queued for the burst limit is decided again, but counted once.
         let mut queued = false;
         loop {
-            let decision = self.decide(&model, &chat, queued);
+            let decision = self.decide(&model, &chat, &body, queued);
             match decision {
                 Decision::Answer(pace) => {
                     let in_flight = InFlight(self.shared.clone());
                     let generation = pace.generation();
                     // A zero sleep would still wait for the timer's next tick (1 ms).
-                    if !chat.stream && !generation.is_zero() {
+                    if !chat.stream() && !generation.is_zero() {
                         tokio::time::sleep(generation).await;
                     }
                     let response = respond::success(api, &chat, &model, &request_id, pace);
                     return Ok(response.map(|b| b.with_in_flight(in_flight)));
                 }
                 Decision::Fail(failure, retry_after) => {
-                    return Ok(failure.respond(api, chat.stream, &request_id, retry_after));
+                    return Ok(failure.respond(api, chat.stream(), &request_id, retry_after));
                 }
                 Decision::Reset => {
                     return Err(std::io::Error::new(
@@ -592,7 +597,7 @@ impl MockDashScope {
                         stats.record(second, |c| c.throttled_burst += 1);
                     }
                     drop(state);
-                    return Ok(failure.respond(api, chat.stream, &request_id, retry_after));
+                    return Ok(failure.respond(api, chat.stream(), &request_id, retry_after));
                 }
             }
         }
@@ -600,7 +605,7 @@ impl MockDashScope {
 
     /// Decides, under the lock, what happens to a request for `model` now. `again`: the request
     /// was queued and has been counted already.
-    fn decide(&self, model: &str, chat: &Chat, again: bool) -> Decision {
+    fn decide(&self, model: &str, chat: &ChatRequest, body: &[u8], again: bool) -> Decision {
         // The clock is read under the lock, so that no thread applies a time older than one
         // another thread already applied.
         let mut guard = self.shared.lock();
@@ -673,7 +678,7 @@ impl MockDashScope {
         if config
             .moderation_marker
             .as_deref()
-            .is_some_and(|m| chat.input_text.contains(m))
+            .is_some_and(|m| memchr::memmem::find(body, m.as_bytes()).is_some())
         {
             return fail(
                 stats,
@@ -686,7 +691,8 @@ impl MockDashScope {
                 ),
             );
         }
-        if chat.input_tokens() > config.context_window {
+        let input_tokens = respond::input_tokens(chat);
+        if input_tokens > config.context_window {
             return fail(
                 stats,
                 Failure::invalid_parameter(format!(
@@ -696,9 +702,10 @@ impl MockDashScope {
             );
         }
 
-        if chat
-            .max_tokens
-            .is_some_and(|n| n == 0 || n > config.max_output_tokens)
+        if chat.max_tokens_is_malformed()
+            || chat
+                .max_tokens()
+                .is_some_and(|n| n == 0 || n > config.max_output_tokens)
         {
             return fail(
                 stats,
@@ -725,8 +732,8 @@ impl MockDashScope {
                 return Decision::Burst { next_second };
             }
         }
-        let output_tokens = chat.output_tokens(config.max_output_tokens);
-        let tokens = f64::from(chat.input_tokens()) + f64::from(output_tokens);
+        let output_tokens = respond::output_limit(chat, config.max_output_tokens);
+        let tokens = f64::from(input_tokens) + f64::from(output_tokens);
         if let Some(bucket) = &mut quota.requests {
             bucket.refill(now);
             if !bucket.has(1.0) {
@@ -819,7 +826,7 @@ fn request_host(parts: &http::request::Parts) -> Option<String> {
 fn bare(status: StatusCode, request_id: &str) -> Response<MockBody> {
     Response::builder()
         .status(status)
-        .header("x-request-id", request_id)
+        .header(X_REQUEST_ID, request_id)
         .body(MockBody::full(Bytes::new()))
         .unwrap_or_else(|_| Response::new(MockBody::full(Bytes::new())))
 }
@@ -872,7 +879,7 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let this = self.clone();
         let (parts, body) = req.into_parts();
-        let api = Api::from_path(parts.uri.path());
+        let api = respond::route(parts.uri.path());
         let host = request_host(&parts);
         MockFuture {
             inner: Box::pin(async move {

@@ -8,146 +8,41 @@ use serde_json::{Value, json};
 
 use super::body::MockBody;
 
-/// Which API a path belongs to; it decides the shape of every answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Api {
-    /// `/compatible-mode/v1/chat/completions` (and Coding Plan's `/v1/chat/completions`).
-    Compatible,
-    /// `/api/v1/services/aigc/{text,multimodal}-generation/generation`.
-    Native,
-    /// `/apps/anthropic/v1/messages`.
-    Anthropic,
-}
+use crate::api::Api;
+use crate::headers::X_REQUEST_ID;
+use crate::request::ChatRequest;
 
-impl Api {
-    pub(crate) fn from_path(path: &str) -> Option<Api> {
-        match path {
-            "/compatible-mode/v1/chat/completions" | "/v1/chat/completions" => {
-                Some(Api::Compatible)
-            }
-            "/api/v1/services/aigc/text-generation/generation"
-            | "/api/v1/services/aigc/multimodal-generation/generation" => Some(Api::Native),
-            "/apps/anthropic/v1/messages" => Some(Api::Anthropic),
-            _ => None,
+/// The simulator's routing table: the exact chat paths it serves, and the API each speaks.
+/// Anything else (a wrong base path, `/v1/v1/messages`, embeddings) is answered a bare 404, as
+/// DashScope's gateway does.
+pub(crate) fn route(path: &str) -> Option<Api> {
+    match path {
+        "/compatible-mode/v1/chat/completions" | "/v1/chat/completions" => {
+            Some(Api::OpenAiCompatible)
         }
+        "/api/v1/services/aigc/text-generation/generation"
+        | "/api/v1/services/aigc/multimodal-generation/generation" => Some(Api::Native),
+        "/apps/anthropic/v1/messages" => Some(Api::Anthropic),
+        _ => None,
     }
-}
-
-/// What the simulator needs from a chat request.
-#[derive(Debug)]
-pub(crate) struct Chat {
-    pub(crate) model: Option<String>,
-    pub(crate) input_text: String,
-    pub(crate) max_tokens: Option<u32>,
-    pub(crate) stream: bool,
-    pub(crate) include_usage: bool,
-    /// Native `parameters.incremental_output`.
-    pub(crate) incremental: bool,
 }
 
 /// Output tokens when the request sets no `max_tokens`.
 pub(crate) const DEFAULT_OUTPUT_TOKENS: u32 = 16;
 
-impl Chat {
-    /// Reads the request body of `api`. `None` when it is not a JSON object.
-    pub(crate) fn parse(api: Api, body: &[u8], sse_header: bool) -> Option<Chat> {
-        let value: Value = serde_json::from_slice(body).ok()?;
-        let object = value.as_object()?;
-        let model = object
-            .get("model")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        let mut input_text = String::new();
-        let messages = match api {
-            Api::Native => object
-                .get("input")
-                .and_then(|i| i.get("messages").or(i.get("prompt"))),
-            Api::Compatible | Api::Anthropic => object.get("messages"),
-        };
-        collect_text(messages.unwrap_or(&Value::Null), &mut input_text);
-        if api == Api::Anthropic {
-            collect_text(
-                object.get("system").unwrap_or(&Value::Null),
-                &mut input_text,
-            );
-        }
-        let parameters = match api {
-            Api::Native => object.get("parameters"),
-            _ => Some(&value),
-        };
-        // Present but not a positive integer (-1, 1.5, "10"): read as 0, out of range, so it is
-        // answered 400 like DashScope does rather than silently ignored.
-        let max_tokens = match parameters.and_then(|p| p.get("max_tokens")) {
-            None | Some(Value::Null) => None,
-            Some(value) => Some(
-                value
-                    .as_u64()
-                    .map_or(0, |n| n.min(u64::from(u32::MAX)) as u32),
-            ),
-        };
-        let stream = match api {
-            Api::Native => sse_header,
-            _ => object
-                .get("stream")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-        };
-        let include_usage = object
-            .get("stream_options")
-            .and_then(|o| o.get("include_usage"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        let incremental = api == Api::Native
-            && parameters
-                .and_then(|p| p.get("incremental_output"))
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-        Some(Chat {
-            model,
-            input_text,
-            max_tokens,
-            stream,
-            include_usage,
-            incremental,
-        })
-    }
-
-    /// Input tokens: one per four UTF-8 characters of message text, rounded up (at least one).
-    pub(crate) fn input_tokens(&self) -> u32 {
-        count_tokens(&self.input_text).max(1)
-    }
-
-    /// Output tokens: `max_tokens`, or [`DEFAULT_OUTPUT_TOKENS`] (at most the model's
-    /// `max_output`) when the request sets none.
-    pub(crate) fn output_tokens(&self, max_output: u32) -> u32 {
-        self.max_tokens
-            .unwrap_or(DEFAULT_OUTPUT_TOKENS.min(max_output))
-    }
+/// The simulator's input token count: one per four characters of message text
+/// ([`ChatRequest::input_chars`]), rounded up, and at least one.
+pub(crate) fn input_tokens(chat: &ChatRequest) -> u32 {
+    u32::try_from(chat.input_chars().div_ceil(4))
+        .unwrap_or(u32::MAX)
+        .max(1)
 }
 
-/// The simulator's token count: `ceil(chars / 4)`.
-pub(crate) fn count_tokens(text: &str) -> u32 {
-    let chars = text.chars().count();
-    u32::try_from(chars.div_ceil(4)).unwrap_or(u32::MAX)
-}
-
-/// Appends every string found in `value` (message contents, content parts) to `out`.
-fn collect_text(value: &Value, out: &mut String) {
-    match value {
-        Value::String(s) => {
-            out.push_str(s);
-            out.push(' ');
-        }
-        Value::Array(items) => items.iter().for_each(|v| collect_text(v, out)),
-        Value::Object(map) => {
-            for key in ["content", "text"] {
-                if let Some(v) = map.get(key) {
-                    collect_text(v, out);
-                }
-            }
-        }
-        _ => {}
-    }
+/// The most output tokens an answer to `chat` may have: its `max_tokens`, or
+/// [`DEFAULT_OUTPUT_TOKENS`] (at most the model's `max_output`) when it sets none.
+pub(crate) fn output_limit(chat: &ChatRequest, max_output: u32) -> u32 {
+    chat.max_tokens()
+        .unwrap_or(DEFAULT_OUTPUT_TOKENS.min(max_output))
 }
 
 /// One error answer, in the shape of `api`.
@@ -201,7 +96,7 @@ impl Failure {
                 "message": self.message,
                 "request_id": request_id,
             }),
-            Api::Compatible => json!({
+            Api::OpenAiCompatible => json!({
                 "error": {
                     "message": self.message,
                     "type": self.compat_type,
@@ -236,7 +131,7 @@ impl Failure {
         retry_after: Option<Duration>,
     ) -> Response<MockBody> {
         let body = self.json(api, request_id);
-        let mut builder = Response::builder().header("x-request-id", request_id);
+        let mut builder = Response::builder().header(X_REQUEST_ID, request_id);
         if let Some(delay) = retry_after.filter(|_| self.status == StatusCode::TOO_MANY_REQUESTS) {
             builder = builder.header("retry-after", format!("{:.3}", delay.as_secs_f64()));
         }
@@ -308,17 +203,17 @@ impl Pace {
 /// A successful answer.
 pub(crate) fn success(
     api: Api,
-    chat: &Chat,
+    chat: &ChatRequest,
     model: &str,
     request_id: &str,
     pace: Pace,
 ) -> Response<MockBody> {
-    let input = chat.input_tokens();
+    let input = input_tokens(chat);
     let output = pace.output_tokens;
     // Usage sums in u64: two u32 counts can overflow a u32.
     let total = u64::from(input) + u64::from(output);
-    let builder = Response::builder().header("x-request-id", request_id);
-    if !chat.stream {
+    let builder = Response::builder().header(X_REQUEST_ID, request_id);
+    if !chat.stream() {
         let text = text_of(output);
         let body = match api {
             Api::Native => json!({
@@ -326,7 +221,7 @@ pub(crate) fn success(
                 "usage": {"input_tokens": input, "output_tokens": output, "total_tokens": total},
                 "request_id": request_id,
             }),
-            Api::Compatible => json!({
+            Api::OpenAiCompatible => json!({
                 "choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop", "index": 0, "logprobs": null}],
                 "object": "chat.completion",
                 "usage": {"prompt_tokens": input, "completion_tokens": output, "total_tokens": total},
@@ -359,8 +254,8 @@ pub(crate) fn success(
         input,
         output,
         sent: pace.cut_after.map_or(output, |c| c.min(output)),
-        include_usage: chat.include_usage,
-        incremental: chat.incremental,
+        include_usage: chat.include_usage(),
+        incremental: chat.incremental_output(),
         ttft: pace.ttft,
         per_token: pace.per_token,
         next: 0,
@@ -433,7 +328,7 @@ impl Script {
                     })
                 )
             }
-            Api::Compatible => format!(
+            Api::OpenAiCompatible => format!(
                 "data: {}\n\n",
                 json!({
                     "choices": [{"delta": {"content": word}, "finish_reason": null, "index": 0, "logprobs": null}],
@@ -486,7 +381,7 @@ impl Script {
         let (input, output) = (self.input, self.output);
         match self.api {
             Api::Native => None,
-            Api::Compatible => {
+            Api::OpenAiCompatible => {
                 let id = format!("chatcmpl-{}", self.request_id);
                 let stop = json!({"choices": [{"finish_reason": "stop", "delta": {"content": ""}, "index": 0, "logprobs": null}], "object": "chat.completion.chunk", "usage": null, "created": 1_763_875_200, "model": self.model, "id": id});
                 let mut tail = format!("data: {stop}\n\n");
@@ -518,34 +413,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn token_count() {
-        assert_eq!(count_tokens(""), 0);
-        assert_eq!(count_tokens("abcd"), 1);
-        assert_eq!(count_tokens("abcde"), 2);
-        assert_eq!(count_tokens("通义千问"), 1, "characters, not bytes");
+    fn routes_are_exact() {
+        assert_eq!(route("/v1/chat/completions"), Some(Api::OpenAiCompatible));
+        assert_eq!(route("/apps/anthropic/v1/messages"), Some(Api::Anthropic));
+        assert_eq!(route("/v1/v1/messages"), None);
+        assert_eq!(route("/compatible-mode/v1/chat/completions/"), None);
     }
 
     #[test]
-    fn parses_each_shape() {
-        let compat = br#"{"model":"qwen-plus","messages":[{"role":"user","content":"12345678"}],"max_tokens":5,"stream":true,"stream_options":{"include_usage":true}}"#;
-        let chat = Chat::parse(Api::Compatible, compat, false).unwrap();
-        assert_eq!(chat.model.as_deref(), Some("qwen-plus"));
-        assert_eq!(
-            (
-                chat.input_tokens(),
-                chat.output_tokens(16_384),
-                chat.stream,
-                chat.include_usage
-            ),
-            (3, 5, true, true)
+    fn token_counts() {
+        let parse = |api, body: &str| {
+            ChatRequest::parse(api, &http::HeaderMap::new(), body.as_bytes()).unwrap()
+        };
+        let compat = parse(
+            Api::OpenAiCompatible,
+            r#"{"model":"qwen-plus","messages":[{"role":"user","content":"123456789"}],"max_tokens":5}"#,
         );
-        let native = br#"{"model":"qwen-max","input":{"messages":[{"role":"user","content":[{"text":"abcd"}]}]},"parameters":{"max_tokens":7}}"#;
-        let chat = Chat::parse(Api::Native, native, true).unwrap();
         assert_eq!(
-            (chat.input_tokens(), chat.output_tokens(16_384), chat.stream),
-            (2, 7, true)
+            (input_tokens(&compat), output_limit(&compat, 16_384)),
+            (3, 5)
         );
-        assert!(Chat::parse(Api::Native, b"[1]", false).is_none());
-        assert!(Chat::parse(Api::Native, b"nope", false).is_none());
+        let native = parse(
+            Api::Native,
+            r#"{"model":"m","input":{"messages":[{"role":"user","content":"通义千问"}]}}"#,
+        );
+        assert_eq!(input_tokens(&native), 1, "characters, not bytes");
+        assert_eq!(output_limit(&native, 16_384), DEFAULT_OUTPUT_TOKENS);
+        assert_eq!(output_limit(&native, 2), 2);
+        let empty = parse(Api::Anthropic, r#"{"model":"m","messages":[]}"#);
+        assert_eq!(input_tokens(&empty), 1, "at least one");
     }
 }
