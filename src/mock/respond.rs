@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Response, StatusCode};
+use http::Response;
 use serde_json::{Value, json};
 
 use super::body::MockBody;
@@ -43,117 +43,6 @@ pub(crate) fn input_tokens(chat: &ChatRequest) -> u32 {
 pub(crate) fn output_limit(chat: &ChatRequest, max_output: u32) -> u32 {
     chat.max_tokens()
         .unwrap_or(DEFAULT_OUTPUT_TOKENS.min(max_output))
-}
-
-/// One error answer, in the shape of `api`.
-#[derive(Debug, Clone)]
-pub(crate) struct Failure {
-    pub(crate) status: StatusCode,
-    pub(crate) native_code: &'static str,
-    pub(crate) compat_code: &'static str,
-    /// The OpenAI-compatible `error.type`: the code, except where DashScope sends another.
-    pub(crate) compat_type: &'static str,
-    pub(crate) anthropic_type: &'static str,
-    pub(crate) message: String,
-}
-
-impl Failure {
-    pub(crate) fn new(
-        status: u16,
-        native_code: &'static str,
-        compat_code: &'static str,
-        anthropic_type: &'static str,
-        message: impl Into<String>,
-    ) -> Self {
-        Failure {
-            status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            native_code,
-            compat_code,
-            compat_type: compat_code,
-            anthropic_type,
-            message: message.into(),
-        }
-    }
-
-    /// 400 `InvalidParameter` / `invalid_parameter_error`: bad input.
-    pub(crate) fn invalid_parameter(message: impl Into<String>) -> Self {
-        Failure {
-            compat_type: "invalid_request_error",
-            ..Failure::new(
-                400,
-                "InvalidParameter",
-                "invalid_parameter_error",
-                "invalid_request_error",
-                message,
-            )
-        }
-    }
-
-    fn json(&self, api: Api, request_id: &str) -> Value {
-        match api {
-            Api::Native => json!({
-                "code": self.native_code,
-                "message": self.message,
-                "request_id": request_id,
-            }),
-            Api::OpenAiCompatible => json!({
-                "error": {
-                    "message": self.message,
-                    "type": self.compat_type,
-                    "param": null,
-                    "code": self.compat_code,
-                },
-                "id": format!("chatcmpl-{request_id}"),
-                "request_id": request_id,
-            }),
-            Api::Anthropic => json!({
-                "type": "error",
-                "error": {
-                    "type": self.anthropic_type,
-                    "message": if self.message.starts_with('<') {
-                        self.message.clone()
-                    } else {
-                        format!("<{}> {}: {}", self.status.as_u16(), self.native_code, self.message)
-                    },
-                },
-                "request_id": request_id,
-            }),
-        }
-    }
-
-    /// The answer: a JSON error body, or for a native streaming request an HTTP 200 event
-    /// stream with `event:error` and `:HTTP_STATUS/NNN`, as DashScope sends it.
-    pub(crate) fn respond(
-        &self,
-        api: Api,
-        stream: bool,
-        request_id: &str,
-        retry_after: Option<Duration>,
-    ) -> Response<MockBody> {
-        let body = self.json(api, request_id);
-        let mut builder = Response::builder().header(X_REQUEST_ID, request_id);
-        if let Some(delay) = retry_after.filter(|_| self.status == StatusCode::TOO_MANY_REQUESTS) {
-            builder = builder.header("retry-after", format!("{:.3}", delay.as_secs_f64()));
-        }
-        let response = if api == Api::Native && stream {
-            let frame = format!(
-                "id:1\nevent:error\n:HTTP_STATUS/{}\ndata:{}\n\n",
-                self.status.as_u16(),
-                body
-            );
-            builder
-                .status(StatusCode::OK)
-                .header("content-type", "text/event-stream;charset=UTF-8")
-                .header("x-dashscope-finished", "true")
-                .body(MockBody::full(frame))
-        } else {
-            builder
-                .status(self.status)
-                .header("content-type", "application/json")
-                .body(MockBody::full(body.to_string()))
-        };
-        response.unwrap_or_else(|_| Response::new(MockBody::full(Bytes::new())))
-    }
 }
 
 /// The words the simulated model says, one token each.

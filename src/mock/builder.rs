@@ -1,0 +1,104 @@
+//! [`MockBuilder`]: models, keys and the seed of a simulator.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::MockDashScope;
+use super::keys::{ApiKey, Keys};
+use super::model::ModelConfig;
+use super::service::Shared;
+
+/// Builds a [`MockDashScope`].
+#[derive(Default)]
+#[must_use]
+pub struct MockBuilder {
+    models: BTreeMap<String, ModelConfig>,
+    keys: Keys,
+    seed: u64,
+}
+
+impl fmt::Debug for MockBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Keys are secrets, even test ones: only their number is shown.
+        f.debug_struct("MockBuilder")
+            .field("models", &self.models)
+            .field("keys", &self.keys.len())
+            .field("seed", &self.seed)
+            .finish()
+    }
+}
+
+impl MockBuilder {
+    /// Serves `name` with `config`. Requests for models not configured get 404
+    /// `ModelNotFound`.
+    pub fn model(mut self, name: impl Into<String>, config: ModelConfig) -> Self {
+        self.models.insert(name.into(), config);
+        self
+    }
+
+    /// Accepts only `Authorization: Bearer <key>` (the scheme in any case; on the
+    /// Anthropic-compatible path also `x-api-key: <key>`) with one of the keys given this way
+    /// or with [`api_key_for_host`](Self::api_key_for_host) (any key, or none, when neither is
+    /// called). Others get 401 `InvalidApiKey`, as a key from another region or plan does.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.keys.0.push(ApiKey::anywhere(key.into()));
+        self
+    }
+
+    /// Accepts `key` only on requests for `host` — the request URI's host, or else its `Host`
+    /// header, compared without the port and ignoring case — as DashScope accepts a key only
+    /// in its own region and plan: a Singapore key sent to Beijing, or a Coding Plan key
+    /// (`sk-sp-…`) sent to a pay-as-you-go host, gets 401 `InvalidApiKey`.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http::Request;
+    /// use http_body_util::Full;
+    /// use tower::{Layer, ServiceExt};
+    /// use tower_dashscope::mock::{MockDashScope, ModelConfig};
+    /// use tower_dashscope::{ClassifyDashScopeError, ErrorClass};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let mock = MockDashScope::builder()
+    ///     .model("qwen-plus", ModelConfig::new())
+    ///     .api_key_for_host("sk-intl", "dashscope-intl.aliyuncs.com")
+    ///     .build();
+    /// let client = ClassifyDashScopeError::new().layer(mock);
+    /// let chat = |host: &str| {
+    ///     Request::post(format!("https://{host}/compatible-mode/v1/chat/completions"))
+    ///         .header("authorization", "Bearer sk-intl")
+    ///         .body(Full::new(Bytes::from(r#"{"model":"qwen-plus","messages":[]}"#)))
+    ///         .unwrap()
+    /// };
+    /// assert!(client.clone().oneshot(chat("dashscope-intl.aliyuncs.com")).await.is_ok());
+    /// let err = client.oneshot(chat("dashscope.aliyuncs.com")).await.unwrap_err();
+    /// assert_eq!(err.class(), ErrorClass::Authentication);
+    /// # }
+    /// ```
+    pub fn api_key_for_host(mut self, key: impl Into<String>, host: impl Into<String>) -> Self {
+        self.keys.0.push(ApiKey::for_host(key.into(), &host.into()));
+        self
+    }
+
+    /// Seeds the generator behind error and reset rates.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// The simulator. Its clock (outage windows, statistics) starts now.
+    pub fn build(self) -> MockDashScope {
+        MockDashScope {
+            shared: Arc::new(Shared::new(
+                Instant::now(),
+                self.models,
+                self.keys,
+                self.seed,
+            )),
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! The simulator as a `tower::Service`: reading a request, deciding its fate under the lock,
+//! answering it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Limited};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::time::Instant;
+use tower::Service;
+
+use super::body::{InFlight, MockBody};
+use super::burst::BurstRule;
+use super::failure::Failure;
+use super::keys::{Keys, request_host};
+use super::model::{Exhausted, ModelConfig};
+use super::quota::{Over, Quotas};
+use super::respond::{self, Pace};
+use super::stats::{MockStats, ModelStats};
+use super::{MAX_REQUEST_BODY, MAX_WAIT_TIMEOUT_SECS, MockDashScope};
+use crate::api::Api;
+use crate::error::BoxError;
+use crate::headers::{X_DASHSCOPE_WAIT_TIMEOUT, X_REQUEST_ID};
+use crate::request::ChatRequest;
+
+/// What every clone of a simulator shares.
+pub(crate) struct Shared {
+    start: Instant,
+    keys: Keys,
+    state: Mutex<State>,
+    next_id: AtomicU64,
+}
+
+pub(super) struct State {
+    pub(super) models: BTreeMap<String, (ModelConfig, ModelState)>,
+    rng: SmallRng,
+    pub(super) stats: MockStats,
+}
+
+/// What the simulator keeps for one model between requests.
+#[derive(Debug)]
+pub(super) struct ModelState {
+    quotas: Quotas,
+    burst: BurstRule,
+}
+
+impl Shared {
+    pub(super) fn new(
+        start: Instant,
+        models: BTreeMap<String, ModelConfig>,
+        keys: Keys,
+        seed: u64,
+    ) -> Self {
+        let models = models
+            .into_iter()
+            .map(|(name, config)| {
+                let state = ModelState {
+                    quotas: Quotas::new(&config, start),
+                    burst: BurstRule::default(),
+                };
+                (name, (config, state))
+            })
+            .collect();
+        Shared {
+            start,
+            keys,
+            state: Mutex::new(State {
+                models,
+                rng: SmallRng::seed_from_u64(seed),
+                stats: MockStats::default(),
+            }),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn finish_in_flight(&self) {
+        let mut state = self.lock();
+        state.stats.in_flight = state.stats.in_flight.saturating_sub(1);
+    }
+
+    /// The whole second since the simulator was built that `now` falls in.
+    fn second(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.start).as_secs()
+    }
+}
+
+enum Decision {
+    Answer(Pace),
+    Fail(Failure, Option<Duration>),
+    Reset,
+    Burst { next_second: Instant },
+}
+
+impl MockDashScope {
+    fn request_id(&self) -> String {
+        let n = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("00000000-0000-4000-8000-{n:012x}")
+    }
+
+    /// Answers one request whose body has been read.
+    async fn answer(
+        self,
+        api: Option<Api>,
+        host: Option<String>,
+        headers: http::HeaderMap,
+        body: Result<Bytes, StatusCode>,
+    ) -> Result<Response<MockBody>, std::io::Error> {
+        let request_id = self.request_id();
+        self.shared.lock().stats.requests += 1;
+        let Some(api) = api else {
+            // A wrong base path: DashScope's gateway answers a bare 404.
+            return Ok(bare(StatusCode::NOT_FOUND, &request_id));
+        };
+        let body = match body {
+            Ok(body) => body,
+            Err(status) => return Ok(bare(status, &request_id)),
+        };
+        let sse_header = crate::classify::asks_for_stream(&headers);
+        if !self.shared.keys.accept(api, &headers, host.as_deref()) {
+            let failure = Failure::invalid_api_key();
+            return Ok(failure.respond(api, sse_header, &request_id, None));
+        }
+        let Some(chat) = ChatRequest::parse(api, &headers, &body) else {
+            let failure = Failure::invalid_parameter("The request body is not valid JSON.");
+            return Ok(failure.respond(api, sse_header, &request_id, None));
+        };
+        let Some(model) = chat.model().map(str::to_owned) else {
+            let failure = Failure::invalid_parameter("Model not specified.");
+            return Ok(failure.respond(api, chat.stream(), &request_id, None));
+        };
+        let wait = headers
+            .get(X_DASHSCOPE_WAIT_TIMEOUT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map_or(Duration::ZERO, |secs| {
+                Duration::from_secs(secs.min(MAX_WAIT_TIMEOUT_SECS))
+            });
+        let waited_until = Instant::now() + wait;
+
+        // A request queued for the burst limit is decided again, but counted once.
+        let mut queued = false;
+        loop {
+            let decision = self.decide(&model, &chat, &body, queued);
+            match decision {
+                Decision::Answer(pace) => {
+                    let in_flight = InFlight(self.shared.clone());
+                    let generation = pace.generation();
+                    // A zero sleep would still wait for the timer's next tick (1 ms).
+                    if !chat.stream() && !generation.is_zero() {
+                        tokio::time::sleep(generation).await;
+                    }
+                    let response = respond::success(api, &chat, &model, &request_id, pace);
+                    return Ok(response.map(|b| b.with_in_flight(in_flight)));
+                }
+                Decision::Fail(failure, retry_after) => {
+                    return Ok(failure.respond(api, chat.stream(), &request_id, retry_after));
+                }
+                Decision::Reset => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "MockDashScope reset the connection (scripted fault)",
+                    ));
+                }
+                Decision::Burst { next_second } if next_second <= waited_until => {
+                    let second = self.shared.second(Instant::now());
+                    if let Some(stats) = self.shared.lock().stats.models.get_mut(&model) {
+                        if !queued {
+                            stats.record(second, |c| c.queued += 1);
+                        }
+                    }
+                    tokio::time::sleep_until(next_second).await;
+                    queued = true;
+                }
+                Decision::Burst { .. } => {
+                    let second = self.shared.second(Instant::now());
+                    let mut state = self.shared.lock();
+                    let retry_after = state.models.get(&model).and_then(|(c, _)| c.retry_after);
+                    if let Some(stats) = state.stats.models.get_mut(&model) {
+                        stats.record(second, |c| c.throttled_burst += 1);
+                    }
+                    drop(state);
+                    let failure = Failure::burst_rate();
+                    return Ok(failure.respond(api, chat.stream(), &request_id, retry_after));
+                }
+            }
+        }
+    }
+
+    /// Decides, under the lock, what happens to a request for `model` now. `again`: the request
+    /// was queued and has been counted already.
+    fn decide(&self, model: &str, chat: &ChatRequest, body: &[u8], again: bool) -> Decision {
+        // The clock is read under the lock, so that no thread applies a time older than one
+        // another thread already applied.
+        let mut guard = self.shared.lock();
+        let now = Instant::now();
+        let since_start = now.saturating_duration_since(self.shared.start);
+        let second = self.shared.second(now);
+        let state = &mut *guard;
+        let Some((config, model_state)) = state.models.get_mut(model) else {
+            return Decision::Fail(Failure::model_not_found(model), None);
+        };
+        let stats = state.stats.models.entry(model.to_owned()).or_default();
+        if !again {
+            stats.record(second, |c| c.requests += 1);
+        }
+        let fail = |stats: &mut ModelStats, failure: Failure| {
+            stats.record(second, |c| c.failed += 1);
+            Decision::Fail(failure, None)
+        };
+
+        match config.exhausted {
+            Some(Exhausted::FreeTier) => return fail(stats, Failure::free_tier_only()),
+            Some(Exhausted::Billing) => return fail(stats, Failure::arrearage()),
+            None => {}
+        }
+        if config.outages.iter().any(|w| w.contains(&since_start)) {
+            return fail(stats, Failure::model_unavailable());
+        }
+        if config.reset_rate > 0.0 && state.rng.random_bool(config.reset_rate) {
+            stats.record(second, |c| c.failed += 1);
+            return Decision::Reset;
+        }
+        if config
+            .moderation_marker
+            .as_deref()
+            .is_some_and(|m| memchr::memmem::find(body, m.as_bytes()).is_some())
+        {
+            return fail(stats, Failure::input_inspection_failed());
+        }
+        let input_tokens = respond::input_tokens(chat);
+        if input_tokens > config.context_window {
+            return fail(stats, Failure::context_overflow(config.context_window));
+        }
+        if chat.max_tokens_is_malformed()
+            || chat
+                .max_tokens()
+                .is_some_and(|n| n == 0 || n > config.max_output_tokens)
+        {
+            return fail(
+                stats,
+                Failure::max_tokens_out_of_range(config.max_output_tokens),
+            );
+        }
+
+        // Quotas.
+        if model_state.burst.exceeded(second, config.burst) {
+            let next_second = self.shared.start + Duration::from_secs(second + 1);
+            return Decision::Burst { next_second };
+        }
+        let output_tokens = respond::output_limit(chat, config.max_output_tokens);
+        let tokens = f64::from(input_tokens) + f64::from(output_tokens);
+        match model_state.quotas.check(now, tokens) {
+            Ok(()) => {}
+            Err(Over::Requests) => {
+                stats.record(second, |c| c.throttled_requests += 1);
+                return Decision::Fail(Failure::rate_quota(), config.retry_after);
+            }
+            Err(Over::Tokens) => {
+                stats.record(second, |c| c.throttled_tokens += 1);
+                return Decision::Fail(Failure::allocation_quota(), config.retry_after);
+            }
+        }
+        if config.error_rate > 0.0 && state.rng.random_bool(config.error_rate) {
+            return fail(stats, Failure::internal_error());
+        }
+        // Admitted: pay for it.
+        model_state.quotas.charge(tokens);
+        model_state.burst.admit();
+        stats.record(second, |c| {
+            c.succeeded += 1;
+            c.tokens += tokens as u64;
+        });
+        state.stats.in_flight += 1;
+        state.stats.peak_in_flight = state.stats.peak_in_flight.max(state.stats.in_flight);
+        Decision::Answer(Pace {
+            output_tokens,
+            ttft: config.ttft,
+            // Any rate, however slow, gives a delay: no overflow, no panic.
+            per_token: if config.tokens_per_sec > 0.0 {
+                Duration::try_from_secs_f64(1.0 / config.tokens_per_sec).unwrap_or(Duration::MAX)
+            } else {
+                Duration::ZERO
+            },
+            cut_after: config.cut_streams_after,
+        })
+    }
+}
+
+fn bare(status: StatusCode, request_id: &str) -> Response<MockBody> {
+    Response::builder()
+        .status(status)
+        .header(X_REQUEST_ID, request_id)
+        .body(MockBody::full(Bytes::new()))
+        .unwrap_or_else(|_| Response::new(MockBody::full(Bytes::new())))
+}
+
+/// Response future of [`MockDashScope`].
+#[must_use = "futures do nothing unless polled"]
+pub struct MockFuture {
+    inner: Pin<Box<dyn Future<Output = Result<Response<MockBody>, std::io::Error>> + Send>>,
+}
+
+impl Future for MockFuture {
+    type Output = Result<Response<MockBody>, std::io::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for MockFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MockFuture").finish_non_exhaustive()
+    }
+}
+
+impl<B> Service<Request<B>> for MockDashScope
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<MockBody>;
+    /// Only scripted connection resets ([`ModelConfig::reset_rate`]).
+    type Error = std::io::Error;
+    type Future = MockFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let this = self.clone();
+        let (parts, body) = req.into_parts();
+        let api = respond::route(parts.uri.path());
+        let host = request_host(&parts);
+        MockFuture {
+            inner: Box::pin(async move {
+                let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
+                    Ok(collected) => Ok(collected.to_bytes()),
+                    Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+                        Err(StatusCode::PAYLOAD_TOO_LARGE)
+                    }
+                    Err(_) => Err(StatusCode::BAD_REQUEST),
+                };
+                this.answer(api, host, parts.headers, body).await
+            }),
+        }
+    }
+}
