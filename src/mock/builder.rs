@@ -3,21 +3,34 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::MockDashScope;
 use super::keys::{ApiKey, Keys};
 use super::model::ModelConfig;
+use super::server::DEFAULT_HEADER_READ_TIMEOUT;
 use super::service::Shared;
 
 /// Builds a [`MockDashScope`].
-#[derive(Default)]
 #[must_use]
 pub struct MockBuilder {
     models: BTreeMap<String, ModelConfig>,
     keys: Keys,
     seed: u64,
+    header_read_timeout: Duration,
+}
+
+impl Default for MockBuilder {
+    fn default() -> Self {
+        MockBuilder {
+            models: BTreeMap::new(),
+            keys: Keys::default(),
+            seed: 0,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+        }
+    }
 }
 
 impl fmt::Debug for MockBuilder {
@@ -27,6 +40,7 @@ impl fmt::Debug for MockBuilder {
             .field("models", &self.models)
             .field("keys", &self.keys.len())
             .field("seed", &self.seed)
+            .field("header_read_timeout", &self.header_read_timeout)
             .finish()
     }
 }
@@ -90,6 +104,17 @@ impl MockBuilder {
         self
     }
 
+    /// HTTP mode ([`MockDashScope::serve`]): how long a client may take to send a request's
+    /// headers before its connection is closed. Zero is read as one millisecond.
+    ///
+    /// # Default
+    ///
+    /// [`DEFAULT_HEADER_READ_TIMEOUT`], 30 s.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
     /// The simulator. Its clock (outage windows, statistics) starts now.
     pub fn build(self) -> MockDashScope {
         MockDashScope {
@@ -98,6 +123,7 @@ impl MockBuilder {
                 self.models,
                 self.keys,
                 self.seed,
+                self.header_read_timeout,
             )),
         }
     }

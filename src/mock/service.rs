@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -36,6 +36,8 @@ use crate::request::ChatRequest;
 /// What every clone of a simulator shares.
 pub(crate) struct Shared {
     start: Instant,
+    /// For HTTP mode.
+    pub(super) header_read_timeout: Duration,
     keys: Keys,
     state: Mutex<State>,
     next_id: AtomicU64,
@@ -60,6 +62,7 @@ impl Shared {
         models: BTreeMap<String, ModelConfig>,
         keys: Keys,
         seed: u64,
+        header_read_timeout: Duration,
     ) -> Self {
         let models = models
             .into_iter()
@@ -73,6 +76,7 @@ impl Shared {
             .collect();
         Shared {
             start,
+            header_read_timeout,
             keys,
             state: Mutex::new(State {
                 models,
@@ -308,17 +312,29 @@ fn bare(status: StatusCode, request_id: &str) -> Response<MockBody> {
         .unwrap_or_else(|_| Response::new(MockBody::full(Bytes::new())))
 }
 
-/// Response future of [`MockDashScope`].
+type Answer = Pin<Box<dyn Future<Output = Result<Response<MockBody>, std::io::Error>> + Send>>;
+
+/// Response future of [`MockDashScope`]: `Send` and `Sync`, whatever the request body, so that
+/// services stacked over the simulator can be `Sync` too.
 #[must_use = "futures do nothing unless polled"]
 pub struct MockFuture {
-    inner: Pin<Box<dyn Future<Output = Result<Response<MockBody>, std::io::Error>> + Send>>,
+    // The answer reads the request body, which need not be `Sync`. A `Mutex` is `Sync` when what
+    // it holds is `Send`, and polling goes through `Mutex::get_mut` (a `&mut` borrow, no lock),
+    // so this costs nothing at run time.
+    inner: Mutex<Answer>,
 }
 
 impl Future for MockFuture {
     type Output = Result<Response<MockBody>, std::io::Error>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // `MockFuture` is `Unpin` (the answer is boxed), so the pin can be taken off.
+        let answer = self
+            .get_mut()
+            .inner
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        answer.as_mut().poll(cx)
     }
 }
 
@@ -349,7 +365,7 @@ where
         let api = respond::route(parts.uri.path());
         let host = request_host(&parts);
         MockFuture {
-            inner: Box::pin(async move {
+            inner: Mutex::new(Box::pin(async move {
                 let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
                     Ok(collected) => Ok(collected.to_bytes()),
                     Err(err) if err.is::<http_body_util::LengthLimitError>() => {
@@ -358,7 +374,7 @@ where
                     Err(_) => Err(StatusCode::BAD_REQUEST),
                 };
                 this.answer(api, host, parts.headers, body).await
-            }),
+            })),
         }
     }
 }
