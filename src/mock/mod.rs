@@ -91,7 +91,7 @@ use std::sync::Arc;
 
 pub use self::body::MockBody;
 pub use self::builder::MockBuilder;
-pub use self::model::{Exhausted, MAX_OUTPUT_TOKENS, ModelConfig};
+pub use self::model::{Enforcement, Exhausted, MAX_OUTPUT_TOKENS, ModelConfig};
 pub use self::server::{DEFAULT_HEADER_READ_TIMEOUT, MockServer};
 pub use self::service::MockFuture;
 use self::service::Shared;

@@ -37,6 +37,24 @@ pub struct ModelConfig {
     pub(crate) moderation_marker: Option<String>,
     pub(crate) exhausted: Option<Exhausted>,
     pub(crate) retry_after: Option<Duration>,
+    pub(crate) enforcement: Enforcement,
+}
+
+/// How the per-minute quotas ([`ModelConfig::rpm`], [`ModelConfig::tpm`]) are enforced per
+/// second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Enforcement {
+    /// A bucket refilled continuously at `limit / 60` a second, holding at most one second's
+    /// worth (at least one request): a client that spaces its requests evenly passes, whatever
+    /// their phase against the clock.
+    #[default]
+    Continuous,
+    /// Strict fixed windows: at most `limit / 60` (rounded down) in each whole second since the
+    /// simulator was built, nothing carried over — below 60 a minute, one in each window of
+    /// `60 / limit` seconds. Three requests 490 ms apart at 120 RPM pass a continuous bucket, but
+    /// the third falls in the same second as the first two here and gets a 429.
+    FixedWindow,
 }
 
 /// Why a model's quota is gone for good.
@@ -75,12 +93,14 @@ impl ModelConfig {
             moderation_marker: None,
             exhausted: None,
             retry_after: None,
+            enforcement: Enforcement::Continuous,
         }
     }
 
-    /// Requests per minute, enforced per second as DashScope does: a bucket refilled at
-    /// `rpm / 60` requests per second holding at most one second's worth (at least one request).
-    /// Over it: 429 `Throttling.RateQuota` / `limit_requests`.
+    /// Requests per minute, enforced per second as DashScope does — by default a bucket refilled
+    /// at `rpm / 60` requests per second holding at most one second's worth (at least one
+    /// request); see [`enforcement`](Self::enforcement) for strict fixed windows. Over it: 429
+    /// `Throttling.RateQuota` / `limit_requests`.
     pub fn rpm(mut self, rpm: u32) -> Self {
         self.rpm = Some(rpm);
         self
@@ -170,6 +190,16 @@ impl ModelConfig {
     /// Every request fails as the account's quota or balance is gone.
     pub fn exhausted(mut self, why: Exhausted) -> Self {
         self.exhausted = Some(why);
+        self
+    }
+
+    /// How [`rpm`](Self::rpm) and [`tpm`](Self::tpm) are enforced per second.
+    ///
+    /// # Default
+    ///
+    /// [`Enforcement::Continuous`].
+    pub fn enforcement(mut self, enforcement: Enforcement) -> Self {
+        self.enforcement = enforcement;
         self
     }
 
