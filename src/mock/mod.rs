@@ -20,7 +20,8 @@
 //! characters (not bytes) of message text, as [`ChatRequest::input_chars`] counts them (every
 //! string under `messages`, `system`, native `input`), rounded up, and at least one — a single
 //! message `"12345678"` is 2 tokens. The output is the request's `max_tokens` (16 when it sets
-//! none), one word of a fixed sentence per token. Every answer's `usage` reports exactly these
+//! none) — or, with [`OutputLength::Uniform`], a seeded draw at or below it — one word of a
+//! fixed sentence per token. Every answer's `usage` reports exactly these
 //! counts, and the tokens-per-minute quota charges their sum when the request is admitted.
 //!
 //! [`ChatRequest::input_chars`]: crate::request::ChatRequest::input_chars
@@ -91,7 +92,7 @@ use std::sync::Arc;
 
 pub use self::body::MockBody;
 pub use self::builder::MockBuilder;
-pub use self::model::{Enforcement, Exhausted, MAX_OUTPUT_TOKENS, ModelConfig};
+pub use self::model::{Enforcement, Exhausted, MAX_OUTPUT_TOKENS, ModelConfig, OutputLength};
 pub use self::server::{DEFAULT_HEADER_READ_TIMEOUT, MockServer};
 pub use self::service::MockFuture;
 use self::service::Shared;

@@ -38,6 +38,40 @@ pub struct ModelConfig {
     pub(crate) exhausted: Option<Exhausted>,
     pub(crate) retry_after: Option<Duration>,
     pub(crate) enforcement: Enforcement,
+    pub(crate) output_length: OutputLength,
+}
+
+/// How long the simulated answers are, within each request's limit (its `max_tokens`, or 16
+/// when it sets none).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[non_exhaustive]
+pub enum OutputLength {
+    /// Every answer uses its whole limit: quota arithmetic in tests stays exact.
+    #[default]
+    Limit,
+    /// Each answer's length is drawn from the simulator's seeded generator
+    /// ([`MockBuilder::seed`](super::MockBuilder::seed)), uniformly between `min_fraction` of
+    /// the limit (rounded up, at least one token) and the limit — as real answers stop before
+    /// their limit. `min_fraction` is clamped to `0.0..=1.0`. Usage and the tokens-per-minute
+    /// quota count what was produced, not the limit.
+    Uniform {
+        /// The shortest answer, as a share of the limit.
+        min_fraction: f64,
+    },
+}
+
+impl OutputLength {
+    /// The length of one answer whose limit is `limit`, drawing from `rng` if needed.
+    pub(crate) fn draw(self, limit: u32, rng: &mut impl rand::Rng) -> u32 {
+        match self {
+            OutputLength::Uniform { min_fraction } if limit > 1 => {
+                let fraction = clamp_rate(min_fraction);
+                let min = ((f64::from(limit) * fraction).ceil() as u32).clamp(1, limit);
+                rng.random_range(min..=limit)
+            }
+            _ => limit,
+        }
+    }
 }
 
 /// How the per-minute quotas ([`ModelConfig::rpm`], [`ModelConfig::tpm`]) are enforced per
@@ -94,6 +128,7 @@ impl ModelConfig {
             exhausted: None,
             retry_after: None,
             enforcement: Enforcement::Continuous,
+            output_length: OutputLength::Limit,
         }
     }
 
@@ -190,6 +225,16 @@ impl ModelConfig {
     /// Every request fails as the account's quota or balance is gone.
     pub fn exhausted(mut self, why: Exhausted) -> Self {
         self.exhausted = Some(why);
+        self
+    }
+
+    /// How long answers are within each request's limit.
+    ///
+    /// # Default
+    ///
+    /// [`OutputLength::Limit`]: the whole limit.
+    pub fn output_length(mut self, length: OutputLength) -> Self {
+        self.output_length = length;
         self
     }
 

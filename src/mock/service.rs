@@ -265,7 +265,8 @@ impl MockDashScope {
             let next_second = self.shared.start + Duration::from_secs(second + 1);
             return Decision::Burst { next_second };
         }
-        let output_tokens = respond::output_limit(chat, config.max_output_tokens);
+        let limit = respond::output_limit(chat, config.max_output_tokens);
+        let output_tokens = config.output_length.draw(limit, &mut state.rng);
         let tokens = f64::from(input_tokens) + f64::from(output_tokens);
         match model_state.quotas.check(now, tokens) {
             Ok(()) => {}
