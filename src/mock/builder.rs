@@ -8,6 +8,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::MockDashScope;
+use super::failure::Shapes;
+use super::fault::AnthropicErrorShape;
 use super::keys::{ApiKey, Keys};
 use super::model::ModelConfig;
 use super::server::DEFAULT_HEADER_READ_TIMEOUT;
@@ -20,6 +22,7 @@ pub struct MockBuilder {
     keys: Keys,
     seed: u64,
     header_read_timeout: Duration,
+    shapes: Shapes,
 }
 
 impl Default for MockBuilder {
@@ -29,6 +32,7 @@ impl Default for MockBuilder {
             keys: Keys::default(),
             seed: 0,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            shapes: Shapes::default(),
         }
     }
 }
@@ -41,6 +45,7 @@ impl fmt::Debug for MockBuilder {
             .field("keys", &self.keys.len())
             .field("seed", &self.seed)
             .field("header_read_timeout", &self.header_read_timeout)
+            .field("shapes", &self.shapes)
             .finish()
     }
 }
@@ -104,6 +109,29 @@ impl MockBuilder {
         self
     }
 
+    /// The shape of the Anthropic-compatible endpoint's error bodies; DashScope has been seen
+    /// to send all three.
+    ///
+    /// # Default
+    ///
+    /// [`AnthropicErrorShape::Anthropic`].
+    pub fn anthropic_error_shape(mut self, shape: AnthropicErrorShape) -> Self {
+        self.shapes.anthropic = shape;
+        self
+    }
+
+    /// Whether a 429 to an OpenAI-compatible *streaming* request is sent as an HTTP 200 event
+    /// stream holding one `event:error` frame (`:HTTP_STATUS/429`, then the compatible error
+    /// body), as it has been captured, rather than as an HTTP 429.
+    ///
+    /// # Default
+    ///
+    /// `false`: an HTTP 429.
+    pub fn compat_stream_throttle_as_event(mut self, yes: bool) -> Self {
+        self.shapes.compat_stream_throttle_as_event = yes;
+        self
+    }
+
     /// HTTP mode ([`MockDashScope::serve`]): how long a client may take to send a request's
     /// headers before its connection is closed. Zero is read as one millisecond.
     ///
@@ -124,6 +152,7 @@ impl MockBuilder {
                 self.keys,
                 self.seed,
                 self.header_read_timeout,
+                self.shapes,
             )),
         }
     }

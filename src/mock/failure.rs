@@ -8,8 +8,9 @@ use http::{Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::body::MockBody;
+use super::fault::AnthropicErrorShape;
 use crate::api::Api;
-use crate::headers::X_REQUEST_ID;
+use crate::headers::{REQUEST_ID, X_REQUEST_ID};
 
 /// One error answer, in the shape of the API it answers.
 #[derive(Debug, Clone)]
@@ -153,7 +154,6 @@ impl Failure {
     }
 
     /// 400 `DataInspectionFailed` for the output (sent inside a stream that had started).
-    #[allow(dead_code)] // Used by the mid-stream faults.
     pub(crate) fn output_inspection_failed() -> Self {
         Failure::new(
             StatusCode::BAD_REQUEST,
@@ -254,25 +254,29 @@ impl Failure {
         })
     }
 
-    pub(crate) fn json(&self, api: Api, request_id: &str) -> Value {
-        match api {
-            Api::Native => self.native_json(request_id),
-            Api::Anthropic => self.anthropic_json(request_id),
+    pub(crate) fn json(&self, api: Api, request_id: &str, shapes: Shapes) -> Value {
+        match (api, shapes.anthropic) {
+            (Api::Native, _) | (Api::Anthropic, AnthropicErrorShape::Native) => {
+                self.native_json(request_id)
+            }
+            (Api::Anthropic, AnthropicErrorShape::Anthropic) => self.anthropic_json(request_id),
             _ => self.compat_json(request_id),
         }
     }
 
     /// The answer: a JSON error body, or for a native streaming request an HTTP 200 event
-    /// stream with `event:error` and `:HTTP_STATUS/NNN`, as DashScope sends it.
+    /// stream with `event:error` and `:HTTP_STATUS/NNN`, as DashScope sends it (and, if
+    /// `shapes` asks for it, for a compatible streaming 429 too).
     pub(crate) fn respond(
         &self,
         api: Api,
         stream: bool,
         request_id: &str,
         retry_after: Option<Duration>,
+        shapes: Shapes,
     ) -> Response<MockBody> {
-        let body = self.json(api, request_id);
-        let mut builder = Response::builder().header(X_REQUEST_ID, request_id);
+        let body = self.json(api, request_id, shapes);
+        let mut builder = response_builder(api, request_id);
         if let Some(delay) = retry_after.filter(|_| self.status == StatusCode::TOO_MANY_REQUESTS) {
             builder = builder.header(
                 http::header::RETRY_AFTER,
@@ -288,6 +292,22 @@ impl Failure {
                 )
                 .header("x-dashscope-finished", "true")
                 .body(MockBody::full(native_error_frame(1, self.status, &body)))
+        } else if api == Api::OpenAiCompatible
+            && stream
+            && shapes.compat_stream_throttle_as_event
+            && self.status == StatusCode::TOO_MANY_REQUESTS
+        {
+            let frame = format!(
+                "event:error\n:HTTP_STATUS/{}\ndata:{body}\n\n",
+                self.status.as_u16()
+            );
+            builder
+                .status(StatusCode::OK)
+                .header(
+                    http::header::CONTENT_TYPE,
+                    "text/event-stream;charset=UTF-8",
+                )
+                .body(MockBody::full(frame))
         } else {
             builder
                 .status(self.status)
@@ -295,6 +315,25 @@ impl Failure {
                 .body(MockBody::full(body.to_string()))
         };
         response.unwrap_or_else(|_| Response::new(MockBody::full(Bytes::new())))
+    }
+}
+
+/// How error bodies are shaped where DashScope has been seen to vary
+/// ([`MockBuilder`](super::MockBuilder) options).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Shapes {
+    pub(crate) anthropic: AnthropicErrorShape,
+    pub(crate) compat_stream_throttle_as_event: bool,
+}
+
+/// A response builder with the request id headers of `api`: `x-request-id`, and on the
+/// Anthropic-compatible endpoint also `request-id` (what Anthropic's SDKs read).
+pub(crate) fn response_builder(api: Api, request_id: &str) -> http::response::Builder {
+    let builder = Response::builder().header(X_REQUEST_ID, request_id);
+    if api == Api::Anthropic {
+        builder.header(REQUEST_ID, request_id)
+    } else {
+        builder
     }
 }
 

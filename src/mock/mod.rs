@@ -79,6 +79,7 @@ mod body;
 mod builder;
 mod burst;
 mod failure;
+mod fault;
 mod keys;
 mod model;
 mod quota;
@@ -92,6 +93,7 @@ use std::sync::Arc;
 
 pub use self::body::MockBody;
 pub use self::builder::MockBuilder;
+pub use self::fault::{AnthropicErrorShape, Fault, MidStreamError};
 pub use self::model::{Enforcement, Exhausted, MAX_OUTPUT_TOKENS, ModelConfig, OutputLength};
 pub use self::server::{DEFAULT_HEADER_READ_TIMEOUT, MockServer};
 pub use self::service::MockFuture;

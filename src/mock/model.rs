@@ -3,6 +3,8 @@
 use std::ops::Range;
 use std::time::Duration;
 
+use super::fault::Fault;
+
 /// The largest [`ModelConfig::max_output_tokens`]: about 7 MB of simulated text per answer.
 pub const MAX_OUTPUT_TOKENS: u32 = 1 << 20;
 
@@ -39,6 +41,7 @@ pub struct ModelConfig {
     pub(crate) retry_after: Option<Duration>,
     pub(crate) enforcement: Enforcement,
     pub(crate) output_length: OutputLength,
+    pub(crate) faults: Vec<(Fault, f64)>,
 }
 
 /// How long the simulated answers are, within each request's limit (its `max_tokens`, or 16
@@ -129,6 +132,7 @@ impl ModelConfig {
             retry_after: None,
             enforcement: Enforcement::Continuous,
             output_length: OutputLength::Limit,
+            faults: Vec::new(),
         }
     }
 
@@ -225,6 +229,19 @@ impl ModelConfig {
     /// Every request fails as the account's quota or balance is gone.
     pub fn exhausted(mut self, why: Exhausted) -> Self {
         self.exhausted = Some(why);
+        self
+    }
+
+    /// Every request shows `fault` (see [`Fault`]). May be called several times; the first
+    /// fault that applies wins.
+    pub fn fault(self, fault: Fault) -> Self {
+        self.fault_rate(fault, 1.0)
+    }
+
+    /// A share of the requests (drawn from the seeded generator; clamped to `0.0..=1.0`) shows
+    /// `fault`.
+    pub fn fault_rate(mut self, fault: Fault, rate: f64) -> Self {
+        self.faults.push((fault, clamp_rate(rate)));
         self
     }
 

@@ -7,9 +7,10 @@ use http::Response;
 use serde_json::{Value, json};
 
 use super::body::MockBody;
+use super::failure::{Failure, native_error_frame, response_builder};
+use super::fault::MidStreamError;
 
 use crate::api::Api;
-use crate::headers::X_REQUEST_ID;
 use crate::request::ChatRequest;
 
 /// The simulator's routing table: the exact chat paths it serves, and the API each speaks.
@@ -77,8 +78,34 @@ pub(crate) struct Pace {
     pub(crate) ttft: Duration,
     /// Time between tokens.
     pub(crate) per_token: Duration,
-    /// Streams stop after this many tokens, with no final event.
-    pub(crate) cut_after: Option<u32>,
+    /// How a stream ends.
+    pub(crate) ending: Ending,
+}
+
+/// How a streamed answer ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// With its final event(s).
+    Complete,
+    /// After this many tokens, with no final event.
+    Cut(u32),
+    /// After this many tokens, with an error event.
+    Error(u32, MidStreamError),
+    /// After this many tokens, silent and open for ever.
+    Stall(u32),
+    /// Without a byte, for ever (answers that do not stream too).
+    Silent,
+}
+
+impl Ending {
+    /// Tokens sent before the end, of `output`.
+    fn tokens(self, output: u32) -> u32 {
+        match self {
+            Ending::Complete => output,
+            Ending::Cut(n) | Ending::Error(n, _) | Ending::Stall(n) => n.min(output),
+            Ending::Silent => 0,
+        }
+    }
 }
 
 impl Pace {
@@ -101,10 +128,26 @@ pub(crate) fn success(
     let output = pace.output_tokens;
     // Usage sums in u64: two u32 counts can overflow a u32.
     let total = u64::from(input) + u64::from(output);
-    let builder = Response::builder().header(X_REQUEST_ID, request_id);
+    let builder = response_builder(api, request_id);
+    if pace.ending == Ending::Silent {
+        let content_type = if chat.stream() {
+            "text/event-stream;charset=UTF-8"
+        } else {
+            "application/json"
+        };
+        return builder
+            .header(http::header::CONTENT_TYPE, content_type)
+            .body(MockBody::silent())
+            .unwrap_or_else(|_| Response::new(MockBody::full(Bytes::new())));
+    }
     if !chat.stream() {
         let text = text_of(output);
         let body = match api {
+            Api::Native if chat.result_format_text() => json!({
+                "output": {"text": text, "finish_reason": "stop"},
+                "usage": {"input_tokens": input, "output_tokens": output, "total_tokens": total},
+                "request_id": request_id,
+            }),
             Api::Native => json!({
                 "output": {"choices": [{"finish_reason": "stop", "message": {"role": "assistant", "content": text}}]},
                 "usage": {"input_tokens": input, "output_tokens": output, "total_tokens": total},
@@ -142,7 +185,9 @@ pub(crate) fn success(
         request_id: request_id.to_owned(),
         input,
         output,
-        sent: pace.cut_after.map_or(output, |c| c.min(output)),
+        sent: pace.ending.tokens(output),
+        ending: pace.ending,
+        result_format_text: chat.result_format_text(),
         include_usage: chat.include_usage(),
         incremental: chat.incremental_output(),
         ttft: pace.ttft,
@@ -150,6 +195,7 @@ pub(crate) fn success(
         next: 0,
         text: String::new(),
         ended: false,
+        stalled: false,
     };
     builder
         .header("content-type", "text/event-stream;charset=UTF-8")
@@ -168,6 +214,9 @@ pub(crate) struct Script {
     output: u32,
     /// Tokens sent before the stream ends: `output`, or fewer when the stream is cut.
     sent: u32,
+    ending: Ending,
+    /// Native `parameters.result_format: "text"`: `output.text` instead of `output.choices`.
+    result_format_text: bool,
     include_usage: bool,
     /// Native `parameters.incremental_output`: each event carries only its new text.
     incremental: bool,
@@ -178,6 +227,8 @@ pub(crate) struct Script {
     /// The answer so far (native events without `incremental_output` repeat it).
     text: String,
     ended: bool,
+    /// Sent all it will, and stays open, silent.
+    stalled: bool,
 }
 
 /// One server-sent event with an `event:` line, as the Anthropic endpoint frames them.
@@ -193,7 +244,16 @@ impl Script {
         }
         if self.next >= self.sent {
             self.ended = true;
-            return self.tail().map(|tail| (Duration::ZERO, Bytes::from(tail)));
+            let end = match self.ending {
+                Ending::Complete => self.tail(),
+                Ending::Cut(_) => None,
+                Ending::Error(_, error) => Some(self.error_frame(error)),
+                Ending::Stall(_) | Ending::Silent => {
+                    self.stalled = true;
+                    None
+                }
+            };
+            return end.map(|end| (Duration::ZERO, Bytes::from(end)));
         }
         let i = self.next;
         self.next += 1;
@@ -207,11 +267,17 @@ impl Script {
                     self.text.clear();
                 }
                 self.text.push_str(word);
+                let finish_reason = if last { "stop" } else { "null" };
+                let output = if self.result_format_text {
+                    json!({"text": self.text, "finish_reason": finish_reason})
+                } else {
+                    json!({"choices": [{"message": {"content": self.text, "role": "assistant"}, "finish_reason": finish_reason}]})
+                };
                 format!(
                     "id:{}\nevent:result\n:HTTP_STATUS/200\ndata:{}\n\n",
                     i + 1,
                     json!({
-                        "output": {"choices": [{"message": {"content": self.text, "role": "assistant"}, "finish_reason": if last { "stop" } else { "null" }}]},
+                        "output": output,
                         "usage": {"total_tokens": u64::from(self.input) + u64::from(i) + 1, "output_tokens": i + 1, "input_tokens": self.input},
                         "request_id": id,
                     })
@@ -241,6 +307,38 @@ impl Script {
             }
         };
         Some((delay, Bytes::from(frame)))
+    }
+
+    /// Whether the stream has sent all it will and stays open, silent.
+    pub(crate) fn stalled(&self) -> bool {
+        self.stalled
+    }
+
+    /// An error after tokens started, in the shape of the API.
+    fn error_frame(&self, error: MidStreamError) -> String {
+        let failure = match error {
+            MidStreamError::DataInspection => Failure::output_inspection_failed(),
+            MidStreamError::RateQuota => Failure::rate_quota(),
+            _ => Failure::internal_error(),
+        };
+        let id = &self.request_id;
+        match self.api {
+            Api::Native => {
+                native_error_frame(self.sent + 1, failure.status, &failure.native_json(id))
+            }
+            Api::Anthropic => event("error", &failure.anthropic_json(id)),
+            _ => {
+                let chunk = json!({
+                    "error": {
+                        "message": failure.message,
+                        "type": failure.compat_type,
+                        "code": failure.compat_code,
+                    },
+                    "id": format!("chatcmpl-{id}"),
+                });
+                format!("data: {chunk}\n\n")
+            }
+        }
     }
 
     fn anthropic_start(&self) -> String {

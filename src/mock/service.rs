@@ -21,11 +21,12 @@ use tower::Service;
 
 use super::body::{InFlight, MockBody};
 use super::burst::BurstRule;
-use super::failure::Failure;
+use super::failure::{Failure, Shapes, native_error_frame, response_builder};
+use super::fault::Fault;
 use super::keys::{Keys, request_host};
 use super::model::{Exhausted, ModelConfig};
 use super::quota::{Over, Quotas};
-use super::respond::{self, Pace};
+use super::respond::{self, Ending, Pace};
 use super::stats::{MockStats, ModelStats};
 use super::{MAX_REQUEST_BODY, MAX_WAIT_TIMEOUT_SECS, MockDashScope};
 use crate::api::Api;
@@ -38,6 +39,7 @@ pub(crate) struct Shared {
     start: Instant,
     /// For HTTP mode.
     pub(super) header_read_timeout: Duration,
+    shapes: Shapes,
     keys: Keys,
     state: Mutex<State>,
     next_id: AtomicU64,
@@ -63,6 +65,7 @@ impl Shared {
         keys: Keys,
         seed: u64,
         header_read_timeout: Duration,
+        shapes: Shapes,
     ) -> Self {
         let models = models
             .into_iter()
@@ -77,6 +80,7 @@ impl Shared {
         Shared {
             start,
             header_read_timeout,
+            shapes,
             keys,
             state: Mutex::new(State {
                 models,
@@ -105,8 +109,12 @@ impl Shared {
 enum Decision {
     Answer(Pace),
     Fail(Failure, Option<Duration>),
+    /// A fault that answers with an error of its own shape.
+    Fault(Fault),
     Reset,
-    Burst { next_second: Instant },
+    Burst {
+        next_second: Instant,
+    },
 }
 
 impl MockDashScope {
@@ -124,27 +132,28 @@ impl MockDashScope {
         body: Result<Bytes, StatusCode>,
     ) -> Result<Response<MockBody>, std::io::Error> {
         let request_id = self.request_id();
+        let shapes = self.shared.shapes;
         self.shared.lock().stats.requests += 1;
         let Some(api) = api else {
             // A wrong base path: DashScope's gateway answers a bare 404.
-            return Ok(bare(StatusCode::NOT_FOUND, &request_id));
+            return Ok(bare(None, StatusCode::NOT_FOUND, &request_id));
         };
         let body = match body {
             Ok(body) => body,
-            Err(status) => return Ok(bare(status, &request_id)),
+            Err(status) => return Ok(bare(Some(api), status, &request_id)),
         };
         let sse_header = crate::classify::asks_for_stream(&headers);
         if !self.shared.keys.accept(api, &headers, host.as_deref()) {
             let failure = Failure::invalid_api_key();
-            return Ok(failure.respond(api, sse_header, &request_id, None));
+            return Ok(failure.respond(api, sse_header, &request_id, None, shapes));
         }
         let Some(chat) = ChatRequest::parse(api, &headers, &body) else {
             let failure = Failure::invalid_parameter("The request body is not valid JSON.");
-            return Ok(failure.respond(api, sse_header, &request_id, None));
+            return Ok(failure.respond(api, sse_header, &request_id, None, shapes));
         };
         let Some(model) = chat.model().map(str::to_owned) else {
             let failure = Failure::invalid_parameter("Model not specified.");
-            return Ok(failure.respond(api, chat.stream(), &request_id, None));
+            return Ok(failure.respond(api, chat.stream(), &request_id, None, shapes));
         };
         let wait = headers
             .get(X_DASHSCOPE_WAIT_TIMEOUT)
@@ -171,7 +180,31 @@ impl MockDashScope {
                     return Ok(response.map(|b| b.with_in_flight(in_flight)));
                 }
                 Decision::Fail(failure, retry_after) => {
-                    return Ok(failure.respond(api, chat.stream(), &request_id, retry_after));
+                    return Ok(failure.respond(
+                        api,
+                        chat.stream(),
+                        &request_id,
+                        retry_after,
+                        shapes,
+                    ));
+                }
+                Decision::Fault(Fault::SseFramedErrorBody) => {
+                    let failure = Failure::invalid_parameter(
+                        "<400> InternalError.Algo.InvalidParameter: An unknown error occurred due to an unsupported input format.",
+                    );
+                    if api != Api::Native {
+                        return Ok(failure.respond(api, chat.stream(), &request_id, None, shapes));
+                    }
+                    let frame =
+                        native_error_frame(1, failure.status, &failure.native_json(&request_id));
+                    return Ok(response_builder(api, &request_id)
+                        .status(failure.status)
+                        .header(http::header::CONTENT_TYPE, "application/json")
+                        .body(MockBody::full(frame))
+                        .unwrap_or_else(|_| Response::new(MockBody::full(Bytes::new()))));
+                }
+                Decision::Fault(_) => {
+                    return Ok(bare(Some(api), StatusCode::TOO_MANY_REQUESTS, &request_id));
                 }
                 Decision::Reset => {
                     return Err(std::io::Error::new(
@@ -198,7 +231,13 @@ impl MockDashScope {
                     }
                     drop(state);
                     let failure = Failure::burst_rate();
-                    return Ok(failure.respond(api, chat.stream(), &request_id, retry_after));
+                    return Ok(failure.respond(
+                        api,
+                        chat.stream(),
+                        &request_id,
+                        retry_after,
+                        shapes,
+                    ));
                 }
             }
         }
@@ -233,6 +272,15 @@ impl MockDashScope {
         }
         if config.outages.iter().any(|w| w.contains(&since_start)) {
             return fail(stats, Failure::model_unavailable());
+        }
+        let mut fires = |rate: f64| rate >= 1.0 || (rate > 0.0 && state.rng.random_bool(rate));
+        if let Some(&(fault, _)) = config
+            .faults
+            .iter()
+            .find(|&&(fault, rate)| fault.is_error_answer() && fires(rate))
+        {
+            stats.record(second, |c| c.failed += 1);
+            return Decision::Fault(fault);
         }
         if config.reset_rate > 0.0 && state.rng.random_bool(config.reset_rate) {
             stats.record(second, |c| c.failed += 1);
@@ -282,6 +330,25 @@ impl MockDashScope {
         if config.error_rate > 0.0 && state.rng.random_bool(config.error_rate) {
             return fail(stats, Failure::internal_error());
         }
+        let mut fires = |rate: f64| rate >= 1.0 || (rate > 0.0 && state.rng.random_bool(rate));
+        let ending = config
+            .faults
+            .iter()
+            .filter(|(fault, _)| !fault.is_error_answer())
+            .find_map(|&(fault, rate)| {
+                let ending = match fault {
+                    Fault::NoFirstByte => Ending::Silent,
+                    Fault::ErrorMidStream {
+                        after_tokens,
+                        error,
+                    } if chat.stream() => Ending::Error(after_tokens, error),
+                    Fault::Stall { after_tokens } if chat.stream() => Ending::Stall(after_tokens),
+                    _ => return None,
+                };
+                fires(rate).then_some(ending)
+            })
+            .or(config.cut_streams_after.map(Ending::Cut))
+            .unwrap_or(Ending::Complete);
         // Admitted: pay for it.
         model_state.quotas.charge(tokens);
         model_state.burst.admit();
@@ -300,17 +367,20 @@ impl MockDashScope {
             } else {
                 Duration::ZERO
             },
-            cut_after: config.cut_streams_after,
+            ending,
         })
     }
 }
 
-fn bare(status: StatusCode, request_id: &str) -> Response<MockBody> {
-    Response::builder()
-        .status(status)
-        .header(X_REQUEST_ID, request_id)
-        .body(MockBody::full(Bytes::new()))
-        .unwrap_or_else(|_| Response::new(MockBody::full(Bytes::new())))
+/// An answer with an empty body. `api`: `None` for a path of no API.
+fn bare(api: Option<Api>, status: StatusCode, request_id: &str) -> Response<MockBody> {
+    api.map_or_else(
+        || Response::builder().header(X_REQUEST_ID, request_id),
+        |api| response_builder(api, request_id),
+    )
+    .status(status)
+    .body(MockBody::full(Bytes::new()))
+    .unwrap_or_else(|_| Response::new(MockBody::full(Bytes::new())))
 }
 
 type Answer = Pin<Box<dyn Future<Output = Result<Response<MockBody>, std::io::Error>> + Send>>;
