@@ -13,6 +13,7 @@ use tokio::time::Sleep;
 
 use super::Shared;
 use super::respond::Script;
+use crate::api::Plan;
 
 /// Response body of [`MockDashScope`](super::MockDashScope).
 ///
@@ -36,11 +37,11 @@ enum Kind {
 }
 
 /// Counts a request as in flight until its body is finished or dropped.
-pub(crate) struct InFlight(pub(crate) Arc<Shared>);
+pub(crate) struct InFlight(pub(crate) Arc<Shared>, pub(crate) Plan);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.finish_in_flight();
+        self.0.finish_in_flight(self.1);
     }
 }
 

@@ -12,8 +12,13 @@ use super::failure::Shapes;
 use super::fault::AnthropicErrorShape;
 use super::keys::{ApiKey, Keys};
 use super::model::ModelConfig;
+use super::plan::{CodingPlan, TokenPlan};
 use super::server::DEFAULT_HEADER_READ_TIMEOUT;
-use super::service::Shared;
+use super::service::{Plans, Shared};
+use crate::api::{Plan, Region};
+
+/// 2026-01-01 00:00:00 UTC.
+const DEFAULT_EPOCH: u64 = 1_767_225_600;
 
 /// Builds a [`MockDashScope`].
 #[must_use]
@@ -23,6 +28,7 @@ pub struct MockBuilder {
     seed: u64,
     header_read_timeout: Duration,
     shapes: Shapes,
+    plans: Plans,
 }
 
 impl Default for MockBuilder {
@@ -33,6 +39,10 @@ impl Default for MockBuilder {
             seed: 0,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             shapes: Shapes::default(),
+            plans: Plans {
+                epoch: DEFAULT_EPOCH,
+                ..Plans::default()
+            },
         }
     }
 }
@@ -46,6 +56,7 @@ impl fmt::Debug for MockBuilder {
             .field("seed", &self.seed)
             .field("header_read_timeout", &self.header_read_timeout)
             .field("shapes", &self.shapes)
+            .field("plans", &self.plans)
             .finish()
     }
 }
@@ -109,6 +120,46 @@ impl MockBuilder {
         self
     }
 
+    /// Accepts `key` only on the host of `plan` in `region` ([`Region::host`]): a Coding Plan
+    /// key (`sk-sp-…`) on `coding-intl.dashscope.aliyuncs.com`, say. Where the table has no
+    /// such host (Coding Plan in Virginia), the key is accepted nowhere.
+    ///
+    /// On a Coding Plan host of a simulator that serves the plan
+    /// ([`coding_plan`](Self::coding_plan)), a refused key gets the plan's own 401, flat
+    /// (`{"code":"invalid_api_key","message":"invalid access token or token expired"}`), nested
+    /// under `error` on `/apps/anthropic`.
+    pub fn api_key_for_plan(self, region: &Region, plan: Plan, key: impl Into<String>) -> Self {
+        // No such host: a host no request can name.
+        let host = region.host(plan).unwrap_or("no-such-host.invalid");
+        self.api_key_for_host(key, host)
+    }
+
+    /// Serves the Coding Plan hosts with these plan-wide limits (requests there are also
+    /// subject to each model's own configuration) and the plan's own answers: requests without
+    /// a `User-Agent` get 405, refused keys the plan's 401. The plan has no native API (404),
+    /// configured or not.
+    pub fn coding_plan(mut self, plan: CodingPlan) -> Self {
+        self.plans.coding = Some(plan);
+        self
+    }
+
+    /// Serves the Token Plan hosts with these plan-wide limits.
+    pub fn token_plan(mut self, plan: TokenPlan) -> Self {
+        self.plans.token = Some(plan);
+        self
+    }
+
+    /// The calendar time, in Unix seconds, that the simulator's start stands for: reset times
+    /// in messages (Token Plan's) are told on this calendar.
+    ///
+    /// # Default
+    ///
+    /// 2026-01-01 00:00:00 UTC (`1_767_225_600`).
+    pub fn epoch(mut self, unix_seconds: u64) -> Self {
+        self.plans.epoch = unix_seconds;
+        self
+    }
+
     /// The shape of the Anthropic-compatible endpoint's error bodies; DashScope has been seen
     /// to send all three.
     ///
@@ -153,6 +204,7 @@ impl MockBuilder {
                 self.seed,
                 self.header_read_timeout,
                 self.shapes,
+                self.plans,
             )),
         }
     }

@@ -25,11 +25,12 @@ use super::failure::{Failure, Shapes, native_error_frame, response_builder};
 use super::fault::Fault;
 use super::keys::{Keys, request_host};
 use super::model::{Exhausted, ModelConfig};
+use super::plan::{CodingPlan, PlanRefusal, PlanState, TokenPlan, month_day_time};
 use super::quota::{Over, Quotas};
 use super::respond::{self, Ending, Pace};
 use super::stats::{MockStats, ModelStats};
 use super::{MAX_REQUEST_BODY, MAX_WAIT_TIMEOUT_SECS, MockDashScope};
-use crate::api::Api;
+use crate::api::{Api, Plan, Region};
 use crate::error::BoxError;
 use crate::headers::{X_DASHSCOPE_WAIT_TIMEOUT, X_REQUEST_ID};
 use crate::request::ChatRequest;
@@ -40,13 +41,25 @@ pub(crate) struct Shared {
     /// For HTTP mode.
     pub(super) header_read_timeout: Duration,
     shapes: Shapes,
+    plans: Plans,
     keys: Keys,
     state: Mutex<State>,
     next_id: AtomicU64,
 }
 
+/// The plans a simulator serves on the plan hosts, and its calendar.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Plans {
+    pub(crate) coding: Option<CodingPlan>,
+    pub(crate) token: Option<TokenPlan>,
+    /// The Unix second the simulator is built at (for reset times in messages).
+    pub(crate) epoch: u64,
+}
+
 pub(super) struct State {
     pub(super) models: BTreeMap<String, (ModelConfig, ModelState)>,
+    coding: PlanState,
+    token: PlanState,
     rng: SmallRng,
     pub(super) stats: MockStats,
 }
@@ -66,6 +79,7 @@ impl Shared {
         seed: u64,
         header_read_timeout: Duration,
         shapes: Shapes,
+        plans: Plans,
     ) -> Self {
         let models = models
             .into_iter()
@@ -81,9 +95,12 @@ impl Shared {
             start,
             header_read_timeout,
             shapes,
+            plans,
             keys,
             state: Mutex::new(State {
                 models,
+                coding: PlanState::default(),
+                token: PlanState::default(),
                 rng: SmallRng::seed_from_u64(seed),
                 stats: MockStats::default(),
             }),
@@ -95,9 +112,14 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn finish_in_flight(&self) {
+    pub(crate) fn finish_in_flight(&self, plan: Plan) {
         let mut state = self.lock();
         state.stats.in_flight = state.stats.in_flight.saturating_sub(1);
+        match plan {
+            Plan::CodingPlan => state.coding.in_flight = state.coding.in_flight.saturating_sub(1),
+            Plan::TokenPlan => state.token.in_flight = state.token.in_flight.saturating_sub(1),
+            _ => {}
+        }
     }
 
     /// The whole second since the simulator was built that `now` falls in.
@@ -111,6 +133,8 @@ enum Decision {
     Fail(Failure, Option<Duration>),
     /// A fault that answers with an error of its own shape.
     Fault(Fault),
+    /// A JSON body of its own (plans).
+    Raw(StatusCode, String),
     Reset,
     Burst {
         next_second: Instant,
@@ -134,8 +158,15 @@ impl MockDashScope {
         let request_id = self.request_id();
         let shapes = self.shared.shapes;
         self.shared.lock().stats.requests += 1;
-        let Some(api) = api else {
-            // A wrong base path: DashScope's gateway answers a bare 404.
+        let plan = host
+            .as_deref()
+            .and_then(Region::from_host)
+            .map_or(Plan::PayAsYouGo, |(_, plan)| plan);
+        // The Coding Plan's own answers (405, its 401) when the simulator serves the plan.
+        let coding_plan = plan == Plan::CodingPlan && self.shared.plans.coding.is_some();
+        let Some(api) = api.filter(|api| api.base_path(plan).is_some()) else {
+            // A wrong base path (or the native API on a plan's host, which has none):
+            // DashScope's gateway answers a bare 404.
             return Ok(bare(None, StatusCode::NOT_FOUND, &request_id));
         };
         let body = match body {
@@ -144,8 +175,32 @@ impl MockDashScope {
         };
         let sse_header = crate::classify::asks_for_stream(&headers);
         if !self.shared.keys.accept(api, &headers, host.as_deref()) {
+            if coding_plan {
+                // Coding Plan's own 401: flat, or nested under `error` on `/apps/anthropic`.
+                let flat = serde_json::json!({"code": "invalid_api_key", "message": "invalid access token or token expired"});
+                let body = if api == Api::Anthropic {
+                    serde_json::json!({ "error": flat })
+                } else {
+                    flat
+                };
+                return Ok(json_answer(
+                    api,
+                    StatusCode::UNAUTHORIZED,
+                    &request_id,
+                    body.to_string(),
+                ));
+            }
             let failure = Failure::invalid_api_key();
             return Ok(failure.respond(api, sse_header, &request_id, None, shapes));
+        }
+        if coding_plan && !headers.contains_key(http::header::USER_AGENT) {
+            let body = r#"{"error":"Coding Plan is currently only available for Coding Agents"}"#;
+            return Ok(json_answer(
+                api,
+                StatusCode::METHOD_NOT_ALLOWED,
+                &request_id,
+                body.to_owned(),
+            ));
         }
         let Some(chat) = ChatRequest::parse(api, &headers, &body) else {
             let failure = Failure::invalid_parameter("The request body is not valid JSON.");
@@ -167,10 +222,10 @@ impl MockDashScope {
         // A request queued for the burst limit is decided again, but counted once.
         let mut queued = false;
         loop {
-            let decision = self.decide(&model, &chat, &body, queued);
+            let decision = self.decide(&model, &chat, &body, plan, queued);
             match decision {
                 Decision::Answer(pace) => {
-                    let in_flight = InFlight(self.shared.clone());
+                    let in_flight = InFlight(self.shared.clone(), plan);
                     let generation = pace.generation();
                     // A zero sleep would still wait for the timer's next tick (1 ms).
                     if !chat.stream() && !generation.is_zero() {
@@ -178,6 +233,9 @@ impl MockDashScope {
                     }
                     let response = respond::success(api, &chat, &model, &request_id, pace);
                     return Ok(response.map(|b| b.with_in_flight(in_flight)));
+                }
+                Decision::Raw(status, body) => {
+                    return Ok(json_answer(api, status, &request_id, body));
                 }
                 Decision::Fail(failure, retry_after) => {
                     return Ok(failure.respond(
@@ -245,7 +303,14 @@ impl MockDashScope {
 
     /// Decides, under the lock, what happens to a request for `model` now. `again`: the request
     /// was queued and has been counted already.
-    fn decide(&self, model: &str, chat: &ChatRequest, body: &[u8], again: bool) -> Decision {
+    fn decide(
+        &self,
+        model: &str,
+        chat: &ChatRequest,
+        body: &[u8],
+        plan: Plan,
+        again: bool,
+    ) -> Decision {
         // The clock is read under the lock, so that no thread applies a time older than one
         // another thread already applied.
         let mut guard = self.shared.lock();
@@ -327,6 +392,34 @@ impl MockDashScope {
                 return Decision::Fail(Failure::allocation_quota(), config.retry_after);
             }
         }
+        // The plan's own windows, shared by every model on it.
+        let plans = &self.shared.plans;
+        let admitted = match (plan, &plans.coding, &plans.token) {
+            (Plan::CodingPlan, Some(limits), _) => {
+                state
+                    .coding
+                    .admit_coding(limits, now, since_start, tokens as u64)
+            }
+            (Plan::TokenPlan, _, Some(limits)) => {
+                state
+                    .token
+                    .admit_token(limits, since_start, plans.epoch, tokens as u64)
+            }
+            _ => Ok(()),
+        };
+        match admitted {
+            Ok(()) => {}
+            Err(PlanRefusal::Failure(failure)) => return fail(stats, failure),
+            Err(PlanRefusal::TokenWeek { resets_at_unix }) => {
+                stats.record(second, |c| c.failed += 1);
+                let message = format!(
+                    "Your token-plan 1-week quota has been exhausted. The quota will reset at {} UTC.",
+                    month_day_time(resets_at_unix)
+                );
+                let body = serde_json::json!({"error": {"message": message}});
+                return Decision::Raw(StatusCode::TOO_MANY_REQUESTS, body.to_string());
+            }
+        }
         if config.error_rate > 0.0 && state.rng.random_bool(config.error_rate) {
             return fail(stats, Failure::internal_error());
         }
@@ -357,6 +450,11 @@ impl MockDashScope {
             c.tokens += tokens as u64;
         });
         state.stats.in_flight += 1;
+        match plan {
+            Plan::CodingPlan => state.coding.in_flight += 1,
+            Plan::TokenPlan => state.token.in_flight += 1,
+            _ => {}
+        }
         state.stats.peak_in_flight = state.stats.peak_in_flight.max(state.stats.in_flight);
         Decision::Answer(Pace {
             output_tokens,
@@ -370,6 +468,15 @@ impl MockDashScope {
             ending,
         })
     }
+}
+
+/// An answer with a JSON body of its own.
+fn json_answer(api: Api, status: StatusCode, request_id: &str, body: String) -> Response<MockBody> {
+    response_builder(api, request_id)
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(MockBody::full(body))
+        .unwrap_or_else(|_| Response::new(MockBody::full(Bytes::new())))
 }
 
 /// An answer with an empty body. `api`: `None` for a path of no API.
