@@ -106,7 +106,7 @@ struct Fixed {
 
 impl Fixed {
     fn used(&mut self, since_start: Duration, length: Duration) -> u64 {
-        let index = (since_start.as_secs() / length.as_secs()) as u64;
+        let index = since_start.as_secs() / length.as_secs();
         if index != self.index {
             self.index = index;
             self.used = 0;
