@@ -365,7 +365,7 @@ async fn native_result_format_text() {
         let last = text
             .lines()
             .filter_map(|l| l.strip_prefix("data:"))
-            .last()
+            .next_back()
             .unwrap_or(text);
         let value: serde_json::Value = serde_json::from_str(last).unwrap();
         assert_eq!(value["output"]["text"], "Qwen answers your", "{text}");
