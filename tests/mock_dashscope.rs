@@ -96,7 +96,7 @@ async fn requests_per_minute_are_enforced_per_second() {
 
 #[tokio::test(start_paused = true)]
 async fn tokens_per_minute_count_input_and_output() {
-    // 6000 TPM = 100 tokens per second. "x" * 360 → 91 input tokens + 4 output = 95.
+    // 6000 TPM = 100 tokens per second. "x" * 360 → 90 input tokens + 4 output = 94.
     let mock = MockDashScope::builder()
         .model("qwen-max", ModelConfig::new().tpm(6_000))
         .build();
@@ -124,7 +124,7 @@ async fn tokens_per_minute_count_input_and_output() {
         .tokens_per_second()
         .map(|(_, tokens)| tokens)
         .sum();
-    assert_eq!(tokens, 2 * 95);
+    assert_eq!(tokens, 2 * 94);
 }
 
 #[tokio::test(start_paused = true)]
@@ -233,7 +233,7 @@ async fn streams_are_framed_paced_and_report_usage() {
         let body = send(&mock, request).await.unwrap();
         // 4 tokens: 500 ms to the first, then 100 ms each.
         assert_eq!(start.elapsed(), Duration::from_millis(800), "{path}");
-        assert_eq!(slot.get(), Some(Usage::new(3, 4)), "{path}");
+        assert_eq!(slot.get(), Some(Usage::new(2, 4)), "{path}");
         let text = String::from_utf8(body.to_vec()).unwrap();
         if path == NATIVE {
             assert_eq!(text.matches("\"finish_reason\":\"null\"").count(), 3);
@@ -257,7 +257,7 @@ async fn streams_are_framed_paced_and_report_usage() {
                     "message_stop"
                 ]
             );
-            assert!(text.contains(r#""usage":{"input_tokens":3,"output_tokens":0}"#));
+            assert!(text.contains(r#""usage":{"input_tokens":2,"output_tokens":0}"#));
             assert!(text.contains(r#""usage":{"output_tokens":4}"#));
         } else {
             assert!(text.ends_with("data: [DONE]\n\n"));
@@ -487,15 +487,15 @@ async fn the_timeline_counts_each_second() {
         assert_eq!(counts.requests, 5, "second {second}");
         assert_eq!(counts.succeeded, 2, "second {second}");
         assert_eq!(counts.throttled_requests, 3, "second {second}");
-        // 3 input tokens (8 characters and a separator, 4 a token) + 4 output, each.
-        assert_eq!(counts.tokens, 2 * (3 + 4), "second {second}");
+        // 2 input tokens (8 characters, 4 a token) + 4 output, each.
+        assert_eq!(counts.tokens, 2 * (2 + 4), "second {second}");
     }
     assert_eq!(model.total.requests, 15);
     assert_eq!(model.total.throttled(), 9);
     assert_eq!(stats.total(), model.total);
     assert_eq!(
         model.tokens_per_second().collect::<Vec<_>>(),
-        [(0, 14), (1, 14), (2, 14)]
+        [(0, 12), (1, 12), (2, 12)]
     );
 }
 

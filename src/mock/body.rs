@@ -13,6 +13,7 @@ use tokio::time::Sleep;
 
 use super::Shared;
 use super::respond::Script;
+use crate::api::Plan;
 
 /// Response body of [`MockDashScope`](super::MockDashScope).
 ///
@@ -25,6 +26,8 @@ pub struct MockBody {
 
 enum Kind {
     Full(Option<Bytes>),
+    /// Never sends a byte, never ends.
+    Silent,
     Stream {
         script: Script,
         /// The next frame, once made, and the time to wait before it.
@@ -34,11 +37,11 @@ enum Kind {
 }
 
 /// Counts a request as in flight until its body is finished or dropped.
-pub(crate) struct InFlight(pub(crate) Arc<Shared>);
+pub(crate) struct InFlight(pub(crate) Arc<Shared>, pub(crate) Plan);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.finish_in_flight();
+        self.0.finish_in_flight(self.1);
     }
 }
 
@@ -46,6 +49,13 @@ impl MockBody {
     pub(crate) fn full(bytes: impl Into<Bytes>) -> Self {
         MockBody {
             kind: Kind::Full(Some(bytes.into())).normalise(),
+            _in_flight: None,
+        }
+    }
+
+    pub(crate) fn silent() -> Self {
+        MockBody {
+            kind: Kind::Silent,
             _in_flight: None,
         }
     }
@@ -88,11 +98,14 @@ impl Body for MockBody {
         let this = &mut *self;
         let frame = match &mut this.kind {
             Kind::Full(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
+            // Scripted silence: nothing will ever wake this body. Dropping it ends it.
+            Kind::Silent => return Poll::Pending,
             Kind::Stream {
                 script,
                 next,
                 sleep,
             } => match next {
+                None if script.stalled() => return Poll::Pending,
                 None => None,
                 Some((delay, _)) => {
                     if !delay.is_zero() {
@@ -117,7 +130,8 @@ impl Body for MockBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
-            Kind::Stream { next, .. } => next.is_none(),
+            Kind::Silent => false,
+            Kind::Stream { next, script, .. } => next.is_none() && !script.stalled(),
         }
     }
 
@@ -125,7 +139,7 @@ impl Body for MockBody {
         match &self.kind {
             Kind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
-            Kind::Stream { .. } => SizeHint::default(),
+            Kind::Stream { .. } | Kind::Silent => SizeHint::default(),
         }
     }
 }
@@ -140,6 +154,7 @@ impl std::fmt::Debug for MockBody {
             Kind::Stream { script, .. } => {
                 f.debug_struct("MockBody").field("stream", script).finish()
             }
+            Kind::Silent => f.debug_struct("MockBody").field("silent", &true).finish(),
         }
     }
 }

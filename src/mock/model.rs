@@ -3,6 +3,8 @@
 use std::ops::Range;
 use std::time::Duration;
 
+use super::fault::Fault;
+
 /// The largest [`ModelConfig::max_output_tokens`]: about 7 MB of simulated text per answer.
 pub const MAX_OUTPUT_TOKENS: u32 = 1 << 20;
 
@@ -37,6 +39,59 @@ pub struct ModelConfig {
     pub(crate) moderation_marker: Option<String>,
     pub(crate) exhausted: Option<Exhausted>,
     pub(crate) retry_after: Option<Duration>,
+    pub(crate) enforcement: Enforcement,
+    pub(crate) output_length: OutputLength,
+    pub(crate) faults: Vec<(Fault, f64)>,
+}
+
+/// How long the simulated answers are, within each request's limit (its `max_tokens`, or 16
+/// when it sets none).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[non_exhaustive]
+pub enum OutputLength {
+    /// Every answer uses its whole limit: quota arithmetic in tests stays exact.
+    #[default]
+    Limit,
+    /// Each answer's length is drawn from the simulator's seeded generator
+    /// ([`MockBuilder::seed`](super::MockBuilder::seed)), uniformly between `min_fraction` of
+    /// the limit (rounded up, at least one token) and the limit — as real answers stop before
+    /// their limit. `min_fraction` is clamped to `0.0..=1.0`. Usage and the tokens-per-minute
+    /// quota count what was produced, not the limit.
+    Uniform {
+        /// The shortest answer, as a share of the limit.
+        min_fraction: f64,
+    },
+}
+
+impl OutputLength {
+    /// The length of one answer whose limit is `limit`, drawing from `rng` if needed.
+    pub(crate) fn draw(self, limit: u32, rng: &mut impl rand::Rng) -> u32 {
+        match self {
+            OutputLength::Uniform { min_fraction } if limit > 1 => {
+                let fraction = clamp_rate(min_fraction);
+                let min = ((f64::from(limit) * fraction).ceil() as u32).clamp(1, limit);
+                rng.random_range(min..=limit)
+            }
+            _ => limit,
+        }
+    }
+}
+
+/// How the per-minute quotas ([`ModelConfig::rpm`], [`ModelConfig::tpm`]) are enforced per
+/// second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Enforcement {
+    /// A bucket refilled continuously at `limit / 60` a second, holding at most one second's
+    /// worth (at least one request): a client that spaces its requests evenly passes, whatever
+    /// their phase against the clock.
+    #[default]
+    Continuous,
+    /// Strict fixed windows: at most `limit / 60` (rounded down) in each whole second since the
+    /// simulator was built, nothing carried over — below 60 a minute, one in each window of
+    /// `60 / limit` seconds. Three requests 490 ms apart at 120 RPM pass a continuous bucket, but
+    /// the third falls in the same second as the first two here and gets a 429.
+    FixedWindow,
 }
 
 /// Why a model's quota is gone for good.
@@ -75,12 +130,16 @@ impl ModelConfig {
             moderation_marker: None,
             exhausted: None,
             retry_after: None,
+            enforcement: Enforcement::Continuous,
+            output_length: OutputLength::Limit,
+            faults: Vec::new(),
         }
     }
 
-    /// Requests per minute, enforced per second as DashScope does: a bucket refilled at
-    /// `rpm / 60` requests per second holding at most one second's worth (at least one request).
-    /// Over it: 429 `Throttling.RateQuota` / `limit_requests`.
+    /// Requests per minute, enforced per second as DashScope does — by default a bucket refilled
+    /// at `rpm / 60` requests per second holding at most one second's worth (at least one
+    /// request); see [`enforcement`](Self::enforcement) for strict fixed windows. Over it: 429
+    /// `Throttling.RateQuota` / `limit_requests`.
     pub fn rpm(mut self, rpm: u32) -> Self {
         self.rpm = Some(rpm);
         self
@@ -170,6 +229,39 @@ impl ModelConfig {
     /// Every request fails as the account's quota or balance is gone.
     pub fn exhausted(mut self, why: Exhausted) -> Self {
         self.exhausted = Some(why);
+        self
+    }
+
+    /// Every request shows `fault` (see [`Fault`]). May be called several times; the first
+    /// fault that applies wins.
+    pub fn fault(self, fault: Fault) -> Self {
+        self.fault_rate(fault, 1.0)
+    }
+
+    /// A share of the requests (drawn from the seeded generator; clamped to `0.0..=1.0`) shows
+    /// `fault`.
+    pub fn fault_rate(mut self, fault: Fault, rate: f64) -> Self {
+        self.faults.push((fault, clamp_rate(rate)));
+        self
+    }
+
+    /// How long answers are within each request's limit.
+    ///
+    /// # Default
+    ///
+    /// [`OutputLength::Limit`]: the whole limit.
+    pub fn output_length(mut self, length: OutputLength) -> Self {
+        self.output_length = length;
+        self
+    }
+
+    /// How [`rpm`](Self::rpm) and [`tpm`](Self::tpm) are enforced per second.
+    ///
+    /// # Default
+    ///
+    /// [`Enforcement::Continuous`].
+    pub fn enforcement(mut self, enforcement: Enforcement) -> Self {
+        self.enforcement = enforcement;
         self
     }
 

@@ -3,262 +3,47 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Response, StatusCode};
+use http::Response;
 use serde_json::{Value, json};
 
 use super::body::MockBody;
+use super::failure::{Failure, native_error_frame, response_builder};
+use super::fault::MidStreamError;
 
-/// Which API a path belongs to; it decides the shape of every answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Api {
-    /// `/compatible-mode/v1/chat/completions` (and Coding Plan's `/v1/chat/completions`).
-    Compatible,
-    /// `/api/v1/services/aigc/{text,multimodal}-generation/generation`.
-    Native,
-    /// `/apps/anthropic/v1/messages`.
-    Anthropic,
-}
+use crate::api::Api;
+use crate::request::ChatRequest;
 
-impl Api {
-    pub(crate) fn from_path(path: &str) -> Option<Api> {
-        match path {
-            "/compatible-mode/v1/chat/completions" | "/v1/chat/completions" => {
-                Some(Api::Compatible)
-            }
-            "/api/v1/services/aigc/text-generation/generation"
-            | "/api/v1/services/aigc/multimodal-generation/generation" => Some(Api::Native),
-            "/apps/anthropic/v1/messages" => Some(Api::Anthropic),
-            _ => None,
+/// The simulator's routing table: the exact chat paths it serves, and the API each speaks.
+/// Anything else (a wrong base path, `/v1/v1/messages`, embeddings) is answered a bare 404, as
+/// DashScope's gateway does.
+pub(crate) fn route(path: &str) -> Option<Api> {
+    match path {
+        "/compatible-mode/v1/chat/completions" | "/v1/chat/completions" => {
+            Some(Api::OpenAiCompatible)
         }
+        "/api/v1/services/aigc/text-generation/generation"
+        | "/api/v1/services/aigc/multimodal-generation/generation" => Some(Api::Native),
+        "/apps/anthropic/v1/messages" => Some(Api::Anthropic),
+        _ => None,
     }
-}
-
-/// What the simulator needs from a chat request.
-#[derive(Debug)]
-pub(crate) struct Chat {
-    pub(crate) model: Option<String>,
-    pub(crate) input_text: String,
-    pub(crate) max_tokens: Option<u32>,
-    pub(crate) stream: bool,
-    pub(crate) include_usage: bool,
-    /// Native `parameters.incremental_output`.
-    pub(crate) incremental: bool,
 }
 
 /// Output tokens when the request sets no `max_tokens`.
 pub(crate) const DEFAULT_OUTPUT_TOKENS: u32 = 16;
 
-impl Chat {
-    /// Reads the request body of `api`. `None` when it is not a JSON object.
-    pub(crate) fn parse(api: Api, body: &[u8], sse_header: bool) -> Option<Chat> {
-        let value: Value = serde_json::from_slice(body).ok()?;
-        let object = value.as_object()?;
-        let model = object
-            .get("model")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        let mut input_text = String::new();
-        let messages = match api {
-            Api::Native => object
-                .get("input")
-                .and_then(|i| i.get("messages").or(i.get("prompt"))),
-            Api::Compatible | Api::Anthropic => object.get("messages"),
-        };
-        collect_text(messages.unwrap_or(&Value::Null), &mut input_text);
-        if api == Api::Anthropic {
-            collect_text(
-                object.get("system").unwrap_or(&Value::Null),
-                &mut input_text,
-            );
-        }
-        let parameters = match api {
-            Api::Native => object.get("parameters"),
-            _ => Some(&value),
-        };
-        // Present but not a positive integer (-1, 1.5, "10"): read as 0, out of range, so it is
-        // answered 400 like DashScope does rather than silently ignored.
-        let max_tokens = match parameters.and_then(|p| p.get("max_tokens")) {
-            None | Some(Value::Null) => None,
-            Some(value) => Some(
-                value
-                    .as_u64()
-                    .map_or(0, |n| n.min(u64::from(u32::MAX)) as u32),
-            ),
-        };
-        let stream = match api {
-            Api::Native => sse_header,
-            _ => object
-                .get("stream")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-        };
-        let include_usage = object
-            .get("stream_options")
-            .and_then(|o| o.get("include_usage"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        let incremental = api == Api::Native
-            && parameters
-                .and_then(|p| p.get("incremental_output"))
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-        Some(Chat {
-            model,
-            input_text,
-            max_tokens,
-            stream,
-            include_usage,
-            incremental,
-        })
-    }
-
-    /// Input tokens: one per four UTF-8 characters of message text, rounded up (at least one).
-    pub(crate) fn input_tokens(&self) -> u32 {
-        count_tokens(&self.input_text).max(1)
-    }
-
-    /// Output tokens: `max_tokens`, or [`DEFAULT_OUTPUT_TOKENS`] (at most the model's
-    /// `max_output`) when the request sets none.
-    pub(crate) fn output_tokens(&self, max_output: u32) -> u32 {
-        self.max_tokens
-            .unwrap_or(DEFAULT_OUTPUT_TOKENS.min(max_output))
-    }
+/// The simulator's input token count: one per four characters of message text
+/// ([`ChatRequest::input_chars`]), rounded up, and at least one.
+pub(crate) fn input_tokens(chat: &ChatRequest) -> u32 {
+    u32::try_from(chat.input_chars().div_ceil(4))
+        .unwrap_or(u32::MAX)
+        .max(1)
 }
 
-/// The simulator's token count: `ceil(chars / 4)`.
-pub(crate) fn count_tokens(text: &str) -> u32 {
-    let chars = text.chars().count();
-    u32::try_from(chars.div_ceil(4)).unwrap_or(u32::MAX)
-}
-
-/// Appends every string found in `value` (message contents, content parts) to `out`.
-fn collect_text(value: &Value, out: &mut String) {
-    match value {
-        Value::String(s) => {
-            out.push_str(s);
-            out.push(' ');
-        }
-        Value::Array(items) => items.iter().for_each(|v| collect_text(v, out)),
-        Value::Object(map) => {
-            for key in ["content", "text"] {
-                if let Some(v) = map.get(key) {
-                    collect_text(v, out);
-                }
-            }
-        }
-        _ => {}
-    }
-}
-
-/// One error answer, in the shape of `api`.
-#[derive(Debug, Clone)]
-pub(crate) struct Failure {
-    pub(crate) status: StatusCode,
-    pub(crate) native_code: &'static str,
-    pub(crate) compat_code: &'static str,
-    /// The OpenAI-compatible `error.type`: the code, except where DashScope sends another.
-    pub(crate) compat_type: &'static str,
-    pub(crate) anthropic_type: &'static str,
-    pub(crate) message: String,
-}
-
-impl Failure {
-    pub(crate) fn new(
-        status: u16,
-        native_code: &'static str,
-        compat_code: &'static str,
-        anthropic_type: &'static str,
-        message: impl Into<String>,
-    ) -> Self {
-        Failure {
-            status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            native_code,
-            compat_code,
-            compat_type: compat_code,
-            anthropic_type,
-            message: message.into(),
-        }
-    }
-
-    /// 400 `InvalidParameter` / `invalid_parameter_error`: bad input.
-    pub(crate) fn invalid_parameter(message: impl Into<String>) -> Self {
-        Failure {
-            compat_type: "invalid_request_error",
-            ..Failure::new(
-                400,
-                "InvalidParameter",
-                "invalid_parameter_error",
-                "invalid_request_error",
-                message,
-            )
-        }
-    }
-
-    fn json(&self, api: Api, request_id: &str) -> Value {
-        match api {
-            Api::Native => json!({
-                "code": self.native_code,
-                "message": self.message,
-                "request_id": request_id,
-            }),
-            Api::Compatible => json!({
-                "error": {
-                    "message": self.message,
-                    "type": self.compat_type,
-                    "param": null,
-                    "code": self.compat_code,
-                },
-                "id": format!("chatcmpl-{request_id}"),
-                "request_id": request_id,
-            }),
-            Api::Anthropic => json!({
-                "type": "error",
-                "error": {
-                    "type": self.anthropic_type,
-                    "message": if self.message.starts_with('<') {
-                        self.message.clone()
-                    } else {
-                        format!("<{}> {}: {}", self.status.as_u16(), self.native_code, self.message)
-                    },
-                },
-                "request_id": request_id,
-            }),
-        }
-    }
-
-    /// The answer: a JSON error body, or for a native streaming request an HTTP 200 event
-    /// stream with `event:error` and `:HTTP_STATUS/NNN`, as DashScope sends it.
-    pub(crate) fn respond(
-        &self,
-        api: Api,
-        stream: bool,
-        request_id: &str,
-        retry_after: Option<Duration>,
-    ) -> Response<MockBody> {
-        let body = self.json(api, request_id);
-        let mut builder = Response::builder().header("x-request-id", request_id);
-        if let Some(delay) = retry_after.filter(|_| self.status == StatusCode::TOO_MANY_REQUESTS) {
-            builder = builder.header("retry-after", format!("{:.3}", delay.as_secs_f64()));
-        }
-        let response = if api == Api::Native && stream {
-            let frame = format!(
-                "id:1\nevent:error\n:HTTP_STATUS/{}\ndata:{}\n\n",
-                self.status.as_u16(),
-                body
-            );
-            builder
-                .status(StatusCode::OK)
-                .header("content-type", "text/event-stream;charset=UTF-8")
-                .header("x-dashscope-finished", "true")
-                .body(MockBody::full(frame))
-        } else {
-            builder
-                .status(self.status)
-                .header("content-type", "application/json")
-                .body(MockBody::full(body.to_string()))
-        };
-        response.unwrap_or_else(|_| Response::new(MockBody::full(Bytes::new())))
-    }
+/// The most output tokens an answer to `chat` may have: its `max_tokens`, or
+/// [`DEFAULT_OUTPUT_TOKENS`] (at most the model's `max_output`) when it sets none.
+pub(crate) fn output_limit(chat: &ChatRequest, max_output: u32) -> u32 {
+    chat.max_tokens()
+        .unwrap_or(DEFAULT_OUTPUT_TOKENS.min(max_output))
 }
 
 /// The words the simulated model says, one token each.
@@ -293,8 +78,34 @@ pub(crate) struct Pace {
     pub(crate) ttft: Duration,
     /// Time between tokens.
     pub(crate) per_token: Duration,
-    /// Streams stop after this many tokens, with no final event.
-    pub(crate) cut_after: Option<u32>,
+    /// How a stream ends.
+    pub(crate) ending: Ending,
+}
+
+/// How a streamed answer ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// With its final event(s).
+    Complete,
+    /// After this many tokens, with no final event.
+    Cut(u32),
+    /// After this many tokens, with an error event.
+    Error(u32, MidStreamError),
+    /// After this many tokens, silent and open for ever.
+    Stall(u32),
+    /// Without a byte, for ever (answers that do not stream too).
+    Silent,
+}
+
+impl Ending {
+    /// Tokens sent before the end, of `output`.
+    fn tokens(self, output: u32) -> u32 {
+        match self {
+            Ending::Complete => output,
+            Ending::Cut(n) | Ending::Error(n, _) | Ending::Stall(n) => n.min(output),
+            Ending::Silent => 0,
+        }
+    }
 }
 
 impl Pace {
@@ -308,25 +119,41 @@ impl Pace {
 /// A successful answer.
 pub(crate) fn success(
     api: Api,
-    chat: &Chat,
+    chat: &ChatRequest,
     model: &str,
     request_id: &str,
     pace: Pace,
 ) -> Response<MockBody> {
-    let input = chat.input_tokens();
+    let input = input_tokens(chat);
     let output = pace.output_tokens;
     // Usage sums in u64: two u32 counts can overflow a u32.
     let total = u64::from(input) + u64::from(output);
-    let builder = Response::builder().header("x-request-id", request_id);
-    if !chat.stream {
+    let builder = response_builder(api, request_id);
+    if pace.ending == Ending::Silent {
+        let content_type = if chat.stream() {
+            "text/event-stream;charset=UTF-8"
+        } else {
+            "application/json"
+        };
+        return builder
+            .header(http::header::CONTENT_TYPE, content_type)
+            .body(MockBody::silent())
+            .unwrap_or_else(|_| Response::new(MockBody::full(Bytes::new())));
+    }
+    if !chat.stream() {
         let text = text_of(output);
         let body = match api {
+            Api::Native if chat.result_format_text() => json!({
+                "output": {"text": text, "finish_reason": "stop"},
+                "usage": {"input_tokens": input, "output_tokens": output, "total_tokens": total},
+                "request_id": request_id,
+            }),
             Api::Native => json!({
                 "output": {"choices": [{"finish_reason": "stop", "message": {"role": "assistant", "content": text}}]},
                 "usage": {"input_tokens": input, "output_tokens": output, "total_tokens": total},
                 "request_id": request_id,
             }),
-            Api::Compatible => json!({
+            Api::OpenAiCompatible => json!({
                 "choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop", "index": 0, "logprobs": null}],
                 "object": "chat.completion",
                 "usage": {"prompt_tokens": input, "completion_tokens": output, "total_tokens": total},
@@ -358,14 +185,17 @@ pub(crate) fn success(
         request_id: request_id.to_owned(),
         input,
         output,
-        sent: pace.cut_after.map_or(output, |c| c.min(output)),
-        include_usage: chat.include_usage,
-        incremental: chat.incremental,
+        sent: pace.ending.tokens(output),
+        ending: pace.ending,
+        result_format_text: chat.result_format_text(),
+        include_usage: chat.include_usage(),
+        incremental: chat.incremental_output(),
         ttft: pace.ttft,
         per_token: pace.per_token,
         next: 0,
         text: String::new(),
         ended: false,
+        stalled: false,
     };
     builder
         .header("content-type", "text/event-stream;charset=UTF-8")
@@ -384,6 +214,9 @@ pub(crate) struct Script {
     output: u32,
     /// Tokens sent before the stream ends: `output`, or fewer when the stream is cut.
     sent: u32,
+    ending: Ending,
+    /// Native `parameters.result_format: "text"`: `output.text` instead of `output.choices`.
+    result_format_text: bool,
     include_usage: bool,
     /// Native `parameters.incremental_output`: each event carries only its new text.
     incremental: bool,
@@ -394,6 +227,8 @@ pub(crate) struct Script {
     /// The answer so far (native events without `incremental_output` repeat it).
     text: String,
     ended: bool,
+    /// Sent all it will, and stays open, silent.
+    stalled: bool,
 }
 
 /// One server-sent event with an `event:` line, as the Anthropic endpoint frames them.
@@ -409,7 +244,16 @@ impl Script {
         }
         if self.next >= self.sent {
             self.ended = true;
-            return self.tail().map(|tail| (Duration::ZERO, Bytes::from(tail)));
+            let end = match self.ending {
+                Ending::Complete => self.tail(),
+                Ending::Cut(_) => None,
+                Ending::Error(_, error) => Some(self.error_frame(error)),
+                Ending::Stall(_) | Ending::Silent => {
+                    self.stalled = true;
+                    None
+                }
+            };
+            return end.map(|end| (Duration::ZERO, Bytes::from(end)));
         }
         let i = self.next;
         self.next += 1;
@@ -423,17 +267,23 @@ impl Script {
                     self.text.clear();
                 }
                 self.text.push_str(word);
+                let finish_reason = if last { "stop" } else { "null" };
+                let output = if self.result_format_text {
+                    json!({"text": self.text, "finish_reason": finish_reason})
+                } else {
+                    json!({"choices": [{"message": {"content": self.text, "role": "assistant"}, "finish_reason": finish_reason}]})
+                };
                 format!(
                     "id:{}\nevent:result\n:HTTP_STATUS/200\ndata:{}\n\n",
                     i + 1,
                     json!({
-                        "output": {"choices": [{"message": {"content": self.text, "role": "assistant"}, "finish_reason": if last { "stop" } else { "null" }}]},
+                        "output": output,
                         "usage": {"total_tokens": u64::from(self.input) + u64::from(i) + 1, "output_tokens": i + 1, "input_tokens": self.input},
                         "request_id": id,
                     })
                 )
             }
-            Api::Compatible => format!(
+            Api::OpenAiCompatible => format!(
                 "data: {}\n\n",
                 json!({
                     "choices": [{"delta": {"content": word}, "finish_reason": null, "index": 0, "logprobs": null}],
@@ -457,6 +307,38 @@ impl Script {
             }
         };
         Some((delay, Bytes::from(frame)))
+    }
+
+    /// Whether the stream has sent all it will and stays open, silent.
+    pub(crate) fn stalled(&self) -> bool {
+        self.stalled
+    }
+
+    /// An error after tokens started, in the shape of the API.
+    fn error_frame(&self, error: MidStreamError) -> String {
+        let failure = match error {
+            MidStreamError::DataInspection => Failure::output_inspection_failed(),
+            MidStreamError::RateQuota => Failure::rate_quota(),
+            _ => Failure::internal_error(),
+        };
+        let id = &self.request_id;
+        match self.api {
+            Api::Native => {
+                native_error_frame(self.sent + 1, failure.status, &failure.native_json(id))
+            }
+            Api::Anthropic => event("error", &failure.anthropic_json(id)),
+            _ => {
+                let chunk = json!({
+                    "error": {
+                        "message": failure.message,
+                        "type": failure.compat_type,
+                        "code": failure.compat_code,
+                    },
+                    "id": format!("chatcmpl-{id}"),
+                });
+                format!("data: {chunk}\n\n")
+            }
+        }
     }
 
     fn anthropic_start(&self) -> String {
@@ -486,7 +368,7 @@ impl Script {
         let (input, output) = (self.input, self.output);
         match self.api {
             Api::Native => None,
-            Api::Compatible => {
+            Api::OpenAiCompatible => {
                 let id = format!("chatcmpl-{}", self.request_id);
                 let stop = json!({"choices": [{"finish_reason": "stop", "delta": {"content": ""}, "index": 0, "logprobs": null}], "object": "chat.completion.chunk", "usage": null, "created": 1_763_875_200, "model": self.model, "id": id});
                 let mut tail = format!("data: {stop}\n\n");
@@ -518,34 +400,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn token_count() {
-        assert_eq!(count_tokens(""), 0);
-        assert_eq!(count_tokens("abcd"), 1);
-        assert_eq!(count_tokens("abcde"), 2);
-        assert_eq!(count_tokens("通义千问"), 1, "characters, not bytes");
+    fn routes_are_exact() {
+        assert_eq!(route("/v1/chat/completions"), Some(Api::OpenAiCompatible));
+        assert_eq!(route("/apps/anthropic/v1/messages"), Some(Api::Anthropic));
+        assert_eq!(route("/v1/v1/messages"), None);
+        assert_eq!(route("/compatible-mode/v1/chat/completions/"), None);
     }
 
     #[test]
-    fn parses_each_shape() {
-        let compat = br#"{"model":"qwen-plus","messages":[{"role":"user","content":"12345678"}],"max_tokens":5,"stream":true,"stream_options":{"include_usage":true}}"#;
-        let chat = Chat::parse(Api::Compatible, compat, false).unwrap();
-        assert_eq!(chat.model.as_deref(), Some("qwen-plus"));
-        assert_eq!(
-            (
-                chat.input_tokens(),
-                chat.output_tokens(16_384),
-                chat.stream,
-                chat.include_usage
-            ),
-            (3, 5, true, true)
+    fn token_counts() {
+        let parse = |api, body: &str| {
+            ChatRequest::parse(api, &http::HeaderMap::new(), body.as_bytes()).unwrap()
+        };
+        let compat = parse(
+            Api::OpenAiCompatible,
+            r#"{"model":"qwen-plus","messages":[{"role":"user","content":"123456789"}],"max_tokens":5}"#,
         );
-        let native = br#"{"model":"qwen-max","input":{"messages":[{"role":"user","content":[{"text":"abcd"}]}]},"parameters":{"max_tokens":7}}"#;
-        let chat = Chat::parse(Api::Native, native, true).unwrap();
         assert_eq!(
-            (chat.input_tokens(), chat.output_tokens(16_384), chat.stream),
-            (2, 7, true)
+            (input_tokens(&compat), output_limit(&compat, 16_384)),
+            (3, 5)
         );
-        assert!(Chat::parse(Api::Native, b"[1]", false).is_none());
-        assert!(Chat::parse(Api::Native, b"nope", false).is_none());
+        let native = parse(
+            Api::Native,
+            r#"{"model":"m","input":{"messages":[{"role":"user","content":"通义千问"}]}}"#,
+        );
+        assert_eq!(input_tokens(&native), 1, "characters, not bytes");
+        assert_eq!(output_limit(&native, 16_384), DEFAULT_OUTPUT_TOKENS);
+        assert_eq!(output_limit(&native, 2), 2);
+        let empty = parse(Api::Anthropic, r#"{"model":"m","messages":[]}"#);
+        assert_eq!(input_tokens(&empty), 1, "at least one");
     }
 }

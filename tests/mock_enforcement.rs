@@ -1,0 +1,99 @@
+//! The two ways the simulator enforces per-minute quotas per second: a continuous bucket, and
+//! strict fixed one-second windows.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use tower::{Layer, ServiceExt};
+use tower_dashscope::mock::{Enforcement, MockDashScope, ModelConfig};
+use tower_dashscope::{ClassifyDashScopeError, ErrorClass, RateLimitKind};
+
+const COMPAT: &str = "/compatible-mode/v1/chat/completions";
+
+fn chat(text: &str) -> Request<Full<Bytes>> {
+    let body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": text}], "max_tokens": 4});
+    Request::post(COMPAT)
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+/// Sends `count` requests `gap` apart; returns the classes of the failures.
+async fn pattern(mock: &MockDashScope, count: usize, gap: Duration, text: &str) -> Vec<ErrorClass> {
+    let client = ClassifyDashScopeError::new().layer(mock.clone());
+    let mut failures = Vec::new();
+    for _ in 0..count {
+        match client.clone().oneshot(chat(text)).await {
+            Ok(response) => {
+                let _ = response.into_body().collect().await.unwrap();
+            }
+            Err(err) => failures.push(err.class()),
+        }
+        tokio::time::sleep(gap).await;
+    }
+    failures
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pattern_that_passes_a_bucket_is_throttled_by_fixed_windows() {
+    // 120 RPM = 2 a second. A request every 490 ms is slightly over 2 a second on average, but
+    // a bucket holding one second's worth absorbs it for a while; fixed windows see three
+    // requests in the first whole second and refuse the third.
+    let quota = || ModelConfig::new().rpm(120);
+    let gap = Duration::from_millis(490);
+    let continuous = MockDashScope::builder().model("m", quota()).build();
+    assert_eq!(pattern(&continuous, 10, gap, "hi").await, []);
+    // Built now, so its windows start with the pattern.
+    let fixed = MockDashScope::builder()
+        .model("m", quota().enforcement(Enforcement::FixedWindow))
+        .build();
+    let failures = pattern(&fixed, 10, gap, "hi").await;
+    assert!(!failures.is_empty());
+    assert!(
+        failures
+            .iter()
+            .all(|c| *c == ErrorClass::RateLimited(RateLimitKind::Requests)),
+        "{failures:?}"
+    );
+    // Each whole second admits exactly two.
+    let stats = fixed.stats();
+    let model = stats.model("m").unwrap();
+    assert!(
+        model.timeline.values().all(|c| c.succeeded <= 2),
+        "{model:?}"
+    );
+    assert_eq!(model.total.throttled_requests, failures.len() as u64);
+}
+
+#[tokio::test(start_paused = true)]
+async fn tokens_per_minute_in_fixed_windows() {
+    // 6000 TPM = 100 tokens a second; each request is 40 input + 4 output = 44 tokens. Two fit
+    // in a second, the third does not; the next second starts afresh.
+    let text = "x".repeat(160);
+    let continuous = MockDashScope::builder()
+        .model("m", ModelConfig::new().tpm(6_000))
+        .build();
+    // 44 tokens every 450 ms is under 100 a second: the bucket passes all of them, but the
+    // first whole second holds three of them (0, 450, 900 ms).
+    let gap = Duration::from_millis(450);
+    assert_eq!(pattern(&continuous, 6, gap, &text).await, []);
+    let fixed = MockDashScope::builder()
+        .model(
+            "m",
+            ModelConfig::new()
+                .tpm(6_000)
+                .enforcement(Enforcement::FixedWindow),
+        )
+        .build();
+    let failures = pattern(&fixed, 6, gap, &text).await;
+    assert_eq!(
+        failures.first(),
+        Some(&ErrorClass::RateLimited(RateLimitKind::Tokens)),
+        "{failures:?}"
+    );
+    let stats = fixed.stats();
+    let model = stats.model("m").unwrap();
+    assert_eq!(model.timeline[&0].succeeded, 2);
+    assert_eq!(model.timeline[&0].throttled_tokens, 1);
+}
