@@ -189,7 +189,6 @@ async fn coding_plan_refuses_clients_without_a_user_agent() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "needs classifier fix: 405 'Coding Plan is currently only available for Coding Agents' is PermissionDenied (DASHSCOPE.md §6)"]
 async fn coding_plan_405_is_a_permission_problem() {
     let mock = coding(CodingPlan::new());
     let err = send(
@@ -244,7 +243,6 @@ async fn coding_plan_concurrency_and_usage_texts() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "needs classifier fix: 'concurrency allocated quota exceeded' is RateLimited(Concurrency), matched before the generic 'allocated quota exceeded' (DASHSCOPE.md §6)"]
 async fn coding_plan_concurrency_is_classified_as_concurrency() {
     let mock = MockDashScope::builder()
         .model(
@@ -272,7 +270,6 @@ async fn coding_plan_concurrency_is_classified_as_concurrency() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "needs classifier fix: Coding Plan 'usage allocated quota exceeded' (code `throttling`) is QuotaExhausted, not retried (DASHSCOPE.md §6)"]
 async fn coding_plan_usage_is_quota_exhausted() {
     let mock = MockDashScope::builder()
         .model("qwen3-coder-plus", ModelConfig::new())
@@ -325,7 +322,6 @@ async fn token_plan_week_with_its_reset_time() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "needs classifier fix: Token Plan 'quota has been exhausted' (no code) is QuotaExhausted with the reset time as retry-after (DASHSCOPE.md §6)"]
 async fn token_plan_exhaustion_is_classified() {
     let mock = MockDashScope::builder()
         .model("qwen3-coder-plus", ModelConfig::new())
