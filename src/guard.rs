@@ -31,12 +31,16 @@ impl<R: Release> Held<R> {
 
     /// The resource held.
     pub(crate) fn get(&self) -> &R {
-        self.resource.as_ref().expect("held until completed or dropped")
+        self.resource
+            .as_ref()
+            .expect("held until completed or dropped")
     }
 
     /// The resource held, to change before it is released.
     pub(crate) fn get_mut(&mut self) -> &mut R {
-        self.resource.as_mut().expect("held until completed or dropped")
+        self.resource
+            .as_mut()
+            .expect("held until completed or dropped")
     }
 
     /// Releases it as [`Ending::Completed`].

@@ -83,8 +83,8 @@ mod retry_after;
 pub mod wait_timeout;
 
 pub use api::{Api, Region};
-pub use classify::{ClassifyDashScopeError, ClassifyDashScopeErrorService};
 pub use budget::{Quota, TokenBudget, TokenBudgetService};
+pub use classify::{ClassifyDashScopeError, ClassifyDashScopeErrorService};
 pub use error::{BoxError, DashScopeError, ErrorClass, QuotaReset, QuotaScope, RateLimitKind};
 pub use extensions::{Attempts, BudgetWait, Usage, UsageSlot};
 pub use retry::{RetryWithJitter, RetryWithJitterService};

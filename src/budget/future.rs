@@ -104,7 +104,7 @@ where
             .config
             .max_wait
             .and_then(|wait| started.checked_add(wait));
-        let ticket = shared.enqueue(&key);
+        let (key, ticket) = shared.enqueue(key);
         ResponseFuture {
             state: State::Admitting,
             request: Some(request),
@@ -278,9 +278,7 @@ fn settle_outcome<R>(reservation: &mut Reservation, result: &Result<Response<R>,
         _ => None,
     };
     if failure.is_none() || throttled.is_some() {
-        reservation
-            .shared
-            .observe(&reservation.key, throttled);
+        reservation.shared.observe(&reservation.key, throttled);
     }
     let refused = failure.is_some_and(|f| {
         f.status().is_some()

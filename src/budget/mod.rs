@@ -35,7 +35,7 @@
 //! `window.rs` for the algorithm; all its time is `tokio::time`.
 //!
 //! Requests that are not chat requests (a path of no chat API, or a body that cannot be read
-//! without consuming it — see [`ReplayBody`](crate::body::ReplayBody)) pass through uncounted.
+//! without consuming it — see [`ReplayBody`]) pass through uncounted.
 //!
 //! # Example
 //!
@@ -98,8 +98,8 @@ use std::time::Duration;
 use http::{HeaderMap, Request, Response, Uri};
 use tower::{Layer, Service};
 
-pub use self::estimate::{CharEstimator, TokenEstimator};
 use self::estimate::DynEstimator;
+pub use self::estimate::{CharEstimator, TokenEstimator};
 pub use self::future::{BudgetBody, ResponseFuture};
 use self::state::{Cost, Key, Shared};
 use crate::body::ReplayBody;
@@ -280,7 +280,11 @@ impl TokenBudget {
     /// After a cold start, ramp each model from `from` (a fraction of its quota, clamped to
     /// `0.01 ..= 1.0`) to its whole quota over `over`, as DashScope's growth-rate limit wants.
     pub fn warm_up(self, from: f64, over: Duration) -> Self {
-        let from = if from.is_finite() { from.clamp(0.01, 1.0) } else { 1.0 };
+        let from = if from.is_finite() {
+            from.clamp(0.01, 1.0)
+        } else {
+            1.0
+        };
         self.with(|c| c.warm_up = Some((from, over)))
     }
 
@@ -413,9 +417,7 @@ where
             Some(body) => config.estimator.0.input_tokens(&chat, &body),
             None => chat.estimated_input_tokens(),
         };
-        let output = chat
-            .max_tokens()
-            .unwrap_or(config.default_output_tokens);
+        let output = chat.max_tokens().unwrap_or(config.default_output_tokens);
         let cost = Cost {
             tokens: input.saturating_add(u64::from(output)),
         };

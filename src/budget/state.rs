@@ -92,7 +92,9 @@ pub(crate) struct Reservation {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -122,17 +124,18 @@ impl Shared {
             .unwrap_or(self.config.default)
     }
 
-    /// Joins the queue of `key`'s model; the ticket orders admission.
-    pub(crate) fn enqueue(&self, key: &Key) -> u64 {
+    /// Joins the queue of `key`'s model; the ticket orders admission. Returns the key the
+    /// request is counted under (the overflow key when `max_models` are busy) and its ticket.
+    pub(crate) fn enqueue(&self, key: Key) -> (Key, u64) {
         let now = Instant::now();
         let mut models = self.lock();
         let ticket = models.next_ticket;
         models.next_ticket += 1;
-        let quota = self.quota_for(key);
+        let quota = self.quota_for(&key);
         let max_models = self.config.max_models;
-        let state = entry(&mut models.map, key, quota, now, max_models, &self.config);
+        let (key, state) = entry(&mut models.map, key, quota, now, max_models, &self.config);
         state.queue.insert(ticket, None);
-        ticket
+        (key, ticket)
     }
 
     /// Leaves the queue without being admitted (cancelled, or failed for max_wait).
@@ -218,7 +221,9 @@ impl Shared {
         let (_, token_limit) = state.limits(now, &self.config);
         state.tokens.advance(now, token_limit);
         if used < reserved {
-            state.tokens.credit(at, (reserved - used).saturating_mul(MILLI));
+            state
+                .tokens
+                .credit(at, (reserved - used).saturating_mul(MILLI));
             wake_head(state);
         } else if used > reserved {
             let debt = (used - reserved).saturating_mul(MILLI);
@@ -346,13 +351,13 @@ fn wake_head(state: &mut ModelState) {
 /// under the default quota.
 fn entry<'a>(
     map: &'a mut HashMap<Key, ModelState>,
-    key: &Key,
+    key: Key,
     quota: Quota,
     now: Instant,
     max_models: usize,
     config: &Config,
-) -> &'a mut ModelState {
-    if !map.contains_key(key) && map.len() >= max_models {
+) -> (Key, &'a mut ModelState) {
+    if !map.contains_key(&key) && map.len() >= max_models {
         let idle = map
             .iter_mut()
             .find_map(|(k, s)| s.is_idle(now, config).then(|| k.clone()));
@@ -361,18 +366,27 @@ fn entry<'a>(
                 map.remove(&idle);
             }
             None => {
+                tracing::warn!(
+                    model = &*key.model,
+                    max_models,
+                    "TokenBudget: every tracked model is busy; counting this one in the shared \
+                     overflow budget (raise max_models if this model is real)"
+                );
                 let overflow = Key {
                     account: None,
                     model: Arc::from("*"),
                 };
-                return map
-                    .entry(overflow)
+                let state = map
+                    .entry(overflow.clone())
                     .or_insert_with(|| ModelState::new(config.default, now, config.window));
+                return (overflow, state);
             }
         }
     }
-    map.entry(key.clone())
-        .or_insert_with(|| ModelState::new(quota, now, config.window))
+    let state = map
+        .entry(key.clone())
+        .or_insert_with(|| ModelState::new(quota, now, config.window));
+    (key, state)
 }
 
 impl ModelState {
@@ -393,8 +407,8 @@ impl ModelState {
     fn warm_up(&self, now: Instant, config: &Config) -> f64 {
         match config.warm_up {
             Some((from, over)) if !over.is_zero() => {
-                let done = now.saturating_duration_since(self.created).as_secs_f64()
-                    / over.as_secs_f64();
+                let done =
+                    now.saturating_duration_since(self.created).as_secs_f64() / over.as_secs_f64();
                 (from + (1.0 - from) * done).min(1.0)
             }
             _ => 1.0,

@@ -73,18 +73,50 @@ impl Window {
     }
 
     /// Moves the window to `now`: slots that left it are emptied, and carried debt moves in
-    /// as room appears under `limit`.
+    /// as room appears under `limit`, slot by slot, as if the window had been watched all along.
     pub(crate) fn advance(&mut self, now: Instant, limit: u64) {
         let current = self.slot_of(now);
-        if current > self.head {
-            let steps = (current - self.head).min(RING as u64);
-            for n in 1..=steps {
-                let index = ((self.head + n) % RING as u64) as usize;
-                self.sum -= self.slots[index];
-                self.slots[index] = 0;
+        let mut steps = current.saturating_sub(self.head);
+        let mut stepped = 0u64;
+        while steps > 0 {
+            if self.carry == 0 && (self.sum == 0 || steps >= RING as u64) {
+                // Nothing owed: everything older than a window simply leaves.
+                if steps >= RING as u64 {
+                    self.slots = [0; RING];
+                    self.sum = 0;
+                    self.head = current;
+                    break;
+                }
+                if self.sum == 0 {
+                    self.head = current;
+                    break;
+                }
             }
-            self.head = current;
+            if self.carry > 0 && stepped >= 2 * RING as u64 && self.sum > 0 {
+                // Two windows of debt entering as slots leave: the window is full and turns
+                // the same way every window, each one taking `sum` off the debt. Skip whole
+                // windows at once, so a debt of any size costs a bounded number of steps.
+                let windows = (steps / RING as u64).min(self.carry / self.sum);
+                if windows > 0 {
+                    self.carry -= windows * self.sum;
+                    self.head += windows * RING as u64;
+                    steps -= windows * RING as u64;
+                    continue;
+                }
+            }
+            self.head += 1;
+            let index = (self.head % RING as u64) as usize;
+            self.sum -= self.slots[index];
+            self.slots[index] = 0;
+            self.move_carry(limit);
+            steps -= 1;
+            stepped += 1;
         }
+        self.move_carry(limit);
+    }
+
+    /// Moves as much carried debt into the current slot as `limit` leaves room for.
+    fn move_carry(&mut self, limit: u64) {
         if self.carry > 0 {
             let room = limit.saturating_sub(self.sum);
             let moved = room.min(self.carry);
@@ -146,8 +178,8 @@ impl Window {
         if cost > limit {
             excess = self.sum.saturating_add(self.carry);
         }
-        // Slots leave oldest first; carried debt enters as they leave, so the carry also has to
-        // leave: count it as leaving a window after the newest slot.
+        // Slots leave oldest first, and carried debt enters as they leave: the carry has to pass
+        // through the window, a window's `limit` at a time, after the slots there now.
         let mut freed = 0u64;
         for age in (0..RING as u64).rev() {
             let Some(slot) = self.head.checked_sub(age) else {
@@ -208,7 +240,10 @@ mod tests {
         }
         assert!(!w.fits(1, 5));
         let wait = w.wait_for(start, 1, 5);
-        assert!(wait > Duration::from_millis(990) && wait <= Duration::from_millis(1020), "{wait:?}");
+        assert!(
+            wait > Duration::from_millis(990) && wait <= Duration::from_millis(1020),
+            "{wait:?}"
+        );
         w.advance(start + wait, 5);
         assert!(w.fits(5, 5));
     }
@@ -243,6 +278,20 @@ mod tests {
         w.advance(later, 10);
         w.credit(at, 3);
         assert!(w.is_idle());
+    }
+
+    #[test]
+    fn debt_drains_a_window_at_a_time_however_long_the_gap() {
+        let start = Instant::now();
+        let mut w = Window::new(SECOND, start);
+        w.charge(1_000_000, 10);
+        // Ten seconds later, a hundred windows of 10 have gone in: 999,900 still owed.
+        w.advance(start + 10 * SECOND, 10);
+        let owed = w.used();
+        assert!((999_880..=999_910).contains(&owed), "{owed}");
+        // A huge gap drains it all in a bounded number of steps.
+        w.advance(start + 1_000_000 * SECOND, 10);
+        assert!(w.is_idle() || w.used() <= 10, "{}", w.used());
     }
 
     proptest! {
