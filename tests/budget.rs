@@ -426,3 +426,102 @@ fn services_and_futures_are_send_and_sync() {
     let service = TokenBudget::new(Quota::per_minute(1, 1)).layer(server.service());
     assert_send_sync(&service);
 }
+
+/// A store across a (pretend) network: every answer takes 50 ms, then comes from a local store.
+struct SlowStore {
+    inner: Arc<tower_dashscope::budget::LocalStore>,
+    asked: Arc<AtomicU32>,
+}
+
+impl tower_dashscope::budget::BudgetStore for SlowStore {
+    fn try_take(
+        &self,
+        key: &tower_dashscope::budget::BudgetKey,
+        limits: tower_dashscope::budget::Limits,
+        tokens: u64,
+    ) -> tower_dashscope::budget::StoreFuture<Result<tower_dashscope::budget::Admission, BoxError>>
+    {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        let (inner, key) = (self.inner.clone(), key.clone());
+        tower_dashscope::budget::StoreFuture::Pending(Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            inner
+                .try_take(&key, limits, tokens)
+                .ready()
+                .expect("local answers at once")
+        }))
+    }
+
+    fn adjust(
+        &self,
+        key: &tower_dashscope::budget::BudgetKey,
+        limits: tower_dashscope::budget::Limits,
+        taken: tower_dashscope::budget::Taken,
+        delta: i64,
+    ) {
+        self.inner.adjust(key, limits, taken, delta);
+    }
+
+    fn tokens_used(
+        &self,
+        key: &tower_dashscope::budget::BudgetKey,
+        limits: tower_dashscope::budget::Limits,
+    ) -> u64 {
+        self.inner.tokens_used(key, limits)
+    }
+
+    fn forget(&self, key: &tower_dashscope::budget::BudgetKey) {
+        self.inner.forget(key);
+    }
+
+    fn is_idle(
+        &self,
+        key: &tower_dashscope::budget::BudgetKey,
+        limits: tower_dashscope::budget::Limits,
+    ) -> bool {
+        self.inner.is_idle(key, limits)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_that_answers_later_is_awaited_and_cancelling_it_frees_the_permit() {
+    use tower_dashscope::budget::BudgetStore as _;
+    let inner = Arc::new(tower_dashscope::budget::LocalStore::new());
+    let asked = Arc::new(AtomicU32::new(0));
+    let budget = TokenBudget::new(Quota::per_minute(60, 0))
+        .max_concurrency(1)
+        .store(SlowStore {
+            inner: inner.clone(),
+            asked: asked.clone(),
+        });
+    let server = Server::new(1);
+    let service = budget.clone().layer(server.service());
+
+    let response = service.clone().oneshot(chat("m", 1)).await.unwrap();
+    drop(response);
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+    assert_eq!(server.arrivals().len(), 1);
+
+    // Cancelled while the store is being asked: the permit comes back.
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(10),
+        service.clone().oneshot(chat("m", 1)),
+    );
+    assert!(cancelled.await.is_err());
+    assert_eq!(asked.load(Ordering::SeqCst), 2);
+    assert_eq!(budget.in_flight(), 0);
+
+    // The windows are the store's: one request counted there.
+    let key = tower_dashscope::budget::BudgetKey::new(None, "m");
+    let limits = tower_dashscope::budget::Limits {
+        requests: 1000,
+        tokens: u64::MAX,
+        window: Duration::from_secs(1),
+    };
+    assert!(!inner.is_idle(&key, limits));
+    // Later it has room again, and the next request goes through the slow store.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let response = service.clone().oneshot(chat("m", 1)).await.unwrap();
+    drop(response);
+    assert_eq!(server.arrivals().len(), 2);
+}

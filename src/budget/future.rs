@@ -13,7 +13,8 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::Service;
 
-use super::state::{Admit, Cost, Key, Reservation, Shared};
+use super::state::{Begin, Cost, Key, Reservation, Shared};
+use super::store::{Admission, Limits, StoreFuture};
 use crate::error::{BoxError, DashScopeError, ErrorClass, RateLimitKind, into_dashscope_error};
 use crate::extensions::{BudgetWait, UsageSlot};
 use crate::guard::Held;
@@ -27,10 +28,15 @@ struct Queued {
     ticket: u64,
     /// Set once admitted: the ticket already left the queue.
     admitted: bool,
+    /// Set while a store across the network is asked: a permit is held for the answer.
+    asking: bool,
 }
 
 impl Drop for Queued {
     fn drop(&mut self) {
+        if self.asking {
+            self.shared.not_yet(&self.key);
+        }
         if !self.admitted {
             self.shared.dequeue(&self.key, self.ticket);
         }
@@ -55,6 +61,8 @@ pin_project! {
         started: Instant,
         deadline: Option<Instant>,
         sleep: Option<Pin<Box<Sleep>>>,
+        // A store across the network answering (the in-process store answers at once).
+        asking: Option<(Pin<Box<dyn Future<Output = Result<Admission, BoxError>> + Send>>, Limits)>,
         // Once admitted, until the response body ends.
         held: Option<Held<Reservation>>,
     }
@@ -88,6 +96,7 @@ where
             started: Instant::now(),
             deadline: None,
             sleep: None,
+            asking: None,
             held: None,
         }
     }
@@ -114,11 +123,13 @@ where
                 key,
                 ticket,
                 admitted: false,
+                asking: false,
             }),
             cost,
             started,
             deadline,
             sleep: None,
+            asking: None,
             held: None,
         }
     }
@@ -149,21 +160,53 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Admitting => {
+                    let (answer, limits) = match this.asking.as_mut() {
+                        Some((asking, limits)) => {
+                            let answer = ready!(asking.as_mut().poll(cx));
+                            let limits = *limits;
+                            *this.asking = None;
+                            if let Some(queued) = this.queued.as_mut() {
+                                queued.asking = false;
+                            }
+                            (Some(answer), limits)
+                        }
+                        None => {
+                            let Some(queued) = this.queued.as_mut() else {
+                                unreachable!("a request is queued until it is admitted");
+                            };
+                            match queued.shared.begin(
+                                &queued.key,
+                                queued.ticket,
+                                *this.cost,
+                                cx.waker(),
+                            ) {
+                                Begin::Ask(StoreFuture::Ready(answer), limits) => (answer, limits),
+                                Begin::Ask(StoreFuture::Pending(asking), limits) => {
+                                    queued.asking = true;
+                                    *this.asking = Some((asking, limits));
+                                    continue;
+                                }
+                                Begin::Woken => (None, Limits::default()),
+                            }
+                        }
+                    };
                     let Some(queued) = this.queued.as_ref() else {
                         unreachable!("a request is queued until it is admitted");
                     };
-                    let admit =
-                        queued
-                            .shared
-                            .try_admit(&queued.key, queued.ticket, *this.cost, cx.waker());
                     let now = Instant::now();
-                    let wake_at = match admit {
-                        Admit::Yes(mut reservation) => {
-                            // Admitted: the place in the queue is gone, the budget is ours.
-                            if let Some(queued) = this.queued.as_mut() {
-                                queued.admitted = true;
-                            }
-                            this.queued.take();
+                    let wake_at = match answer {
+                        Some(Ok(Admission::Taken(at))) => {
+                            let Some(mut queued) = this.queued.take() else {
+                                unreachable!("checked above");
+                            };
+                            queued.admitted = true;
+                            let mut reservation = queued.shared.admitted(
+                                &queued.key,
+                                queued.ticket,
+                                *this.cost,
+                                limits,
+                                at,
+                            );
                             let (Some(mut request), Some(mut service)) =
                                 (this.request.take(), this.service.take())
                             else {
@@ -194,8 +237,27 @@ where
                             this.state.set(State::Calling { future });
                             continue;
                         }
-                        Admit::At(at) => Some(at),
-                        Admit::Woken => None,
+                        Some(Ok(Admission::Wait(wait))) => {
+                            queued.shared.not_yet(&queued.key);
+                            Some(
+                                now.checked_add(wait)
+                                    .unwrap_or(now + Duration::from_secs(86_400)),
+                            )
+                        }
+                        Some(Err(source)) => {
+                            queued.shared.not_yet(&queued.key);
+                            let err = DashScopeError::new(ErrorClass::Connection)
+                                .with_message(format!(
+                                    "TokenBudget: the budget store failed for model `{}`; the \
+                                     request was not sent (check the store, e.g. Redis)",
+                                    queued.key.model
+                                ))
+                                .with_source(source);
+                            this.state.set(State::Done);
+                            this.queued.take();
+                            return Poll::Ready(Err(err));
+                        }
+                        None => None,
                     };
                     // Not yet: fail now if the wait would end past max_wait.
                     if let (Some(deadline), Some(at)) = (*this.deadline, wake_at) {

@@ -87,6 +87,7 @@
 mod estimate;
 pub mod future;
 mod state;
+mod store;
 mod window;
 
 use std::collections::HashMap;
@@ -102,6 +103,7 @@ use self::estimate::DynEstimator;
 pub use self::estimate::{CharEstimator, TokenEstimator};
 pub use self::future::{BudgetBody, ResponseFuture};
 use self::state::{Cost, Key, Shared};
+pub use self::store::{Admission, BudgetKey, BudgetStore, Limits, LocalStore, StoreFuture, Taken};
 use crate::body::ReplayBody;
 use crate::error::{BoxError, DashScopeError, into_dashscope_error};
 use crate::request::ChatRequest;
@@ -160,6 +162,8 @@ pub(crate) struct Config {
     pub(crate) warm_up: Option<(f64, Duration)>,
     pub(crate) max_models: usize,
     pub(crate) account: Option<AccountFn>,
+    /// A store of the caller's; `None` makes a [`LocalStore`] for each new budget.
+    pub(crate) store: Option<Arc<dyn BudgetStore>>,
 }
 
 impl fmt::Debug for Config {
@@ -175,6 +179,7 @@ impl fmt::Debug for Config {
             .field("warm_up", &self.warm_up)
             .field("max_models", &self.max_models)
             .field("account", &self.account.is_some())
+            .field("shared_store", &self.store.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -198,7 +203,8 @@ pub const DEFAULT_MAX_MODELS: usize = 1024;
 /// - [`estimator`](Self::estimator): [`CharEstimator`];
 /// - [`adaptive`](Self::adaptive): on; [`warm_up`](Self::warm_up): off;
 /// - [`max_models`](Self::max_models): [`DEFAULT_MAX_MODELS`];
-/// - one budget per model name, whatever the account ([`account`](Self::account)).
+/// - one budget per model name, whatever the account ([`account`](Self::account));
+/// - the windows in this process ([`LocalStore`]; [`store`](Self::store) for a shared one).
 #[derive(Clone, Debug)]
 #[must_use]
 pub struct TokenBudget {
@@ -221,6 +227,7 @@ impl TokenBudget {
                 warm_up: None,
                 max_models: DEFAULT_MAX_MODELS,
                 account: None,
+                store: None,
             }),
         }
     }
@@ -306,6 +313,14 @@ impl TokenBudget {
         self.with(|c| c.account = Some(account))
     }
 
+    /// Where the windows live: a [`BudgetStore`] shared by a fleet (one atomic step per
+    /// admission), in place of this process's [`LocalStore`]. Arrival order, concurrency and
+    /// adaptive rates stay per process.
+    pub fn store(self, store: impl BudgetStore) -> Self {
+        let store: Arc<dyn BudgetStore> = Arc::new(store);
+        self.with(|c| c.store = Some(store))
+    }
+
     /// Requests admitted and not yet finished, over every model.
     #[must_use]
     pub fn in_flight(&self) -> usize {
@@ -315,20 +330,14 @@ impl TokenBudget {
     /// The tokens counted against `model` now (in its window, and owed), for metrics and tests.
     #[must_use]
     pub fn tokens_in_window(&self, model: &str) -> u64 {
-        self.shared.tokens_used(&Key {
-            account: None,
-            model: Arc::from(model),
-        })
+        self.shared.tokens_used(&Key::new(None, model))
     }
 
     /// The request and token rates in force for `model`, as fractions of its quota (below 1.0
     /// after the server throttled it, or while warming up); `None` before its first request.
     #[must_use]
     pub fn rate_factors(&self, model: &str) -> Option<(f64, f64)> {
-        self.shared.factors(&Key {
-            account: None,
-            model: Arc::from(model),
-        })
+        self.shared.factors(&Key::new(None, model))
     }
 
     /// How many models (and accounts) have state now.

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::window::{SlotRef, Window};
+use super::store::{Admission, BudgetKey, BudgetStore, Limits, LocalStore, StoreFuture, Taken};
 use super::{Config, Quota};
+use crate::error::BoxError;
 use crate::error::RateLimitKind;
 use crate::guard::{Ending, Release};
 
@@ -28,11 +29,7 @@ const RECOVER: f64 = 0.02;
 const BURST_RESTART: f64 = 0.25;
 
 /// Which budget a request is counted in.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct Key {
-    pub(crate) account: Option<Arc<str>>,
-    pub(crate) model: Arc<str>,
-}
+pub(crate) type Key = BudgetKey;
 
 /// What admitting a request takes.
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +39,7 @@ pub(crate) struct Cost {
 
 pub(crate) struct Shared {
     pub(crate) config: Config,
+    store: Arc<dyn BudgetStore>,
     models: Mutex<Models>,
 }
 
@@ -55,8 +53,6 @@ struct Models {
 
 struct ModelState {
     quota: Quota,
-    requests: Window,
-    tokens: Window,
     /// Waiting requests in arrival order; the first is the only one that may be admitted.
     queue: BTreeMap<u64, Option<Waker>>,
     /// Requests of this model admitted and not yet finished.
@@ -67,12 +63,11 @@ struct ModelState {
     created: Instant,
 }
 
-/// What one try at admission says.
-pub(crate) enum Admit {
-    /// Admitted: charged, with a permit.
-    Yes(Reservation),
-    /// Not yet: try again at this instant (or when woken).
-    At(Instant),
+/// What the first step of an admission says.
+pub(crate) enum Begin {
+    /// First in line with a permit taken: ask the store, then [`Shared::admitted`] or
+    /// [`Shared::not_yet`].
+    Ask(StoreFuture<Result<Admission, BoxError>>, Limits),
     /// Not yet: wait to be woken (behind another request, or for a permit).
     Woken,
 }
@@ -83,7 +78,8 @@ pub(crate) struct Reservation {
     pub(crate) shared: Arc<Shared>,
     pub(crate) key: Key,
     pub(crate) tokens: u64,
-    pub(crate) at: SlotRef,
+    pub(crate) limits: Limits,
+    pub(crate) at: Taken,
     /// Set when the request was sent with a usage slot of its own, to settle against.
     pub(crate) usage: Option<crate::extensions::UsageSlot>,
     /// How long the request waited for admission.
@@ -100,8 +96,13 @@ impl std::fmt::Debug for Shared {
 
 impl Shared {
     pub(crate) fn new(config: Config) -> Arc<Self> {
+        let store = config
+            .store
+            .clone()
+            .unwrap_or_else(|| Arc::new(LocalStore::new()));
         Arc::new(Shared {
             config,
+            store,
             models: Mutex::new(Models {
                 map: HashMap::new(),
                 in_flight: 0,
@@ -133,7 +134,16 @@ impl Shared {
         models.next_ticket += 1;
         let quota = self.quota_for(&key);
         let max_models = self.config.max_models;
-        let (key, state) = entry(&mut models.map, key, quota, now, max_models, &self.config);
+        let store = &*self.store;
+        let (key, state) = entry(
+            &mut models.map,
+            key,
+            quota,
+            now,
+            max_models,
+            &self.config,
+            store,
+        );
         state.queue.insert(ticket, None);
         (key, ticket)
     }
@@ -150,84 +160,83 @@ impl Shared {
         }
     }
 
-    /// One try at admitting `ticket` at `now`.
-    pub(crate) fn try_admit(
-        self: &Arc<Self>,
-        key: &Key,
-        ticket: u64,
-        cost: Cost,
-        waker: &Waker,
-    ) -> Admit {
+    /// The first step of admitting `ticket`: when it is first in line and a permit is free,
+    /// the permit is taken and the store is asked for the budget.
+    pub(crate) fn begin(&self, key: &Key, ticket: u64, cost: Cost, waker: &Waker) -> Begin {
         let now = Instant::now();
         let mut models = self.lock();
         let max_concurrency = self.config.max_concurrency;
         let permits_full = max_concurrency.is_some_and(|max| models.in_flight >= max);
         let Some(state) = models.map.get_mut(key) else {
             // Entries with a queue are never evicted; this is a ticket already dequeued.
-            return Admit::Woken;
+            return Begin::Woken;
         };
+        let Some(slot) = state.queue.get_mut(&ticket) else {
+            return Begin::Woken;
+        };
+        set_waker(slot, waker);
         if state.queue.keys().next() != Some(&ticket) {
-            if let Some(slot) = state.queue.get_mut(&ticket) {
-                set_waker(slot, waker);
-            }
-            return Admit::Woken;
-        }
-        let (request_limit, token_limit) = state.limits(now, &self.config);
-        state.requests.advance(now, request_limit);
-        state.tokens.advance(now, token_limit);
-        let token_cost = cost.tokens.saturating_mul(MILLI);
-        let wait = state
-            .requests
-            .wait_for(now, MILLI, request_limit)
-            .max(state.tokens.wait_for(now, token_cost, token_limit));
-        if !wait.is_zero() {
-            if let Some(slot) = state.queue.get_mut(&ticket) {
-                set_waker(slot, waker);
-            }
-            return Admit::At(now + wait);
+            return Begin::Woken;
         }
         if permits_full {
-            if let Some(slot) = state.queue.get_mut(&ticket) {
-                set_waker(slot, waker);
-            }
             if !models.permit_waiters.iter().any(|w| w.will_wake(waker)) {
                 models.permit_waiters.push(waker.clone());
             }
-            return Admit::Woken;
+            return Begin::Woken;
         }
-        state.requests.charge(MILLI, request_limit);
-        let at = state.tokens.charge(token_cost, token_limit);
-        state.queue.remove(&ticket);
+        let limits = state.limits(now, &self.config);
         state.in_flight += 1;
-        wake_head(state);
         models.in_flight += 1;
-        Admit::Yes(Reservation {
+        drop(models);
+        let tokens = cost.tokens.saturating_mul(MILLI);
+        Begin::Ask(self.store.try_take(key, limits, tokens), limits)
+    }
+
+    /// The store took the budget: `ticket` leaves the queue, admitted.
+    pub(crate) fn admitted(
+        self: &Arc<Self>,
+        key: &Key,
+        ticket: u64,
+        cost: Cost,
+        limits: Limits,
+        at: Taken,
+    ) -> Reservation {
+        let mut models = self.lock();
+        if let Some(state) = models.map.get_mut(key) {
+            state.queue.remove(&ticket);
+            wake_head(state);
+        }
+        Reservation {
             shared: Arc::clone(self),
             key: key.clone(),
             tokens: cost.tokens,
+            limits,
             at,
             usage: None,
             waited: Duration::ZERO,
-        })
+        }
+    }
+
+    /// The store said not yet (or failed): the permit goes back; `ticket` stays first in line.
+    pub(crate) fn not_yet(&self, key: &Key) {
+        self.finish(key);
     }
 
     /// Gives back or charges the difference between what was reserved and what was used.
-    fn settle(&self, key: &Key, reserved: u64, used: u64, at: SlotRef) {
-        let now = Instant::now();
-        let mut models = self.lock();
-        let Some(state) = models.map.get_mut(key) else {
+    fn settle(&self, key: &Key, reserved: u64, used: u64, at: Taken, limits: Limits) {
+        let delta = i64::try_from(used.saturating_mul(MILLI))
+            .unwrap_or(i64::MAX)
+            .saturating_sub(i64::try_from(reserved.saturating_mul(MILLI)).unwrap_or(i64::MAX));
+        if delta == 0 {
             return;
-        };
-        let (_, token_limit) = state.limits(now, &self.config);
-        state.tokens.advance(now, token_limit);
-        if used < reserved {
-            state
-                .tokens
-                .credit(at, (reserved - used).saturating_mul(MILLI));
-            wake_head(state);
-        } else if used > reserved {
-            let debt = (used - reserved).saturating_mul(MILLI);
-            state.tokens.charge(debt, token_limit);
+        }
+        self.store.adjust(key, limits, at, delta);
+        if delta < 0 {
+            let mut models = self.lock();
+            if let Some(state) = models.map.get_mut(key) {
+                wake_head(state);
+            }
+        } else {
             tracing::debug!(
                 model = &*key.model,
                 debt_tokens = used - reserved,
@@ -318,13 +327,14 @@ impl Shared {
     /// Tokens counted in `key`'s window now (in the window and owed), rounded up.
     pub(crate) fn tokens_used(&self, key: &Key) -> u64 {
         let now = Instant::now();
-        let mut models = self.lock();
-        let Some(state) = models.map.get_mut(key) else {
-            return 0;
+        let limits = {
+            let models = self.lock();
+            match models.map.get(key) {
+                Some(state) => state.limits(now, &self.config),
+                None => return 0,
+            }
         };
-        let (_, token_limit) = state.limits(now, &self.config);
-        state.tokens.advance(now, token_limit);
-        state.tokens.used().div_ceil(MILLI)
+        self.store.tokens_used(key, limits).div_ceil(MILLI)
     }
 
     /// Models with state.
@@ -356,14 +366,16 @@ fn entry<'a>(
     now: Instant,
     max_models: usize,
     config: &Config,
+    store: &dyn BudgetStore,
 ) -> (Key, &'a mut ModelState) {
     if !map.contains_key(&key) && map.len() >= max_models {
         let idle = map
-            .iter_mut()
-            .find_map(|(k, s)| s.is_idle(now, config).then(|| k.clone()));
+            .iter()
+            .find_map(|(k, s)| s.is_idle(k, now, config, store).then(|| k.clone()));
         match idle {
             Some(idle) => {
                 map.remove(&idle);
+                store.forget(&idle);
             }
             None => {
                 tracing::warn!(
@@ -378,23 +390,21 @@ fn entry<'a>(
                 };
                 let state = map
                     .entry(overflow.clone())
-                    .or_insert_with(|| ModelState::new(config.default, now, config.window));
+                    .or_insert_with(|| ModelState::new(config.default, now));
                 return (overflow, state);
             }
         }
     }
     let state = map
         .entry(key.clone())
-        .or_insert_with(|| ModelState::new(quota, now, config.window));
+        .or_insert_with(|| ModelState::new(quota, now));
     (key, state)
 }
 
 impl ModelState {
-    fn new(quota: Quota, now: Instant, window: Duration) -> Self {
+    fn new(quota: Quota, now: Instant) -> Self {
         ModelState {
             quota,
-            requests: Window::new(window, now),
-            tokens: Window::new(window, now),
             queue: BTreeMap::new(),
             in_flight: 0,
             request_factor: 1.0,
@@ -417,7 +427,7 @@ impl ModelState {
 
     /// The request and token limits of one window now, in thousandths; `u64::MAX` for a
     /// dimension the quota leaves unlimited.
-    fn limits(&self, now: Instant, config: &Config) -> (u64, u64) {
+    fn limits(&self, now: Instant, config: &Config) -> Limits {
         let warm = self.warm_up(now, config);
         let per_window = |per_minute: u32, factor: f64| {
             if per_minute == 0 {
@@ -427,31 +437,19 @@ impl ModelState {
             // At least one request's or token's worth, so that a tiny quota still admits.
             ((exact * factor * warm) as u64).max(MILLI)
         };
-        (
-            per_window(self.quota.requests, self.request_factor),
-            per_window(self.quota.tokens, self.token_factor),
-        )
+        Limits {
+            requests: per_window(self.quota.requests, self.request_factor),
+            tokens: per_window(self.quota.tokens, self.token_factor),
+            window: config.window,
+        }
     }
 
-    fn is_idle(&self, now: Instant, config: &Config) -> bool {
-        let (request_limit, token_limit) = self.limits(now, config);
-        let mut requests_idle = self.requests.is_idle();
-        let mut tokens_idle = self.tokens.is_idle();
-        if !requests_idle || !tokens_idle {
-            // Look at the windows as of now without changing them.
-            let mut r = self.requests.clone();
-            let mut t = self.tokens.clone();
-            r.advance(now, request_limit);
-            t.advance(now, token_limit);
-            requests_idle = r.is_idle();
-            tokens_idle = t.is_idle();
-        }
+    fn is_idle(&self, key: &Key, now: Instant, config: &Config, store: &dyn BudgetStore) -> bool {
         self.queue.is_empty()
             && self.in_flight == 0
-            && requests_idle
-            && tokens_idle
             && self.request_factor >= 1.0
             && self.token_factor >= 1.0
+            && store.is_idle(key, self.limits(now, config))
     }
 }
 
@@ -469,7 +467,8 @@ impl Release for Reservation {
             Ending::Dropped => None,
         };
         if let Some(used) = used {
-            self.shared.settle(&self.key, self.tokens, used, self.at);
+            self.shared
+                .settle(&self.key, self.tokens, used, self.at, self.limits);
         }
         self.shared.finish(&self.key);
     }
@@ -479,7 +478,8 @@ impl Reservation {
     /// The server refused the request before generating anything: its tokens come back (the
     /// request still counts against the request rate).
     pub(crate) fn refund_tokens(&mut self) {
-        self.shared.settle(&self.key, self.tokens, 0, self.at);
+        self.shared
+            .settle(&self.key, self.tokens, 0, self.at, self.limits);
         self.tokens = 0;
         self.usage = None;
     }

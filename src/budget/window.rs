@@ -35,7 +35,7 @@ const RING: usize = SLOTS + 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SlotRef {
     /// The absolute slot number (time since the window's epoch, in slot widths).
-    slot: u64,
+    pub(crate) slot: u64,
 }
 
 /// One quota dimension (requests or tokens) of one model.

@@ -1,0 +1,265 @@
+//! Where the budget's windows live: in this process by default, or in a store a fleet shares.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::window::{SlotRef, Window};
+use crate::error::BoxError;
+
+/// Which budget a request is counted in: its model, and its account when
+/// [`TokenBudget::account`](super::TokenBudget::account) names one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BudgetKey {
+    pub(crate) account: Option<Arc<str>>,
+    pub(crate) model: Arc<str>,
+}
+
+impl BudgetKey {
+    /// The key of `model`, in `account` if any.
+    pub fn new(account: Option<&str>, model: &str) -> Self {
+        BudgetKey {
+            account: account.map(Arc::from),
+            model: Arc::from(model),
+        }
+    }
+
+    /// The model.
+    #[must_use]
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The account, when budgets are kept per account.
+    #[must_use]
+    pub fn account(&self) -> Option<&str> {
+        self.account.as_deref()
+    }
+}
+
+impl fmt::Display for BudgetKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.account {
+            Some(account) => write!(f, "{account}/{}", self.model),
+            None => f.write_str(&self.model),
+        }
+    }
+}
+
+/// What one window of a key may hold now, in **thousandths** of a request and of a token (so
+/// that 100 RPM is 1.666 requests a second, not 1). `u64::MAX` leaves a dimension unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Limits {
+    /// Thousandths of a request per window.
+    pub requests: u64,
+    /// Thousandths of a token per window.
+    pub tokens: u64,
+    /// The window's length.
+    pub window: Duration,
+}
+
+/// Where a request's tokens were charged, so that a store can give back from the same place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken(pub u64);
+
+/// The answer of [`BudgetStore::try_take`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Admission {
+    /// Taken: one request and the tokens are charged.
+    Taken(Taken),
+    /// Not now: nothing was charged; try again after this long.
+    Wait(Duration),
+}
+
+/// A store's answer: ready now (the in-process store; no allocation), or a future (a store
+/// across the network).
+#[must_use = "a store's answer does nothing unless awaited"]
+pub enum StoreFuture<T> {
+    /// The answer, now.
+    Ready(Option<T>),
+    /// The answer, later.
+    Pending(Pin<Box<dyn Future<Output = T> + Send>>),
+}
+
+impl<T> fmt::Debug for StoreFuture<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreFuture::Ready(_) => f.write_str("StoreFuture::Ready"),
+            StoreFuture::Pending(_) => f.write_str("StoreFuture::Pending"),
+        }
+    }
+}
+
+/// The state of the budget's windows: one request window and one token window per
+/// [`BudgetKey`], each holding at most its [`Limits`] over any window of time.
+///
+/// [`try_take`](Self::try_take) is the one atomic step of an admission: a store shared by a
+/// fleet (Redis, say) does it in one round trip, so that no two processes both take the last
+/// room. Everything else — arrival order, concurrency permits, adaptive rates — stays in the
+/// process. [`LocalStore`], the default, keeps the windows in memory.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_dashscope::budget::{Admission, BudgetKey, BudgetStore, Limits, LocalStore};
+///
+/// let store = LocalStore::new();
+/// let key = BudgetKey::new(None, "qwen-plus");
+/// let limits = Limits { requests: 2_000, tokens: u64::MAX, window: Duration::from_secs(1) };
+/// # let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+/// # rt.block_on(async {
+/// for _ in 0..2 {
+///     let taken = store.try_take(&key, limits, 10_000).ready().unwrap().unwrap();
+///     assert!(matches!(taken, Admission::Taken(_)));
+/// }
+/// let third = store.try_take(&key, limits, 10_000).ready().unwrap().unwrap();
+/// assert!(matches!(third, Admission::Wait(_)));
+/// # });
+/// ```
+pub trait BudgetStore: Send + Sync + 'static {
+    /// Takes one request and `tokens` thousandths of a token from `key`'s windows if both have
+    /// room under `limits` now — all or nothing — or says how long until they will. A cost
+    /// above a whole window's limit is taken when the window is empty, the excess owed.
+    ///
+    /// If the caller is cancelled while a pending answer is on its way, a take the store
+    /// already made stays charged: the layer cannot know of it.
+    fn try_take(
+        &self,
+        key: &BudgetKey,
+        limits: Limits,
+        tokens: u64,
+    ) -> StoreFuture<Result<Admission, BoxError>>;
+
+    /// Settles a request taken at `taken`: `delta` thousandths of a token come back (negative)
+    /// or are owed (positive). Called from `Drop` and `poll` paths: it must not block; a store
+    /// across the network sends it in the background.
+    fn adjust(&self, key: &BudgetKey, limits: Limits, taken: Taken, delta: i64);
+
+    /// The thousandths of a token counted against `key` now (in the window and owed).
+    fn tokens_used(&self, key: &BudgetKey, limits: Limits) -> u64;
+
+    /// Forgets `key`: the process no longer tracks it, and its windows are idle.
+    fn forget(&self, key: &BudgetKey);
+
+    /// Whether `key`'s windows count nothing now (a key whose state may be forgotten).
+    fn is_idle(&self, key: &BudgetKey, limits: Limits) -> bool;
+}
+
+impl<T> StoreFuture<T> {
+    /// The answer if it is ready now (for stores that never wait, and for tests).
+    pub fn ready(self) -> Option<T> {
+        match self {
+            StoreFuture::Ready(value) => value,
+            StoreFuture::Pending(_) => None,
+        }
+    }
+}
+
+/// The default store: the windows in this process's memory, shared by every clone of the
+/// layer. Entries are removed when the layer forgets a key, so memory follows the layer's
+/// bound on models.
+#[derive(Debug, Default)]
+pub struct LocalStore {
+    windows: Mutex<HashMap<BudgetKey, Windows>>,
+}
+
+#[derive(Debug, Clone)]
+struct Windows {
+    requests: Window,
+    tokens: Window,
+}
+
+/// A request is a thousand thousandths.
+const ONE_REQUEST: u64 = 1000;
+
+impl LocalStore {
+    /// An empty store.
+    #[must_use]
+    pub fn new() -> Self {
+        LocalStore::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<BudgetKey, Windows>> {
+        // Plain numbers inside: a panic elsewhere cannot leave them invalid.
+        self.windows.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn with<T>(
+        &self,
+        key: &BudgetKey,
+        limits: Limits,
+        f: impl FnOnce(&mut Windows, Instant) -> T,
+    ) -> T {
+        let now = Instant::now();
+        let mut map = self.lock();
+        let windows = map.entry(key.clone()).or_insert_with(|| Windows {
+            requests: Window::new(limits.window, now),
+            tokens: Window::new(limits.window, now),
+        });
+        windows.requests.advance(now, limits.requests);
+        windows.tokens.advance(now, limits.tokens);
+        f(windows, now)
+    }
+}
+
+impl BudgetStore for LocalStore {
+    fn try_take(
+        &self,
+        key: &BudgetKey,
+        limits: Limits,
+        tokens: u64,
+    ) -> StoreFuture<Result<Admission, BoxError>> {
+        let admission = self.with(key, limits, |w, now| {
+            let wait = w
+                .requests
+                .wait_for(now, ONE_REQUEST, limits.requests)
+                .max(w.tokens.wait_for(now, tokens, limits.tokens));
+            if !wait.is_zero() {
+                return Admission::Wait(wait);
+            }
+            w.requests.charge(ONE_REQUEST, limits.requests);
+            let at = w.tokens.charge(tokens, limits.tokens);
+            Admission::Taken(Taken(at.slot))
+        });
+        StoreFuture::Ready(Some(Ok(admission)))
+    }
+
+    fn adjust(&self, key: &BudgetKey, limits: Limits, taken: Taken, delta: i64) {
+        if !self.lock().contains_key(key) {
+            return;
+        }
+        self.with(key, limits, |w, _| {
+            if delta < 0 {
+                w.tokens
+                    .credit(SlotRef { slot: taken.0 }, delta.unsigned_abs());
+            } else if delta > 0 {
+                w.tokens.charge(delta.unsigned_abs(), limits.tokens);
+            }
+        });
+    }
+
+    fn tokens_used(&self, key: &BudgetKey, limits: Limits) -> u64 {
+        if !self.lock().contains_key(key) {
+            return 0;
+        }
+        self.with(key, limits, |w, _| w.tokens.used())
+    }
+
+    fn forget(&self, key: &BudgetKey) {
+        self.lock().remove(key);
+    }
+
+    fn is_idle(&self, key: &BudgetKey, limits: Limits) -> bool {
+        if !self.lock().contains_key(key) {
+            return true;
+        }
+        self.with(key, limits, |w, _| {
+            w.requests.is_idle() && w.tokens.is_idle()
+        })
+    }
+}
