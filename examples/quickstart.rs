@@ -7,8 +7,8 @@
 //! tight quota on `qwen-plus` (600 RPM, 60k TPM), an outage on `qwen-max` for the first two
 //! seconds, a burst limit and some latency; then sends 40 requests at once — both API flavours,
 //! mixed sizes, some streaming, one too long for the context window — through
-//! `RetryWithJitter`, `WaitTimeoutHeader` and `ClassifyDashScopeError` over hyper-util's HTTP
-//! client, and reports what happened. No key, no network.
+//! `RetryWithJitter`, `TokenBudget`, `WaitTimeoutHeader` and `ClassifyDashScopeError` over
+//! hyper-util's HTTP client, and reports what happened. No key, no network.
 //!
 //! **Live (`DASHSCOPE_API_KEY` set).** Three small requests (`max_tokens` 32; billed to the key's
 //! account) through the same layers, over HTTPS (rustls with ring and the webpki roots): an
@@ -43,7 +43,10 @@ use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_dashscope::mock::{MockDashScope, ModelConfig};
-use tower_dashscope::{Attempts, ClassifyDashScopeError, RetryWithJitter, WaitTimeoutHeader};
+use tower_dashscope::{
+    Attempts, BudgetWait, ClassifyDashScopeError, Quota, RetryWithJitter, TokenBudget,
+    WaitTimeoutHeader,
+};
 
 #[path = "live/demo.rs"]
 mod live;
@@ -100,6 +103,8 @@ async fn simulator_demo() -> Result<(), Box<dyn std::error::Error>> {
                 .deadline(Duration::from_secs(30))
                 .seed(2026),
         )
+        // The account's quotas, so the layer waits instead of collecting 429s.
+        .layer(TokenBudget::new(Quota::per_minute(600, 60_000)))
         .layer(WaitTimeoutHeader::new(Duration::from_secs(3)))
         .layer(ClassifyDashScopeError::new())
         .service(http_client);
@@ -130,19 +135,28 @@ async fn simulator_demo() -> Result<(), Box<dyn std::error::Error>> {
         calls.push(tokio::spawn(async move {
             let response = client.oneshot(request).await?;
             let attempts = response.extensions().get::<Attempts>().map_or(1, |a| a.0);
+            let waited = response
+                .extensions()
+                .get::<BudgetWait>()
+                .map_or(Duration::ZERO, |w| w.0);
             // Read to the end: errors inside streams surface here.
             response.into_body().collect().await?;
-            Ok::<u32, tower_dashscope::DashScopeError>(attempts)
+            Ok::<(u32, Duration), tower_dashscope::DashScopeError>((attempts, waited))
         }));
     }
 
     let (mut succeeded, mut retries) = (0, 0);
+    let (mut held_back, mut longest_wait) = (0, Duration::ZERO);
     let mut failures: BTreeMap<&'static str, (u32, String)> = BTreeMap::new();
     for call in calls {
         match call.await? {
-            Ok(attempts) => {
+            Ok((attempts, waited)) => {
                 succeeded += 1;
                 retries += attempts - 1;
+                if !waited.is_zero() {
+                    held_back += 1;
+                    longest_wait = longest_wait.max(waited);
+                }
             }
             Err(err) => {
                 retries += err.attempts().unwrap_or(1).saturating_sub(1);
@@ -179,6 +193,10 @@ async fn simulator_demo() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "  queued by the server         {:>3}  (X-DashScope-Wait-Timeout instead of a burst 429)",
         all.queued
+    );
+    println!(
+        "  held back by TokenBudget     {held_back:>3}  (longest {:.1} s: waited for quota instead of a 429)",
+        longest_wait.as_secs_f64()
     );
     println!(
         "  retries, with jitter         {retries:>3}  (RetryWithJitter, budget shared by all 40)"

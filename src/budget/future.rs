@@ -61,6 +61,8 @@ pin_project! {
         started: Instant,
         deadline: Option<Instant>,
         sleep: Option<Pin<Box<Sleep>>>,
+        // Whether the request had to wait for room (not just for a store's answer).
+        delayed: bool,
         // A store across the network answering (the in-process store answers at once).
         asking: Option<(Pin<Box<dyn Future<Output = Result<Admission, BoxError>> + Send>>, Limits)>,
         // Once admitted, until the response body ends.
@@ -96,6 +98,7 @@ where
             started: Instant::now(),
             deadline: None,
             sleep: None,
+            delayed: false,
             asking: None,
             held: None,
         }
@@ -129,6 +132,7 @@ where
             started,
             deadline,
             sleep: None,
+            delayed: false,
             asking: None,
             held: None,
         }
@@ -221,7 +225,11 @@ where
                                 }
                             };
                             reservation.usage = Some(slot);
-                            let waited = now.saturating_duration_since(*this.started);
+                            let waited = if *this.delayed {
+                                now.saturating_duration_since(*this.started)
+                            } else {
+                                Duration::ZERO
+                            };
                             reservation.waited = waited;
                             if !waited.is_zero() {
                                 tracing::debug!(
@@ -259,6 +267,7 @@ where
                         }
                         None => None,
                     };
+                    *this.delayed = true;
                     // Not yet: fail now if the wait would end past max_wait.
                     if let (Some(deadline), Some(at)) = (*this.deadline, wake_at) {
                         if at > deadline {
