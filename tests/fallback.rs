@@ -860,3 +860,20 @@ fn services_and_futures_are_send_sync() {
     );
     assert_send_sync::<tower_dashscope::fallback::future::ResponseBody<Full<Bytes>>>();
 }
+
+#[tokio::test(start_paused = true)]
+async fn retry_hands_rate_limits_back_for_a_request_marked_fallback_available() {
+    let models = Models::new(&[("a", vec![Status(429, &[]), Status(503, &[]), ok()])]);
+    let retry = RetryWithJitter::new().seed(1).layer(models.clone());
+    let mut request = chat("a");
+    request.extensions_mut().insert(FallbackAvailable);
+    let response = retry.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 429, "handed back");
+    assert_eq!(response.extensions().get::<Attempts>(), Some(&Attempts(1)));
+    // Other failures are retried as usual, marked or not.
+    let mut request = chat("a");
+    request.extensions_mut().insert(FallbackAvailable);
+    let response = retry.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.extensions().get::<Attempts>(), Some(&Attempts(2)));
+}

@@ -50,7 +50,8 @@ pin_project! {
             #[pin]
             future: F,
         },
-        // A successful answer to a streaming request: waiting for its first data frame.
+        // A successful answer to a streaming request (or to any request, with a first-byte
+        // timeout): waiting for its first data frame.
         Peeking {
             parts: Option<Parts>,
             body: Option<Pin<Box<R>>>,
@@ -634,7 +635,9 @@ where
                     };
                     match outcome {
                         Ok(response) if is_success(&response) => {
-                            if run.chat.stream() {
+                            // A stream's first event, or with a first-byte timeout any
+                            // body's first byte, is awaited before the caller sees anything.
+                            if run.chat.stream() || run.config.first_byte_timeout.is_some() {
                                 let (parts, body) = response.into_parts();
                                 this.state.set(State::Peeking {
                                     parts: Some(parts),
@@ -666,7 +669,12 @@ where
                             }
                             Poll::Pending => {
                                 if fired(this.sleep.as_mut(), cx) {
-                                    break Err(run.timeout("first event"));
+                                    let what = if run.chat.stream() {
+                                        "first event"
+                                    } else {
+                                        "first byte of its body"
+                                    };
+                                    break Err(run.timeout(what));
                                 }
                                 return Poll::Pending;
                             }

@@ -32,8 +32,9 @@
 //!   cannot fit are skipped without a round trip, and when none fits the original error is
 //!   returned.
 //! - **Silent providers.** [`first_byte_timeout`](FallbackModel::first_byte_timeout): a model that
-//!   sends no response headers — or, for a stream, no first event — within the timeout is a
-//!   [`Timeout`](ErrorClass::Timeout), and the next model is tried.
+//!   sends no response headers — or, for a stream, no first event; for any other answer, not the
+//!   first byte of its body — within the timeout is a [`Timeout`](ErrorClass::Timeout), and the
+//!   next model is tried.
 //! - **Streams.** A stream that fails before any byte reached the caller falls back; one that
 //!   fails after ends its body with the typed [`DashScopeError`]. Two models' output are never
 //!   spliced together.
@@ -212,6 +213,29 @@ pub fn default_switch(err: &DashScopeError) -> bool {
                 | ErrorClass::StreamInterrupted
                 | ErrorClass::QuotaExhausted
         )
+}
+
+/// `json` with its top-level `"model"` string set to `model`, every other byte as it was — the
+/// rewrite [`FallbackModel`] makes (see the [module docs](self)), for a layer or test of your
+/// own.
+///
+/// `None` when `json` is not a JSON object with a top-level string `model` (a key spelt with
+/// escapes, `"mod\u0065l"`, counts). Scanned once, never parsed into a tree; never panics.
+///
+/// ```
+/// use tower_dashscope::fallback::rewrite_model;
+///
+/// let body = br#"{ "messages": [{"model": "nested", "content": "hi"}],
+///   "model" : "qwen-max" }"#;
+/// let rewritten = rewrite_model(body, "qwen-plus").unwrap();
+/// assert_eq!(&rewritten[..], &br#"{ "messages": [{"model": "nested", "content": "hi"}],
+///   "model" : "qwen-plus" }"#[..]);
+/// assert!(rewrite_model(b"[1, 2]", "qwen-plus").is_none());
+/// ```
+#[must_use]
+pub fn rewrite_model(json: &[u8], model: &str) -> Option<Bytes> {
+    let spans = rewrite::find_model(json)?;
+    Some(rewrite::rewrite(json, &spans, &rewrite::json_string(model)))
 }
 
 /// Decides whether a failure switches models.
@@ -394,9 +418,10 @@ impl FallbackModel {
         self.with(|c| c.max_wait = max_wait)
     }
 
-    /// A model that sends no response headers — or, to a streaming request, no first event —
-    /// within `timeout` of the attempt is a [`Timeout`](ErrorClass::Timeout): the next model is
-    /// tried. See the [module docs](self#first-byte-timeout-with-and-without-a-classifier-below).
+    /// A model that sends no response headers — or, to a streaming request, no first event; to
+    /// any other, not the first byte of its body — within `timeout` of the attempt is a
+    /// [`Timeout`](ErrorClass::Timeout): the next model is tried. A successful answer is handed
+    /// on once its first byte is in. See the [module docs](self#first-byte-timeout-with-and-without-a-classifier-below).
     pub fn first_byte_timeout(self, timeout: Duration) -> Self {
         self.with(|c| c.first_byte_timeout = Some(timeout))
     }

@@ -314,8 +314,9 @@ mod tests {
         })
     }
 
+    #[allow(clippy::ptr_arg)] // proptest's filter hands a `&String`
     fn not_model(key: &String) -> bool {
-        serde_json::from_str::<String>(key).map_or(true, |k| k != "model")
+        serde_json::from_str::<String>(key.as_str()).map_or(true, |k| k != "model")
     }
 
     proptest! {
