@@ -770,7 +770,13 @@ where
                     this.state.set(State::Done);
                     return Poll::Ready(Err(err));
                 }
-                StateProj::Done => panic!("fallback ResponseFuture polled after completion"),
+                StateProj::Done => {
+                    return Poll::Ready(Err(DashScopeError::new(ErrorClass::InvalidRequest)
+                        .with_message(
+                            "the fallback's response future was polled after it completed",
+                        )
+                        .with_advice("poll a future only until it returns Ready")));
+                }
             };
             match after {
                 After::Return(result) => {
