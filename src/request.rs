@@ -196,7 +196,7 @@ impl ChatRequest {
     /// characters (rounded up) plus one per other character, and at least one. The response's
     /// `usage` has the real count.
     ///
-    /// Against Qwen2's tokenizer (Qwen2.5, Qwen3) this is 1.2x to 1.6x the real count for
+    /// Against Qwen2's tokenizer (Qwen2.5, Qwen3) this is 1.15 to 1.56 times the real count for
     /// English prose, code, Chinese prose and text that mixes them; a table of numbers, whose
     /// every digit is a token of its own, is under-counted. The figures, and how they were
     /// measured, are in [`CharEstimator`](crate::budget::CharEstimator)'s docs.
