@@ -16,9 +16,10 @@ use tower_dashscope::{
 
 const CHAT: &str = "/compatible-mode/v1/chat/completions";
 
+/// A chat request whose input is estimated at one token (three ASCII characters).
 fn chat(model: &str, max_tokens: u32) -> Request<Full<Bytes>> {
     let body = format!(
-        r#"{{"model":"{model}","max_tokens":{max_tokens},"messages":[{{"role":"user","content":"abcd"}}]}}"#
+        r#"{{"model":"{model}","max_tokens":{max_tokens},"messages":[{{"role":"user","content":"abc"}}]}}"#
     );
     Request::post(CHAT)
         .body(Full::new(Bytes::from(body)))
