@@ -57,9 +57,9 @@ const SAMPLES: &[Sample] = &[
     Sample {
         name: "numbers_csv",
         text: include_str!("fixtures/estimator/numbers_csv.txt"),
-        // Qwen2 gives every digit a token of its own, OpenAI's encodings up to three digits one:
-        // a table of numbers is the documented gap, kept from getting any wider.
-        bounds: [(0.4, 1.0), (0.7, 1.0), (0.7, 1.0)],
+        // Qwen2 gives every digit a token of its own, and so does the estimate; a little of the
+        // rest of a table (separators between digits) is merged: the documented small gap.
+        bounds: [(0.85, 1.0), CONSERVATIVE, CONSERVATIVE],
     },
 ];
 
@@ -150,29 +150,6 @@ fn char_estimator_against_real_tokenizers() {
          CharEstimator's docs:\n{}",
         failures.join("\n")
     );
-}
-
-/// The remedy `CharEstimator`'s docs give for digit-heavy traffic — every digit of the body one
-/// token more — covers the table of numbers against Qwen2 and stays within bounds elsewhere.
-#[test]
-fn counting_digits_covers_tables_of_numbers() {
-    let qwen2 = tokenizer("qwen2");
-    let mut lines = String::from("\nCharEstimator + one token a digit, against qwen2\n");
-    for sample in SAMPLES {
-        let body = serde_json::json!({"messages": [{"role": "user", "content": sample.text}]});
-        let body = Bytes::from(serde_json::to_vec(&body).unwrap());
-        let chat = ChatRequest::parse(Api::OpenAiCompatible, &HeaderMap::new(), &body).unwrap();
-        let digits = body.iter().filter(|b| b.is_ascii_digit()).count() as u64;
-        let estimate = CharEstimator.input_tokens(&chat, &body) + digits;
-        let r = ratio(estimate, qwen2.count(sample.text));
-        lines += &format!("{:<12} {r:.2}x\n", sample.name);
-        assert!(
-            (CONSERVATIVE.0..=CONSERVATIVE.1).contains(&r),
-            "{}: {r:.2}x",
-            sample.name
-        );
-    }
-    println!("{lines}");
 }
 
 /// The samples are what the docs say they are: a few KB each, and Chinese where it should be.

@@ -33,11 +33,12 @@ pub trait TokenEstimator: Send + Sync + 'static {
     fn input_tokens(&self, chat: &ChatRequest, body: &Bytes) -> u64;
 }
 
-/// The default estimator: [`ChatRequest::estimated_input_tokens`] — one token per three ASCII
-/// characters of message text, rounded up, plus one per other character, and at least one.
+/// The default estimator: [`ChatRequest::estimated_input_tokens`] — one token per digit, one
+/// per three other ASCII characters of message text (rounded up), one per non-ASCII character,
+/// and at least one.
 ///
-/// It errs high for prose in English, Chinese or both, and for code; it errs low for text
-/// made mostly of digits. Roles, tool definitions, images and the chat template's own tokens (a
+/// It errs high for prose in English, Chinese or both, and for code; text made mostly of
+/// digits comes close (0.9). Roles, tool definitions, images and the chat template's own tokens (a
 /// few per message) are not counted. Whatever the estimate misses or adds, the settlement
 /// against the response's `usage` corrects: an over-estimate is given back, an under-estimate
 /// is charged to the next requests.
@@ -51,9 +52,9 @@ pub trait TokenEstimator: Send + Sync + 'static {
 /// |----------------------------------|-----------|------------|-------------|
 /// | English prose                    | 1.56      | 1.58       | 1.56        |
 /// | Chinese prose                    | 1.41      | 1.12       | **0.75**    |
-/// | English and Chinese, mixed       | 1.51      | 1.44       | 1.14        |
-/// | code (Rust, Python) and JSON     | 1.15      | 1.18       | 1.20        |
-/// | a CSV table of numbers           | **0.43**  | **0.73**   | **0.73**    |
+/// | English and Chinese, mixed       | 1.54      | 1.46       | 1.16        |
+/// | code (Rust, Python) and JSON     | 1.22      | 1.25       | 1.26        |
+/// | a CSV table of numbers           | **0.90**  | 1.52       | 1.52        |
 ///
 /// `cargo test --test estimator -- --nocapture` prints the table with the counts; the test
 /// fails if a figure leaves its bounds (1 to 2 where the estimate is conservative).
@@ -70,29 +71,13 @@ pub trait TokenEstimator: Send + Sync + 'static {
 ///
 /// Three ASCII characters a token rather than the usual four: code and JSON run at about 3.5
 /// characters a Qwen token (indentation, punctuation, short identifiers), and four per token
-/// under-counted them (0.86).
+/// under-counted them (0.86). Digits one a token: Qwen splits numbers into single digits.
 ///
 /// # Where it errs low
 ///
-/// - **Digits.** Qwen gives every digit a token of its own (OpenAI's encodings, up to three
-///   digits one), so a table, a log or a list of IDs can cost more than twice the estimate.
-///   For such traffic count the digits on top:
-///
-///   ```
-///   use bytes::Bytes;
-///   use tower_dashscope::budget::{CharEstimator, TokenEstimator};
-///   use tower_dashscope::request::ChatRequest;
-///   use tower_dashscope::{Quota, TokenBudget};
-///
-///   // Every digit of the body one token more: 1.13 on the table above, against Qwen2.
-///   let budget = TokenBudget::new(Quota::per_minute(60, 100_000)).estimator(
-///       |chat: &ChatRequest, body: &Bytes| {
-///           let digits = body.iter().filter(|b| b.is_ascii_digit()).count() as u64;
-///           CharEstimator.input_tokens(chat, body) + digits
-///       },
-///   );
-///   # let _ = budget;
-///   ```
+/// - **Digits.** Qwen gives every digit a token of its own, and so does the estimate; a
+///   table of numbers still comes a little under (0.90), its separators merged with digits.
+///   With the three-characters rule alone it was 0.43.
 ///
 /// - **Chinese for `cl100k_base` models.** That vocabulary has few Chinese merges (about 1.3
 ///   tokens a character); behind an endpoint serving such a model, plug in an estimator that
