@@ -9,8 +9,6 @@ use tokio::time::Instant;
 use super::budget::{Seconds, WINDOW_SECS};
 use crate::guard::{Ending, Release};
 
-/// How long a success counts towards the server's observed throughput.
-
 /// Shared by every clone of a layer. Counts successes per second over the last ten seconds (the
 /// rate at which the server is taking this client's requests) and the rate-limited retries that
 /// are waiting, so that those retries can be spread over the time the server needs to take them
