@@ -39,17 +39,19 @@ fn enforcement_name(e: Enforcement) -> &'static str {
 
 fn saturation_row(name: &str, r: &SaturationReport) {
     println!(
-        "{name:<34} {:>4} / {:<5.1} {:>6} / {:<6.0} {:>6} {:>8.3} {:>8.3} {:>6.2}% {:>5}/{:<5} {:>11} {:>5}/{:<5}",
+        "{name:<34} {:>4} / {:<5.1} {:>6} / {:<6.0} {:>6} {:>6} {:>8.3} {:>8.3} {:>6.2}% {:>5}/{:<5} {:>5} {:>11} {:>5}/{:<5}",
         r.max_requests_1s,
         r.rps,
         r.max_tokens_1s,
         r.tps,
+        r.max_tokens_1s_late,
         r.max_under_estimate,
         r.goodput,
         r.goodput_late,
         100.0 * r.throttled_share(),
         r.throttled,
         r.attempts,
+        r.throttled_late,
         format!("{:.2}/{:.2}", r.factors.0, r.factors.1),
         r.completed,
         r.offered,
@@ -58,15 +60,17 @@ fn saturation_row(name: &str, r: &SaturationReport) {
 
 fn saturation_header() {
     println!(
-        "{:<34} {:>12} {:>15} {:>6} {:>8} {:>8} {:>7} {:>11} {:>11} {:>11}",
+        "{:<34} {:>12} {:>15} {:>6} {:>6} {:>8} {:>8} {:>7} {:>11} {:>5} {:>11} {:>11}",
         "workload",
         "req/1s max",
         "tok/1s max",
+        "late",
         "+err",
         "goodput",
         "2nd half",
         "429 %",
         "429/attempts",
+        "late",
         "rate factors",
         "answered",
     );
@@ -141,12 +145,18 @@ async fn main() {
         for seed in 1..=3 {
             let r = harness::recipe(enforcement, seed).await;
             scenario_row(
-                &format!("{}, recipe (tenacity), seed {seed}", enforcement_name(enforcement)),
+                &format!(
+                    "{}, recipe (tenacity), seed {seed}",
+                    enforcement_name(enforcement)
+                ),
                 &r,
             );
             let r = harness::recommended(enforcement, seed).await;
             scenario_row(
-                &format!("{}, recommended stack, seed {seed}", enforcement_name(enforcement)),
+                &format!(
+                    "{}, recommended stack, seed {seed}",
+                    enforcement_name(enforcement)
+                ),
                 &r,
             );
         }

@@ -79,8 +79,11 @@ async fn estimates_off_by_half_converge_on_the_true_tpm() {
                 "{enforcement:?} ×{skew}: sustained goodput {:.3}; {r:?}",
                 r.goodput_late
             );
+            // Under-estimates are throttled by a strict server until the first answers report
+            // their usage (one answer's latency); none once the budget has learned.
+            assert_eq!(r.throttled_late, 0, "{enforcement:?} ×{skew}: {r:?}");
             assert!(
-                r.throttled_share() <= 0.005,
+                r.throttled_share() <= 0.03,
                 "{enforcement:?} ×{skew}: {r:?}"
             );
             // Once converged, a second's worth at most (plus one request's error).
@@ -99,7 +102,11 @@ async fn the_shared_core_scenario_finishes_every_request_with_almost_no_retries(
     for enforcement in MODELS {
         for seed in 1..=3 {
             let ours = harness::recommended(enforcement, seed).await;
-            assert_eq!(ours.completed, harness::REQUESTS, "{enforcement:?}: {ours:?}");
+            assert_eq!(
+                ours.completed,
+                harness::REQUESTS,
+                "{enforcement:?}: {ours:?}"
+            );
             assert!(
                 ours.attempts_per_request() <= 1.02,
                 "{enforcement:?}: {ours:?}"
@@ -215,10 +222,7 @@ async fn cancelled_at_every_await_point_nothing_is_lost_or_leaked() {
 
 /// When a request was admitted, as its `BudgetWait` tells, after it was read.
 async fn timed(service: Stack) -> Option<Duration> {
-    let response = service
-        .oneshot(harness::chat(40, Some(10)))
-        .await
-        .unwrap();
+    let response = service.oneshot(harness::chat(40, Some(10))).await.unwrap();
     let wait = response.extensions().get::<BudgetWait>().map(|w| w.0);
     response.into_body().collect().await.unwrap();
     wait

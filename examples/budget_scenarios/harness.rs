@@ -30,9 +30,8 @@ const CHAT: &str = "/compatible-mode/v1/chat/completions";
 pub fn chat(input_chars: usize, max_tokens: Option<u32>) -> Request<Full<Bytes>> {
     let text = "abcd".repeat(input_chars / 4);
     let max = max_tokens.map_or(String::new(), |m| format!(r#","max_tokens":{m}"#));
-    let body = format!(
-        r#"{{"model":"{MODEL}"{max},"messages":[{{"role":"user","content":"{text}"}}]}}"#
-    );
+    let body =
+        format!(r#"{{"model":"{MODEL}"{max},"messages":[{{"role":"user","content":"{text}"}}]}}"#);
     Request::post(CHAT)
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body)))
@@ -135,7 +134,9 @@ pub struct Skewed(pub f64);
 
 impl TokenEstimator for Skewed {
     fn input_tokens(&self, chat: &ChatRequest, _body: &Bytes) -> u64 {
-        ((chat.estimated_input_tokens() as f64) * self.0).round().max(1.0) as u64
+        ((chat.estimated_input_tokens() as f64) * self.0)
+            .round()
+            .max(1.0) as u64
     }
 }
 
@@ -215,6 +216,8 @@ pub struct SaturationReport {
     pub goodput_late: f64,
     pub attempts: u64,
     pub throttled: u64,
+    /// 429s over the second half of the span (after convergence).
+    pub throttled_late: usize,
     /// Requests that got their answer, of those offered.
     pub completed: usize,
     pub offered: usize,
@@ -282,9 +285,8 @@ pub async fn saturate(workload: Saturation) -> SaturationReport {
         .filter(|(at, _)| *at >= start + w.duration / 2)
         .collect();
     let max_tokens_1s_late = max_in_window(&late, Duration::from_secs(1)).1;
-    let estimate = |input: u64| {
-        ((input as f64) * w.skew).round().max(1.0) as u64 + u64::from(w.max_tokens)
-    };
+    let estimate =
+        |input: u64| ((input as f64) * w.skew).round().max(1.0) as u64 + u64::from(w.max_tokens);
     let input = (w.input_chars as u64 / 4).max(1);
     let max_under_estimate = admitted
         .iter()
@@ -313,6 +315,11 @@ pub async fn saturate(workload: Saturation) -> SaturationReport {
         goodput_late: served(w.duration / 2, w.duration),
         attempts: total.requests,
         throttled: total.throttled(),
+        throttled_late: log
+            .sent()
+            .iter()
+            .filter(|s| s.status == StatusCode::TOO_MANY_REQUESTS && s.at >= start + w.duration / 2)
+            .count(),
         completed,
         offered,
         factors: budget.rate_factors(MODEL).unwrap_or((1.0, 1.0)),

@@ -84,7 +84,10 @@ where
             request: None,
             service: None,
             queued: None,
-            cost: Cost { tokens: 0 },
+            cost: Cost {
+                tokens: 0,
+                input: 0,
+            },
             started: Instant::now(),
             deadline: None,
             sleep: None,

@@ -26,6 +26,11 @@ const DECREASE: f64 = 0.7;
 const RECOVER: f64 = 0.02;
 /// Where a burst 429 restarts the ramp.
 const BURST_RESTART: f64 = 0.25;
+/// How far one request's reported input moves a model's learned input correction (an
+/// exponentially weighted mean of `reported / estimated`).
+const INPUT_LEARNING: f64 = 0.25;
+/// The learned input correction stays within `1/INPUT_RATIO_BOUND ..= INPUT_RATIO_BOUND`.
+const INPUT_RATIO_BOUND: f64 = 8.0;
 
 /// Which budget a request is counted in.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -37,7 +42,10 @@ pub(crate) struct Key {
 /// What admitting a request takes.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Cost {
+    /// Input as estimated plus output expected.
     pub(crate) tokens: u64,
+    /// The input part of `tokens`, as the estimator saw it.
+    pub(crate) input: u64,
 }
 
 pub(crate) struct Shared {
@@ -65,6 +73,9 @@ struct ModelState {
     token_factor: f64,
     last_decrease: Option<Instant>,
     created: Instant,
+    /// What the estimator's input is multiplied by: learned from the usage responses report,
+    /// so that an estimator that is off by a steady factor is charged as the server counts.
+    input_ratio: f64,
 }
 
 /// What one try at admission says.
@@ -83,6 +94,8 @@ pub(crate) struct Reservation {
     pub(crate) shared: Arc<Shared>,
     pub(crate) key: Key,
     pub(crate) tokens: u64,
+    /// The input as the estimator saw it, to learn from the usage reported.
+    pub(crate) input: u64,
     pub(crate) at: SlotRef,
     /// Set when the request was sent with a usage slot of its own, to settle against.
     pub(crate) usage: Option<crate::extensions::UsageSlot>,
@@ -175,7 +188,10 @@ impl Shared {
         let (request_limit, token_limit) = state.limits(now, &self.config);
         state.requests.advance(now, request_limit);
         state.tokens.advance(now, token_limit);
-        let token_cost = cost.tokens.saturating_mul(MILLI);
+        // The estimator's input, corrected by what usage has taught about it.
+        let input = (cost.input as f64 * state.input_ratio).round() as u64;
+        let tokens = (cost.tokens - cost.input.min(cost.tokens)).saturating_add(input);
+        let token_cost = tokens.saturating_mul(MILLI);
         let wait = state
             .requests
             .wait_for(now, MILLI, request_limit)
@@ -204,7 +220,8 @@ impl Shared {
         Admit::Yes(Reservation {
             shared: Arc::clone(self),
             key: key.clone(),
-            tokens: cost.tokens,
+            tokens,
+            input: cost.input,
             at,
             usage: None,
             waited: Duration::ZERO,
@@ -234,6 +251,21 @@ impl Shared {
                 "TokenBudget: usage above the estimate, carried as debt"
             );
         }
+    }
+
+    /// A response reported `reported` input tokens for a request whose input was estimated at
+    /// `estimated`: the model's input correction moves towards their ratio.
+    fn learn_input(&self, key: &Key, estimated: u64, reported: u64) {
+        if estimated == 0 || reported == 0 {
+            return;
+        }
+        let mut models = self.lock();
+        let Some(state) = models.map.get_mut(key) else {
+            return;
+        };
+        let bound = INPUT_RATIO_BOUND;
+        let seen = (reported as f64 / estimated as f64).clamp(1.0 / bound, bound);
+        state.input_ratio += INPUT_LEARNING * (seen - state.input_ratio);
     }
 
     /// A request of `key` finished: its permit is free.
@@ -401,6 +433,7 @@ impl ModelState {
             token_factor: 1.0,
             last_decrease: None,
             created: now,
+            input_ratio: 1.0,
         }
     }
 
@@ -464,12 +497,14 @@ impl Release for Reservation {
                 .usage
                 .as_ref()
                 .filter(|slot| slot.is_complete())
-                .and_then(|slot| slot.get())
-                .map(|usage| usage.total_tokens),
+                .and_then(|slot| slot.get()),
             Ending::Dropped => None,
         };
-        if let Some(used) = used {
-            self.shared.settle(&self.key, self.tokens, used, self.at);
+        if let Some(usage) = used {
+            self.shared
+                .learn_input(&self.key, self.input, usage.input_tokens);
+            self.shared
+                .settle(&self.key, self.tokens, usage.total_tokens, self.at);
         }
         self.shared.finish(&self.key);
     }
