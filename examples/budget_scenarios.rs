@@ -12,7 +12,9 @@
 //!    Over-admission: the most requests and tokens the server admitted in any one-second
 //!    window, against RPS and TPS (+ the largest amount one request's real tokens exceeded its
 //!    estimate); goodput: tokens served over TPM × the span; the share of attempts the server
-//!    throttled.
+//!    throttled. With `max_tokens` charged up front and answers shorter than it, goodput is
+//!    what settlement can give back while the request is still in the window: about the
+//!    mean answer over `max_tokens` once answers outlast the window.
 //! 2. **Estimates off by ±50%.** The same with an estimator that over- or under-estimates every
 //!    input by half, on input-heavy requests: does sustained throughput converge on the true
 //!    TPM?
