@@ -85,7 +85,9 @@ pub mod wait_timeout;
 pub use api::{Api, Region};
 pub use budget::{Quota, TokenBudget, TokenBudgetService};
 pub use classify::{ClassifyDashScopeError, ClassifyDashScopeErrorService};
-pub use error::{BoxError, DashScopeError, ErrorClass, QuotaReset, QuotaScope, RateLimitKind};
+pub use error::{
+    BoxError, DashScopeError, Delivery, ErrorClass, QuotaReset, QuotaScope, RateLimitKind,
+};
 pub use extensions::{Attempts, BudgetWait, Usage, UsageSlot};
 pub use retry::{RetryWithJitter, RetryWithJitterService};
 pub use retry_after::{MAX_RETRY_AFTER, RETRY_AFTER_MS, parse_retry_after, parse_retry_after_at};
