@@ -80,6 +80,7 @@ pub mod outcome;
 pub mod request;
 pub mod retry;
 mod retry_after;
+pub mod router;
 pub mod wait_timeout;
 
 pub use api::{Api, Region};
@@ -88,9 +89,10 @@ pub use classify::{ClassifyDashScopeError, ClassifyDashScopeErrorService};
 pub use error::{
     BoxError, DashScopeError, Delivery, ErrorClass, QuotaReset, QuotaScope, RateLimitKind,
 };
-pub use extensions::{Attempts, BudgetWait, Usage, UsageSlot};
+pub use extensions::{Attempts, BudgetWait, ServedRegion, Usage, UsageSlot};
 pub use retry::{RetryWithJitter, RetryWithJitterService};
 pub use retry_after::{MAX_RETRY_AFTER, RETRY_AFTER_MS, parse_retry_after, parse_retry_after_at};
+pub use router::{RegionRouter, RegionRouterService};
 pub use wait_timeout::{WaitTimeoutHeader, WaitTimeoutHeaderService};
 
 // The README's examples use the simulator.
