@@ -80,7 +80,12 @@ where
             last: None,
             built,
         };
-        if let Some(invalid) = &this.built.invalid {
+        if let Some(invalid) = this
+            .built
+            .invalid
+            .as_ref()
+            .filter(|_| this.built.refuse_all)
+        {
             let err = DashScopeError::new(ErrorClass::InvalidRequest)
                 .with_delivery(Delivery::NotSent)
                 .with_message(format!("invalid region router: {}", invalid.message()))

@@ -170,8 +170,11 @@ pub(crate) struct Built {
     pub(crate) api: Api,
     pub(crate) failover_maybe_sent: bool,
     pub(crate) health: Arc<Health>,
-    /// A configuration that cannot work: every call fails with it.
+    /// A configuration that cannot work, as `validate` reports it.
     pub(crate) invalid: Option<InvalidRouter>,
+    /// Whether every call fails with `invalid` (a key problem fails only the calls routed to
+    /// its endpoint, as an authentication error).
+    pub(crate) refuse_all: bool,
 }
 
 impl Spec {
@@ -183,7 +186,9 @@ impl Spec {
             .map(|(region, key)| Endpoint::new(region.clone(), self.plan, key.clone()))
             .collect();
         let invalid = self.problem(&endpoints);
+        let refuse_all = invalid.as_ref().is_some_and(|i| !i.key);
         Arc::new(Built {
+            refuse_all,
             health: Arc::new(Health::new(endpoints.len(), self.cooldown)),
             endpoints,
             api: self.api,
@@ -201,6 +206,7 @@ impl Spec {
                     self.endpoints.len()
                 ),
                 advice: "fail over to fewer regions".into(),
+                key: false,
             });
         }
         for endpoint in endpoints {
@@ -208,6 +214,7 @@ impl Spec {
                 return Some(InvalidRouter {
                     message: unserved_message(&endpoint.region, self.plan, self.api),
                     advice: unserved_advice(self.plan, self.api),
+                    key: false,
                 });
             }
             if endpoint.key_problem().is_some() {
@@ -215,6 +222,7 @@ impl Spec {
                 return Some(InvalidRouter {
                     message: err.message().unwrap_or_default().to_owned(),
                     advice: err.advice().to_owned(),
+                    key: true,
                 });
             }
         }
@@ -284,8 +292,10 @@ impl RegionRouter {
     ///
     /// # Errors
     ///
-    /// [`InvalidRouter`], saying what is wrong and what to use instead. A router that fails
-    /// this check fails every call with the same message (locally, nothing is sent).
+    /// [`InvalidRouter`], saying what is wrong and what to use instead. Unchecked, a
+    /// combination that does not exist fails every call with the same words, and a key that
+    /// does not fit its endpoint fails the calls routed there with
+    /// [`ErrorClass::Authentication`] (locally, nothing is sent).
     pub fn validate(&self) -> Result<(), InvalidRouter> {
         match &self.built.invalid {
             Some(invalid) => Err(invalid.clone()),
@@ -323,6 +333,8 @@ impl fmt::Debug for RegionRouter {
 pub struct InvalidRouter {
     message: String,
     advice: String,
+    /// A key that does not fit its endpoint (rather than a combination that does not exist).
+    key: bool,
 }
 
 impl InvalidRouter {
