@@ -69,6 +69,12 @@ impl Double {
     }
 }
 
+impl fmt::Debug for Double {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Double")
+    }
+}
+
 impl Service<Req> for Double {
     type Response = Res;
     type Error = BoxError;
@@ -911,4 +917,127 @@ async fn services_and_futures_are_send_sync() {
     assert_send(&future);
     future.await.unwrap();
     let _ = ApiKey::new("sk-x");
+}
+
+/// A `tracing` subscriber that writes every span and event field, at every level, into one
+/// string.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<String>>);
+
+struct Writer<'a>(&'a mut String);
+
+impl tracing::field::Visit for Writer<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        self.0.push_str(&format!(" {}={:?}", field.name(), value));
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.push_str(&format!(" {}={}", field.name(), value));
+    }
+}
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        let mut out = self.0.lock().unwrap();
+        out.push_str("\nspan");
+        span.record(&mut Writer(&mut out));
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, values: &tracing::span::Record<'_>) {
+        values.record(&mut Writer(&mut self.0.lock().unwrap()));
+    }
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut out = self.0.lock().unwrap();
+        out.push_str(&format!("\n{}", event.metadata().level()));
+        event.record(&mut Writer(&mut out));
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+    fn register_callsite(&self, _: &'static tracing::Metadata<'static>) -> tracing::subscriber::Interest {
+        tracing::subscriber::Interest::always()
+    }
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(tracing::level_filters::LevelFilter::TRACE)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_key_in_tracing_debug_display_or_errors() {
+    use tower::ServiceBuilder;
+    use tower_dashscope::{ClassifyDashScopeError, RetryWithJitter};
+
+    const KEYS: [&str; 4] = [
+        "sk-SECRET-intl-0001",
+        "sk-SECRET-cn-0002",
+        "sk-sp-SECRET-plan-0003",
+        "sk-SECRET-us-0004",
+    ];
+    let capture = Capture::default();
+    let _guard = tracing::subscriber::set_default(capture.clone());
+    let mut texts: Vec<String> = Vec::new();
+
+    // A failing stack: refused, then reset (failover allowed), then 401 with a body, retried
+    // above, classified below.
+    let router = RegionRouter::new(Region::Singapore, KEYS[0])
+        .failover(Region::Beijing, KEYS[1])
+        .failover(Region::Virginia, KEYS[3])
+        .failover_maybe_sent(true)
+        .cooldown(Duration::from_secs(5));
+    let double = Double::new()
+        .on(INTL, Behave::Io(io::ErrorKind::ConnectionRefused))
+        .on(CN, Behave::Io(io::ErrorKind::ConnectionReset))
+        .on(US, Behave::Status(401));
+    let stack = ServiceBuilder::new()
+        .layer(RetryWithJitter::new().max_attempts(3).seed(1))
+        .layer(router.clone())
+        .layer(ClassifyDashScopeError::new())
+        .service(double.clone());
+    let mut req = chat("/chat/completions");
+    req.headers_mut().insert("authorization", "Bearer sk-caller".parse().unwrap());
+    let err = stack.clone().oneshot(req).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Authentication);
+    texts.push(format!("{err}"));
+    texts.push(format!("{err:?}"));
+    texts.push(err.advice().to_owned());
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        texts.push(format!("{cause} {cause:?}"));
+        source = cause.source();
+    }
+    // The probe after the cooldown, the health changes.
+    tokio::time::advance(Duration::from_secs(6)).await;
+    let _ = stack.clone().oneshot(chat("/chat/completions")).await;
+    // Local refusals.
+    let plan = RegionRouter::new(Region::Singapore, KEYS[2]);
+    let err = send(&plan, &double, chat("/chat/completions")).await.unwrap_err();
+    texts.push(format!("{err} {err:?}"));
+    texts.push(format!("{} {:?}", plan.validate().unwrap_err(), plan.validate().unwrap_err()));
+    let plain = RegionRouter::new(Region::Singapore, KEYS[0]).plan(Plan::CodingPlan);
+    let err = send(&plain, &double, chat("/chat/completions")).await.unwrap_err();
+    texts.push(format!("{err} {err:?}"));
+    // Every Debug there is.
+    texts.push(format!("{router:?} {plan:?} {:?}", router.layer(double.clone())));
+    texts.push(format!("{:?} {}", ApiKey::new(KEYS[2]), ApiKey::new(KEYS[2])));
+    let mut service = router.layer(double.clone());
+    std::future::poll_fn(|cx| service.poll_ready(cx)).await.unwrap();
+    let future = service.call(chat("/x"));
+    texts.push(format!("{future:?}"));
+    drop(future);
+    for (_, headers) in double.seen() {
+        texts.push(format!("{headers:?}"));
+    }
+
+    let log = capture.0.lock().unwrap().clone();
+    assert!(log.contains("failing over"), "{log}");
+    assert!(log.contains("endpoint unhealthy"), "{log}");
+    assert!(log.contains("probing"), "{log}");
+    texts.push(log);
+    let all = texts.join("\n");
+    for key in KEYS {
+        assert!(!all.contains(key), "{key} leaked:\n{all}");
+    }
+    assert!(!all.contains("SECRET"), "a part of a key leaked:\n{all}");
 }
