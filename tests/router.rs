@@ -956,7 +956,10 @@ impl tracing::Subscriber for Capture {
     }
     fn enter(&self, _: &tracing::span::Id) {}
     fn exit(&self, _: &tracing::span::Id) {}
-    fn register_callsite(&self, _: &'static tracing::Metadata<'static>) -> tracing::subscriber::Interest {
+    fn register_callsite(
+        &self,
+        _: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
         tracing::subscriber::Interest::always()
     }
     fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
@@ -996,7 +999,8 @@ async fn no_key_in_tracing_debug_display_or_errors() {
         .layer(ClassifyDashScopeError::new())
         .service(double.clone());
     let mut req = chat("/chat/completions");
-    req.headers_mut().insert("authorization", "Bearer sk-caller".parse().unwrap());
+    req.headers_mut()
+        .insert("authorization", "Bearer sk-caller".parse().unwrap());
     let err = stack.clone().oneshot(req).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Authentication);
     texts.push(format!("{err}"));
@@ -1012,17 +1016,34 @@ async fn no_key_in_tracing_debug_display_or_errors() {
     let _ = stack.clone().oneshot(chat("/chat/completions")).await;
     // Local refusals.
     let plan = RegionRouter::new(Region::Singapore, KEYS[2]);
-    let err = send(&plan, &double, chat("/chat/completions")).await.unwrap_err();
+    let err = send(&plan, &double, chat("/chat/completions"))
+        .await
+        .unwrap_err();
     texts.push(format!("{err} {err:?}"));
-    texts.push(format!("{} {:?}", plan.validate().unwrap_err(), plan.validate().unwrap_err()));
+    texts.push(format!(
+        "{} {:?}",
+        plan.validate().unwrap_err(),
+        plan.validate().unwrap_err()
+    ));
     let plain = RegionRouter::new(Region::Singapore, KEYS[0]).plan(Plan::CodingPlan);
-    let err = send(&plain, &double, chat("/chat/completions")).await.unwrap_err();
+    let err = send(&plain, &double, chat("/chat/completions"))
+        .await
+        .unwrap_err();
     texts.push(format!("{err} {err:?}"));
     // Every Debug there is.
-    texts.push(format!("{router:?} {plan:?} {:?}", router.layer(double.clone())));
-    texts.push(format!("{:?} {}", ApiKey::new(KEYS[2]), ApiKey::new(KEYS[2])));
+    texts.push(format!(
+        "{router:?} {plan:?} {:?}",
+        router.layer(double.clone())
+    ));
+    texts.push(format!(
+        "{:?} {}",
+        ApiKey::new(KEYS[2]),
+        ApiKey::new(KEYS[2])
+    ));
     let mut service = router.layer(double.clone());
-    std::future::poll_fn(|cx| service.poll_ready(cx)).await.unwrap();
+    std::future::poll_fn(|cx| service.poll_ready(cx))
+        .await
+        .unwrap();
     let future = service.call(chat("/x"));
     texts.push(format!("{future:?}"));
     drop(future);
