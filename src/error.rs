@@ -400,7 +400,8 @@ impl fmt::Display for ErrorClass {
 /// Converting any service error into it (`DashScopeError::from(BoxError)`) passes an existing `DashScopeError` through unchanged and classifies transport errors:
 /// `tower::timeout::error::Elapsed`, `tokio::time::error::Elapsed` and IO timeouts anywhere in the
 /// source chain are [`ErrorClass::Timeout`]; everything else (refused, reset, DNS, hyper errors,
-/// unknown errors) is [`ErrorClass::Connection`] with the source kept.
+/// unknown errors) is [`ErrorClass::Connection`] with the source kept. Transport errors also
+/// say whether the request may have reached the server ([`delivery`](Self::delivery)).
 #[derive(Clone)]
 pub struct DashScopeError {
     inner: Box<Inner>,

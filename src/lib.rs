@@ -13,6 +13,9 @@
 //!   and jitter, `Retry-After` honoured, a deadline and a retry budget shared by its clones.
 //! - [`WaitTimeoutHeader`] sets `X-DashScope-Wait-Timeout` so the server queues burst-throttled
 //!   requests instead of answering 429.
+//! - [`RegionRouter`] sends each request to its region's, plan's and API's base URL with that
+//!   endpoint's key, refuses key/plan mismatches locally, and fails over between regions only
+//!   where resending can help.
 //! - `mock::MockDashScope` (feature `mock`) is a DashScope simulator — quotas, error bodies,
 //!   streams and scripted faults — for tests, benchmarks and demos.
 //!
