@@ -13,6 +13,9 @@
 //!   and jitter, `Retry-After` honoured, a deadline and a retry budget shared by its clones.
 //! - [`WaitTimeoutHeader`] sets `X-DashScope-Wait-Timeout` so the server queues burst-throttled
 //!   requests instead of answering 429.
+//! - [`RegionRouter`] sends each request to its region's, plan's and API's base URL with that
+//!   endpoint's key, refuses key/plan mismatches locally, and fails over between regions only
+//!   where resending can help.
 //! - `mock::MockDashScope` (feature `mock`) is a DashScope simulator — quotas, error bodies,
 //!   streams and scripted faults — for tests, benchmarks and demos.
 //!
@@ -80,15 +83,19 @@ pub mod outcome;
 pub mod request;
 pub mod retry;
 mod retry_after;
+pub mod router;
 pub mod wait_timeout;
 
 pub use api::{Api, Region};
 pub use budget::{Quota, TokenBudget, TokenBudgetService};
 pub use classify::{ClassifyDashScopeError, ClassifyDashScopeErrorService};
-pub use error::{BoxError, DashScopeError, ErrorClass, QuotaReset, QuotaScope, RateLimitKind};
-pub use extensions::{Attempts, BudgetWait, Usage, UsageSlot};
+pub use error::{
+    BoxError, DashScopeError, Delivery, ErrorClass, QuotaReset, QuotaScope, RateLimitKind,
+};
+pub use extensions::{Attempts, BudgetWait, ServedRegion, Usage, UsageSlot};
 pub use retry::{RetryWithJitter, RetryWithJitterService};
 pub use retry_after::{MAX_RETRY_AFTER, RETRY_AFTER_MS, parse_retry_after, parse_retry_after_at};
+pub use router::{RegionRouter, RegionRouterService};
 pub use wait_timeout::{WaitTimeoutHeader, WaitTimeoutHeaderService};
 
 // The README's examples use the simulator.
