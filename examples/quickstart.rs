@@ -44,8 +44,8 @@ use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_dashscope::mock::{MockDashScope, ModelConfig};
 use tower_dashscope::{
-    Attempts, BudgetWait, ClassifyDashScopeError, Quota, RetryWithJitter, TokenBudget,
-    WaitTimeoutHeader,
+    Attempts, BudgetWait, ClassifyDashScopeError, Quota, Region, RegionRouter, RetryWithJitter,
+    ServedRegion, TokenBudget, WaitTimeoutHeader,
 };
 
 #[path = "live/demo.rs"]
@@ -105,6 +105,9 @@ async fn simulator_demo() -> Result<(), Box<dyn std::error::Error>> {
         )
         // The account's quotas, so the layer waits instead of collecting 429s.
         .layer(TokenBudget::new(Quota::per_minute(600, 60_000)))
+        // The simulator stands in for a region: base URL and key per endpoint. Live, this is
+        // `RegionRouter::new(Region::Singapore, key)`.
+        .layer(RegionRouter::new(Region::custom(&base)?, "sk-demo"))
         .layer(WaitTimeoutHeader::new(Duration::from_secs(3)))
         .layer(ClassifyDashScopeError::new())
         .service(http_client);
@@ -125,8 +128,7 @@ async fn simulator_demo() -> Result<(), Box<dyn std::error::Error>> {
             serde_json::json!({"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 40, "stream": streaming})
         };
         let path = if native { NATIVE } else { COMPAT };
-        let mut request =
-            Request::post(format!("{base}{path}")).header("content-type", "application/json");
+        let mut request = Request::post(path).header("content-type", "application/json");
         if native && streaming {
             request = request.header("X-DashScope-SSE", "enable");
         }
@@ -139,19 +141,27 @@ async fn simulator_demo() -> Result<(), Box<dyn std::error::Error>> {
                 .extensions()
                 .get::<BudgetWait>()
                 .map_or(Duration::ZERO, |w| w.0);
+            let region = response
+                .extensions()
+                .get::<ServedRegion>()
+                .map(|r| r.0.to_string());
             // Read to the end: errors inside streams surface here.
             response.into_body().collect().await?;
-            Ok::<(u32, Duration), tower_dashscope::DashScopeError>((attempts, waited))
+            Ok::<(u32, Duration, Option<String>), tower_dashscope::DashScopeError>((
+                attempts, waited, region,
+            ))
         }));
     }
 
     let (mut succeeded, mut retries) = (0, 0);
     let (mut held_back, mut longest_wait) = (0, Duration::ZERO);
+    let mut served_by = BTreeMap::new();
     let mut failures: BTreeMap<&'static str, (u32, String)> = BTreeMap::new();
     for call in calls {
         match call.await? {
-            Ok((attempts, waited)) => {
+            Ok((attempts, waited, region)) => {
                 succeeded += 1;
+                *served_by.entry(region.unwrap_or_default()).or_insert(0) += 1;
                 retries += attempts - 1;
                 if !waited.is_zero() {
                     held_back += 1;
@@ -202,6 +212,9 @@ async fn simulator_demo() -> Result<(), Box<dyn std::error::Error>> {
         "  retries, with jitter         {retries:>3}  (RetryWithJitter, budget shared by all 40)"
     );
     println!("  most requests in flight      {:>3}", stats.peak_in_flight);
+    for (region, count) in &served_by {
+        println!("  served by (RegionRouter)     {count:>3}  {region}");
+    }
     if let Some(plus) = stats.model("qwen-plus") {
         let per_second: Vec<String> = plus
             .timeline

@@ -273,6 +273,49 @@ impl Region {
         }))
     }
 
+    /// A workspace-dedicated host, `https://{workspace_id}.{region id}.maas.aliyuncs.com`
+    /// (DashScope's table, §4): the same API paths as the region's pay-as-you-go host. It is a
+    /// [`Region::Custom`] whose host is a DashScope host.
+    ///
+    /// ```
+    /// use tower_dashscope::{Api, Region};
+    /// use tower_dashscope::api::Plan;
+    ///
+    /// let ws = Region::workspace("ws-1a2b3c", Region::Singapore).unwrap();
+    /// assert_eq!(ws.base_url(Plan::PayAsYouGo, Api::OpenAiCompatible).unwrap(),
+    ///            "https://ws-1a2b3c.ap-southeast-1.maas.aliyuncs.com/compatible-mode/v1");
+    /// assert!(Region::workspace("not a workspace", Region::Beijing).is_err());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidRegion`] when `workspace_id` is not 1 to 63 ASCII letters, digits and `-`
+    /// (not at either end), or `region` is not one of DashScope's four regions.
+    pub fn workspace(workspace_id: &str, region: Region) -> Result<Region, InvalidRegion> {
+        let id = workspace_id.trim();
+        let valid = (1..=63).contains(&id.len())
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !id.starts_with('-')
+            && !id.ends_with('-');
+        if !valid {
+            return Err(InvalidRegion {
+                reason: "a workspace id is 1 to 63 ASCII letters, digits and '-' (copy it from \
+                         the Model Studio console)",
+            });
+        }
+        if matches!(region, Region::Custom(_)) {
+            return Err(InvalidRegion {
+                reason: "a workspace-dedicated host needs one of DashScope's regions, not a \
+                         custom base URL",
+            });
+        }
+        Region::custom(&format!(
+            "https://{}.{}.maas.aliyuncs.com",
+            id.to_ascii_lowercase(),
+            region.id()
+        ))
+    }
+
     /// The region id: `cn-beijing`, `ap-southeast-1`, `us-east-1`, `cn-hongkong`, or `custom`.
     #[must_use]
     pub fn id(&self) -> &'static str {
@@ -306,11 +349,32 @@ impl Region {
 
     /// The base URL of `api` on `plan` in this region, without a trailing `/`: the chat path
     /// ([`Api::chat_path`]) goes after it. `None` where the table has no entry.
+    ///
+    /// A [`Region::Custom`] URL may be a prefix (the API's base path goes after it) or carry its
+    /// own API root: a path that already ends in the API's base path (`/compatible-mode/v1`,
+    /// `/api/v1`, `/apps/anthropic`), or in `/v1` for the OpenAI-compatible API (any
+    /// OpenAI-style upstream, `http://127.0.0.1:8401/v1`), is the root as it is. For the
+    /// Anthropic-compatible API a trailing `/v1` is dropped, since its paths (`/v1/messages`)
+    /// carry their own: `…/apps/anthropic/v1` is `…/apps/anthropic`. No `/v1/v1`.
+    ///
+    /// ```
+    /// use tower_dashscope::{Api, Region};
+    /// use tower_dashscope::api::Plan;
+    ///
+    /// let upstream = Region::custom("http://127.0.0.1:8401/v1").unwrap();
+    /// assert_eq!(upstream.base_url(Plan::PayAsYouGo, Api::OpenAiCompatible).unwrap(),
+    ///            "http://127.0.0.1:8401/v1");
+    /// assert_eq!(upstream.base_url(Plan::PayAsYouGo, Api::Anthropic).unwrap(),
+    ///            "http://127.0.0.1:8401");
+    /// ```
     #[must_use]
     pub fn base_url(&self, plan: Plan, api: Api) -> Option<String> {
         let path = api.base_path(plan)?;
         match self {
-            Region::Custom(base) => Some(format!("{base}{path}")),
+            Region::Custom(base) => Some(match custom_root(base.prefix(), api) {
+                Some(root) => format!("{}://{}{root}", base.scheme(), base.authority()),
+                None => format!("{base}{path}"),
+            }),
             region => Some(format!("https://{}{path}", region.host(plan)?)),
         }
     }
@@ -331,6 +395,19 @@ impl Region {
             }
         }
         None
+    }
+}
+
+/// The API root a custom prefix already is, if it is one (see [`Region::base_url`]).
+fn custom_root(prefix: &str, api: Api) -> Option<&str> {
+    match api {
+        // `/compatible-mode/v1` ends in `/v1` too.
+        Api::OpenAiCompatible => prefix.ends_with("/v1").then_some(prefix),
+        Api::Native => prefix.ends_with("/api/v1").then_some(prefix),
+        Api::Anthropic => match prefix.strip_suffix("/v1") {
+            Some(root) => Some(root),
+            None => prefix.ends_with("/apps/anthropic").then_some(prefix),
+        },
     }
 }
 

@@ -400,7 +400,8 @@ impl fmt::Display for ErrorClass {
 /// Converting any service error into it (`DashScopeError::from(BoxError)`) passes an existing `DashScopeError` through unchanged and classifies transport errors:
 /// `tower::timeout::error::Elapsed`, `tokio::time::error::Elapsed` and IO timeouts anywhere in the
 /// source chain are [`ErrorClass::Timeout`]; everything else (refused, reset, DNS, hyper errors,
-/// unknown errors) is [`ErrorClass::Connection`] with the source kept.
+/// unknown errors) is [`ErrorClass::Connection`] with the source kept. Transport errors also
+/// say whether the request may have reached the server ([`delivery`](Self::delivery)).
 #[derive(Clone)]
 pub struct DashScopeError {
     inner: Box<Inner>,
@@ -420,6 +421,40 @@ struct Inner {
     quota_reset: Option<QuotaReset>,
     /// Advice for this error in particular, instead of its class's.
     advice: Option<Cow<'static, str>>,
+    /// For failures without an answer: whether the request may have reached the server.
+    delivery: Option<Delivery>,
+}
+
+/// Whether a request that failed without an answer may have reached the server: what decides
+/// if it is safe to send it again somewhere else.
+///
+/// Set on transport failures ([`DashScopeError::delivery`]) when the error is converted
+/// (`DashScopeError::from(BoxError)`), and on errors a layer raises on this side of the network
+/// (those are [`NotSent`](Delivery::NotSent)). A chat completion that reached the server may be
+/// generated and billed even though its answer was lost, so only a `NotSent` failure is
+/// always safe to resend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Delivery {
+    /// The request never left this machine, or never reached a server that could act on it: DNS
+    /// failed, the connection was refused or unreachable, the TLS handshake failed, a pooled
+    /// connection closed before the request was written (hyper's `is_canceled`), or a layer
+    /// refused it locally. Safe to resend at once, to this endpoint or another.
+    NotSent,
+    /// The request may have been written, in part or whole, before the failure: the connection
+    /// was reset or closed after the request was sent (hyper's `is_incomplete_message`), a
+    /// timeout fired while the call was under way, or the error is not one this crate can
+    /// place. The server may be generating (and billing) the answer.
+    MaybeSent,
+}
+
+impl fmt::Display for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Delivery::NotSent => "not sent",
+            Delivery::MaybeSent => "maybe sent",
+        })
+    }
 }
 
 impl DashScopeError {
@@ -440,6 +475,7 @@ impl DashScopeError {
                 quota_scope: None,
                 quota_reset: None,
                 advice: None,
+                delivery: None,
             }),
         }
     }
@@ -514,6 +550,45 @@ impl DashScopeError {
     pub fn with_advice(mut self, advice: impl Into<Cow<'static, str>>) -> Self {
         self.inner.advice = Some(advice.into());
         self
+    }
+
+    /// Sets whether the request may have reached the server; see [`delivery`](Self::delivery).
+    #[must_use]
+    pub fn with_delivery(mut self, delivery: Delivery) -> Self {
+        self.inner.delivery = Some(delivery);
+        self
+    }
+
+    /// For a failure without an answer from the server: whether the request may have reached
+    /// it ([`Delivery`]). `None` when the server answered (the request was delivered) or nothing
+    /// is known.
+    ///
+    /// Transport errors are placed when they are converted, by walking their source chain:
+    ///
+    /// - hyper-util's legacy client error with `is_connect()` (DNS, refused, unreachable, TLS
+    ///   handshake, connect timeout): [`NotSent`](Delivery::NotSent). By type with the feature
+    ///   `hyper-client`, else by its `client error (Connect)` text.
+    /// - hyper's `is_canceled()` (the request was handed back unwritten, e.g. a pooled
+    ///   connection closed first): `NotSent`; `is_incomplete_message()` and other hyper errors
+    ///   after sending: [`MaybeSent`](Delivery::MaybeSent). (Type checks need hyper: the
+    ///   features `mock` or `hyper-client`.)
+    /// - IO errors: `ConnectionRefused`, `AddrNotAvailable`, `HostUnreachable`,
+    ///   `NetworkUnreachable`, `NetworkDown`: `NotSent`; `ConnectionReset`,
+    ///   `ConnectionAborted`, `BrokenPipe`, `UnexpectedEof`, `TimedOut`: `MaybeSent`.
+    /// - timeouts (`tower::timeout`, `tokio::time`) and anything else: `MaybeSent`.
+    ///
+    /// ```
+    /// use std::io;
+    /// use tower_dashscope::{DashScopeError, Delivery};
+    ///
+    /// let refused = DashScopeError::from(io::Error::from(io::ErrorKind::ConnectionRefused));
+    /// assert_eq!(refused.delivery(), Some(Delivery::NotSent));
+    /// let reset = DashScopeError::from(io::Error::from(io::ErrorKind::ConnectionReset));
+    /// assert_eq!(reset.delivery(), Some(Delivery::MaybeSent));
+    /// ```
+    #[must_use]
+    pub fn delivery(&self) -> Option<Delivery> {
+        self.inner.delivery
     }
 
     /// What kind of failure this is.
@@ -637,7 +712,10 @@ impl DashScopeError {
         } else {
             ErrorClass::Connection
         };
-        DashScopeError::new(class).with_source(err)
+        let delivery = delivery_of(&*err);
+        DashScopeError::new(class)
+            .with_delivery(delivery)
+            .with_source(err)
     }
 
     /// Classifies an error met while reading a successful response's body: the output stopped
@@ -651,6 +729,66 @@ impl DashScopeError {
             Err(err) => DashScopeError::new(ErrorClass::StreamInterrupted).with_source(err),
         }
     }
+}
+
+/// Whether a transport error may have reached the server, from the first error in its source
+/// chain that says (see [`DashScopeError::delivery`]).
+fn delivery_of(err: &(dyn StdError + 'static)) -> Delivery {
+    let mut next = Some(err);
+    while let Some(err) = next {
+        if let Some(delivery) = delivery_of_one(err) {
+            return delivery;
+        }
+        next = err.source();
+    }
+    Delivery::MaybeSent
+}
+
+/// What one error of a chain says about delivery, if anything.
+fn delivery_of_one(err: &(dyn StdError + 'static)) -> Option<Delivery> {
+    if let Some(ds) = err.downcast_ref::<DashScopeError>() {
+        return Some(ds.delivery().unwrap_or(Delivery::MaybeSent));
+    }
+    if err.is::<tower::timeout::error::Elapsed>() || err.is::<tokio::time::error::Elapsed>() {
+        return Some(Delivery::MaybeSent);
+    }
+    #[cfg(feature = "hyper-client")]
+    if let Some(client) = err.downcast_ref::<hyper_util::client::legacy::Error>() {
+        if client.is_connect() {
+            return Some(Delivery::NotSent);
+        }
+        // `Canceled` and `SendRequest` carry hyper's error as their source: it decides.
+        return None;
+    }
+    #[cfg(any(feature = "mock", feature = "hyper-client"))]
+    if let Some(hyper) = err.downcast_ref::<hyper::Error>() {
+        // hyper hands a request back as canceled only when it was never written.
+        return Some(if hyper.is_canceled() {
+            Delivery::NotSent
+        } else {
+            Delivery::MaybeSent
+        });
+    }
+    if let Some(io) = err.downcast_ref::<io::Error>() {
+        use io::ErrorKind::*;
+        return match io.kind() {
+            ConnectionRefused | AddrNotAvailable | HostUnreachable | NetworkUnreachable
+            | NetworkDown => Some(Delivery::NotSent),
+            ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof | TimedOut => {
+                Some(Delivery::MaybeSent)
+            }
+            // An IO error that does not say (a DNS failure is often `Other`): the errors
+            // around it may.
+            _ => None,
+        };
+    }
+    // hyper-util's legacy client error, recognised without depending on its client: its
+    // `Display` is `client error (<kind>)`.
+    let text = err.to_string();
+    if text == "client error (Connect)" {
+        return Some(Delivery::NotSent);
+    }
+    None
 }
 
 /// Whether a timeout appears anywhere in `err`'s source chain.
@@ -741,6 +879,9 @@ impl fmt::Debug for DashScopeError {
         }
         if let Some(advice) = &inner.advice {
             d.field("advice", advice);
+        }
+        if let Some(delivery) = inner.delivery {
+            d.field("delivery", &delivery);
         }
         d.finish()
     }

@@ -46,6 +46,20 @@ pub struct ServedModel(pub String);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BudgetWait(pub std::time::Duration);
 
+/// The region (endpoint) that served this response, set by
+/// [`RegionRouter`](crate::RegionRouter): the primary's, or a failover's.
+///
+/// ```
+/// # use tower_dashscope::{Region, ServedRegion};
+/// # let mut response = http::Response::new(());
+/// # response.extensions_mut().insert(ServedRegion(Region::Singapore));
+/// if let Some(ServedRegion(region)) = response.extensions().get::<ServedRegion>() {
+///     println!("served by {region}");
+/// }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServedRegion(pub crate::api::Region);
+
 /// Token counts a response reported in its `usage` object.
 ///
 /// Both API shapes are read: native `usage.{input_tokens, output_tokens, total_tokens}` and

@@ -11,8 +11,13 @@
 //!   [`DashScopeError`] with an [`ErrorClass`]; success bodies pass through untouched.
 //! - [`RetryWithJitter`] retries what a later attempt can fix, with capped exponential backoff
 //!   and jitter, `Retry-After` honoured, a deadline and a retry budget shared by its clones.
+//! - [`FallbackModel`] answers with the next model of a chain when one is throttled, down or
+//!   silent — on the errors another model can fix only — and says which in [`ServedModel`].
 //! - [`WaitTimeoutHeader`] sets `X-DashScope-Wait-Timeout` so the server queues burst-throttled
 //!   requests instead of answering 429.
+//! - [`RegionRouter`] sends each request to its region's, plan's and API's base URL with that
+//!   endpoint's key, refuses key/plan mismatches locally, and fails over between regions only
+//!   where resending can help.
 //! - `mock::MockDashScope` (feature `mock`) is a DashScope simulator — quotas, error bodies,
 //!   streams and scripted faults — for tests, benchmarks and demos.
 //!
@@ -81,16 +86,20 @@ pub mod outcome;
 pub mod request;
 pub mod retry;
 mod retry_after;
+pub mod router;
 pub mod wait_timeout;
 
 pub use api::{Api, Region};
 pub use budget::{Quota, TokenBudget, TokenBudgetService};
 pub use classify::{ClassifyDashScopeError, ClassifyDashScopeErrorService};
-pub use error::{BoxError, DashScopeError, ErrorClass, QuotaReset, QuotaScope, RateLimitKind};
-pub use extensions::{Attempts, BudgetWait, ServedModel, Usage, UsageSlot};
+pub use error::{
+    BoxError, DashScopeError, Delivery, ErrorClass, QuotaReset, QuotaScope, RateLimitKind,
+};
+pub use extensions::{Attempts, BudgetWait, ServedModel, ServedRegion, Usage, UsageSlot};
 pub use fallback::{FallbackModel, FallbackModelService};
 pub use retry::{RetryWithJitter, RetryWithJitterService};
 pub use retry_after::{MAX_RETRY_AFTER, RETRY_AFTER_MS, parse_retry_after, parse_retry_after_at};
+pub use router::{RegionRouter, RegionRouterService};
 pub use wait_timeout::{WaitTimeoutHeader, WaitTimeoutHeaderService};
 
 // The README's examples use the simulator.

@@ -16,9 +16,10 @@ use tower_dashscope::{
 
 const CHAT: &str = "/compatible-mode/v1/chat/completions";
 
+/// A chat request whose input is estimated at one token (three ASCII characters).
 fn chat(model: &str, max_tokens: u32) -> Request<Full<Bytes>> {
     let body = format!(
-        r#"{{"model":"{model}","max_tokens":{max_tokens},"messages":[{{"role":"user","content":"abcd"}}]}}"#
+        r#"{{"model":"{model}","max_tokens":{max_tokens},"messages":[{{"role":"user","content":"abc"}}]}}"#
     );
     Request::post(CHAT)
         .body(Full::new(Bytes::from(body)))
@@ -524,4 +525,128 @@ async fn a_store_that_answers_later_is_awaited_and_cancelling_it_frees_the_permi
     let response = service.clone().oneshot(chat("m", 1)).await.unwrap();
     drop(response);
     assert_eq!(server.arrivals().len(), 2);
+}
+
+/// A server whose every answer is a 429 with `body`.
+fn throttling(
+    body: &'static str,
+) -> impl Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = BoxError, Future: Send>
++ Clone
++ Send
++ Sync {
+    service_fn(move |_req: Request<Full<Bytes>>| async move {
+        Ok::<_, BoxError>(
+            Response::builder()
+                .status(429)
+                .body(Full::new(Bytes::from_static(body.as_bytes())))
+                .unwrap(),
+        )
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_kind_of_429_lowers_its_own_rate() {
+    // Tokens per minute: the token rate goes down, the request rate stays.
+    let budget = TokenBudget::new(Quota::per_minute(600, 60_000));
+    let service = ServiceBuilder::new()
+        .layer(budget.clone())
+        .layer(ClassifyDashScopeError::new())
+        .service(throttling(
+            r#"{"code":"Throttling.AllocationQuota","message":"Allocated quota exceeded, please increase your quota limit."}"#,
+        ));
+    let err = service.clone().oneshot(chat("m", 10)).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::RateLimited(RateLimitKind::Tokens));
+    let (requests, tokens) = budget.rate_factors("m").unwrap();
+    assert!(requests == 1.0 && tokens < 1.0, "{requests} {tokens}");
+
+    // One 429 burst is one signal: a second 429 within the window changes nothing more.
+    service.clone().oneshot(chat("m", 10)).await.unwrap_err();
+    assert_eq!(budget.rate_factors("m").unwrap().1, tokens);
+
+    // The growth-rate limit: both rates restart a slow ramp from a quarter.
+    let budget = TokenBudget::new(Quota::per_minute(600, 60_000));
+    let service = ServiceBuilder::new()
+        .layer(budget.clone())
+        .layer(ClassifyDashScopeError::new())
+        .service(throttling(
+            r#"{"code":"Throttling.BurstRate","message":"Request rate increased too quickly"}"#,
+        ));
+    service.clone().oneshot(chat("m", 10)).await.unwrap_err();
+    assert_eq!(budget.rate_factors("m"), Some((0.25, 0.25)));
+
+    // The budget's own RateLimited(Local) is not the server's: nothing changes.
+    let budget = TokenBudget::new(Quota::per_minute(60, 0)).max_wait(Duration::ZERO);
+    let service = budget.clone().layer(Server::new(1).service());
+    service.clone().oneshot(chat("m", 1)).await.unwrap();
+    let err = service.clone().oneshot(chat("m", 1)).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::RateLimited(RateLimitKind::Local));
+    assert_eq!(budget.rate_factors("m"), Some((1.0, 1.0)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_warm_up_ramps_a_cold_start() {
+    let server = Server::new(1);
+    let budget = TokenBudget::new(Quota::per_minute(600, 0))
+        .adaptive(false)
+        .warm_up(0.2, Duration::from_secs(10));
+    let service = budget.clone().layer(server.service());
+    let tasks: Vec<_> = (0..12)
+        .map(|_| tokio::spawn(service.clone().oneshot(chat("m", 1))))
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    // A fifth of 10 a second at first: two in the first second, not ten.
+    let arrivals = server.arrivals();
+    let first = arrivals.iter().min().copied().unwrap();
+    let in_first_second = arrivals
+        .iter()
+        .filter(|t| **t < first + Duration::from_secs(1))
+        .count();
+    assert!(in_first_second <= 2, "{in_first_second}");
+    let (requests, _) = budget.rate_factors("m").unwrap();
+    assert!(requests < 1.0, "still warming: {requests}");
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(budget.rate_factors("m"), Some((1.0, 1.0)));
+}
+
+/// A body that yields one chunk, then fails: a stream cut after it started.
+struct CutBody {
+    sent: bool,
+}
+
+impl http_body::Body for CutBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        if self.sent {
+            return std::task::Poll::Ready(Some(Err("connection reset".into())));
+        }
+        self.sent = true;
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(
+            b"data: {\"choices\":[]}\n\n",
+        )))))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_fails_part_way_keeps_its_charge_and_frees_its_permit() {
+    let budget = TokenBudget::new(Quota::per_minute(0, 6000)).max_concurrency(1);
+    let failing = service_fn(|_req: Request<Full<Bytes>>| async {
+        Ok::<_, BoxError>(Response::new(CutBody { sent: false }))
+    });
+    let service = budget.clone().layer(failing);
+    let response = service.clone().oneshot(chat("m", 10)).await.unwrap();
+    assert_eq!(budget.in_flight(), 1);
+    assert!(response.into_body().collect().await.is_err());
+    assert_eq!(budget.in_flight(), 0, "the permit is free");
+    assert_eq!(
+        budget.tokens_in_window("m"),
+        11,
+        "the server billed what it sent"
+    );
 }

@@ -64,7 +64,7 @@ pin_project! {
         // Whether the request had to wait for room (not just for a store's answer).
         delayed: bool,
         // A store across the network answering (the in-process store answers at once).
-        asking: Option<(Pin<Box<dyn Future<Output = Result<Admission, BoxError>> + Send>>, Limits)>,
+        asking: Option<(Pin<Box<dyn Future<Output = Result<Admission, BoxError>> + Send>>, Limits, u64)>,
         // Once admitted, until the response body ends.
         held: Option<Held<Reservation>>,
     }
@@ -94,7 +94,10 @@ where
             request: None,
             service: None,
             queued: None,
-            cost: Cost { tokens: 0 },
+            cost: Cost {
+                tokens: 0,
+                input: 0,
+            },
             started: Instant::now(),
             deadline: None,
             sleep: None,
@@ -164,15 +167,15 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Admitting => {
-                    let (answer, limits) = match this.asking.as_mut() {
-                        Some((asking, limits)) => {
+                    let (answer, limits, charged) = match this.asking.as_mut() {
+                        Some((asking, limits, charged)) => {
                             let answer = ready!(asking.as_mut().poll(cx));
-                            let limits = *limits;
+                            let (limits, charged) = (*limits, *charged);
                             *this.asking = None;
                             if let Some(queued) = this.queued.as_mut() {
                                 queued.asking = false;
                             }
-                            (Some(answer), limits)
+                            (Some(answer), limits, charged)
                         }
                         None => {
                             let Some(queued) = this.queued.as_mut() else {
@@ -184,13 +187,15 @@ where
                                 *this.cost,
                                 cx.waker(),
                             ) {
-                                Begin::Ask(StoreFuture::Ready(answer), limits) => (answer, limits),
-                                Begin::Ask(StoreFuture::Pending(asking), limits) => {
+                                Begin::Ask(StoreFuture::Ready(answer), limits, charged) => {
+                                    (answer, limits, charged)
+                                }
+                                Begin::Ask(StoreFuture::Pending(asking), limits, charged) => {
                                     queued.asking = true;
-                                    *this.asking = Some((asking, limits));
+                                    *this.asking = Some((asking, limits, charged));
                                     continue;
                                 }
-                                Begin::Woken => (None, Limits::default()),
+                                Begin::Woken => (None, Limits::default(), 0),
                             }
                         }
                     };
@@ -208,6 +213,7 @@ where
                                 &queued.key,
                                 queued.ticket,
                                 *this.cost,
+                                charged,
                                 limits,
                                 at,
                             );

@@ -20,7 +20,11 @@
 //! - **Settled both ways.** When the response reports its `usage` (streamed or not; the
 //!   [`UsageSlot`](crate::UsageSlot) protocol of [`ClassifyDashScopeError`](crate::ClassifyDashScopeError)
 //!   below), an over-estimate is given back and an under-estimate is charged as debt to the next
-//!   requests. A request the server refused (a 429, a 400) gets its tokens back; one cancelled
+//!   requests. The reported input also teaches each model a correction for the estimator (a
+//!   moving mean of reported / estimated input), so that an estimator off by a steady factor —
+//!   ±50%, say — is charged as the server counts after a few answers, and sustained
+//!   throughput converges on the true TPM even when answers outlast the window (settling can
+//!   only give back what is still in it). A request the server refused (a 429, a 400) gets its tokens back; one cancelled
 //!   or cut after it was sent keeps its estimate, as the server billed it.
 //! - **A request bigger than a second's worth** waits for an empty window, then goes into debt;
 //!   it never fails and never waits forever.
@@ -429,6 +433,7 @@ where
         let output = chat.max_tokens().unwrap_or(config.default_output_tokens);
         let cost = Cost {
             tokens: input.saturating_add(u64::from(output)),
+            input,
         };
         let account = config
             .account

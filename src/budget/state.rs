@@ -27,6 +27,11 @@ const DECREASE: f64 = 0.7;
 const RECOVER: f64 = 0.02;
 /// Where a burst 429 restarts the ramp.
 const BURST_RESTART: f64 = 0.25;
+/// How far one request's reported input moves a model's learned input correction (an
+/// exponentially weighted mean of `reported / estimated`).
+const INPUT_LEARNING: f64 = 0.25;
+/// The learned input correction stays within `1/INPUT_RATIO_BOUND ..= INPUT_RATIO_BOUND`.
+const INPUT_RATIO_BOUND: f64 = 8.0;
 
 /// Which budget a request is counted in.
 pub(crate) type Key = BudgetKey;
@@ -34,7 +39,10 @@ pub(crate) type Key = BudgetKey;
 /// What admitting a request takes.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Cost {
+    /// Input as estimated plus output expected.
     pub(crate) tokens: u64,
+    /// The input part of `tokens`, as the estimator saw it.
+    pub(crate) input: u64,
 }
 
 pub(crate) struct Shared {
@@ -61,13 +69,16 @@ struct ModelState {
     token_factor: f64,
     last_decrease: Option<Instant>,
     created: Instant,
+    /// What the estimator's input is multiplied by: learned from the usage responses report,
+    /// so that an estimator that is off by a steady factor is charged as the server counts.
+    input_ratio: f64,
 }
 
 /// What the first step of an admission says.
 pub(crate) enum Begin {
     /// First in line with a permit taken: ask the store, then [`Shared::admitted`] or
-    /// [`Shared::not_yet`].
-    Ask(StoreFuture<Result<Admission, BoxError>>, Limits),
+    /// [`Shared::not_yet`]. With the limits asked under and the tokens asked for.
+    Ask(StoreFuture<Result<Admission, BoxError>>, Limits, u64),
     /// Not yet: wait to be woken (behind another request, or for a permit).
     Woken,
 }
@@ -78,6 +89,8 @@ pub(crate) struct Reservation {
     pub(crate) shared: Arc<Shared>,
     pub(crate) key: Key,
     pub(crate) tokens: u64,
+    /// The input as the estimator saw it, to learn from the usage reported.
+    pub(crate) input: u64,
     pub(crate) limits: Limits,
     pub(crate) at: Taken,
     /// Set when the request was sent with a usage slot of its own, to settle against.
@@ -185,11 +198,16 @@ impl Shared {
             return Begin::Woken;
         }
         let limits = state.limits(now, &self.config);
+        // The estimator's input, corrected by what usage has taught about it.
+        let input = (cost.input as f64 * state.input_ratio).round() as u64;
+        let charged = (cost.tokens - cost.input.min(cost.tokens)).saturating_add(input);
         state.in_flight += 1;
         models.in_flight += 1;
         drop(models);
-        let tokens = cost.tokens.saturating_mul(MILLI);
-        Begin::Ask(self.store.try_take(key, limits, tokens), limits)
+        let answer = self
+            .store
+            .try_take(key, limits, charged.saturating_mul(MILLI));
+        Begin::Ask(answer, limits, charged)
     }
 
     /// The store took the budget: `ticket` leaves the queue, admitted.
@@ -198,6 +216,7 @@ impl Shared {
         key: &Key,
         ticket: u64,
         cost: Cost,
+        charged: u64,
         limits: Limits,
         at: Taken,
     ) -> Reservation {
@@ -209,7 +228,8 @@ impl Shared {
         Reservation {
             shared: Arc::clone(self),
             key: key.clone(),
-            tokens: cost.tokens,
+            tokens: charged,
+            input: cost.input,
             limits,
             at,
             usage: None,
@@ -243,6 +263,21 @@ impl Shared {
                 "TokenBudget: usage above the estimate, carried as debt"
             );
         }
+    }
+
+    /// A response reported `reported` input tokens for a request whose input was estimated at
+    /// `estimated`: the model's input correction moves towards their ratio.
+    fn learn_input(&self, key: &Key, estimated: u64, reported: u64) {
+        if estimated == 0 || reported == 0 {
+            return;
+        }
+        let mut models = self.lock();
+        let Some(state) = models.map.get_mut(key) else {
+            return;
+        };
+        let bound = INPUT_RATIO_BOUND;
+        let seen = (reported as f64 / estimated as f64).clamp(1.0 / bound, bound);
+        state.input_ratio += INPUT_LEARNING * (seen - state.input_ratio);
     }
 
     /// A request of `key` finished: its permit is free.
@@ -411,6 +446,7 @@ impl ModelState {
             token_factor: 1.0,
             last_decrease: None,
             created: now,
+            input_ratio: 1.0,
         }
     }
 
@@ -462,13 +498,19 @@ impl Release for Reservation {
                 .usage
                 .as_ref()
                 .filter(|slot| slot.is_complete())
-                .and_then(|slot| slot.get())
-                .map(|usage| usage.total_tokens),
+                .and_then(|slot| slot.get()),
             Ending::Dropped => None,
         };
-        if let Some(used) = used {
+        if let Some(usage) = used {
             self.shared
-                .settle(&self.key, self.tokens, used, self.at, self.limits);
+                .learn_input(&self.key, self.input, usage.input_tokens);
+            self.shared.settle(
+                &self.key,
+                self.tokens,
+                usage.total_tokens,
+                self.at,
+                self.limits,
+            );
         }
         self.shared.finish(&self.key);
     }

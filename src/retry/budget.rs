@@ -91,7 +91,7 @@ impl Release for Withdrawn {
 }
 
 /// How long a request counts towards the budget.
-const WINDOW_SECS: usize = 10;
+pub(crate) const WINDOW_SECS: usize = 10;
 
 /// Budget amounts are counted in thousandths of a retry, so that any ratio with three decimals
 /// is exact (tower's `TpsBudget` rounds `1 / ratio` down to a whole number: 0.4 becomes 50%).
@@ -123,16 +123,42 @@ pub struct RetryBudget {
     reserve: i64,
     min_per_sec: u32,
     retry_ratio: f32,
-    window: Mutex<Window>,
+    window: Mutex<Seconds<i64>>,
 }
 
+/// Ten one-second slots on the tokio clock: the window of the retry budget and of the
+/// throttle.
 #[derive(Debug)]
-struct Window {
-    /// The balance deposited minus withdrawn in each of the last seconds, in thousandths.
-    slots: [i64; WINDOW_SECS],
+pub(crate) struct Seconds<T> {
+    /// One amount per second of the window.
+    pub(crate) slots: [T; WINDOW_SECS],
     /// The second `slots` were last rotated to, counted from `start`.
     second: u64,
-    start: Instant,
+    pub(crate) start: Instant,
+}
+
+impl<T: Copy + Default> Seconds<T> {
+    pub(crate) fn new() -> Self {
+        Seconds {
+            slots: [T::default(); WINDOW_SECS],
+            second: 0,
+            start: Instant::now(),
+        }
+    }
+
+    /// Moves the window to `now`, clearing the seconds that fell out of it; the index of the
+    /// current slot.
+    pub(crate) fn rotate(&mut self, now: Instant) -> usize {
+        let second = now.saturating_duration_since(self.start).as_secs();
+        let passed = second.saturating_sub(self.second);
+        if passed > 0 {
+            for s in 1..=passed.min(WINDOW_SECS as u64) {
+                self.slots[((self.second + s) % WINDOW_SECS as u64) as usize] = T::default();
+            }
+            self.second = second;
+        }
+        (self.second % WINDOW_SECS as u64) as usize
+    }
 }
 
 impl RetryBudget {
@@ -154,15 +180,11 @@ impl RetryBudget {
             reserve: i64::from(min_per_sec) * WINDOW_SECS as i64 * MILLI,
             min_per_sec,
             retry_ratio,
-            window: Mutex::new(Window {
-                slots: [0; WINDOW_SECS],
-                second: 0,
-                start: Instant::now(),
-            }),
+            window: Mutex::new(Seconds::new()),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Seconds<i64>> {
         // The window holds plain numbers: a panic elsewhere cannot leave it invalid.
         self.window.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -204,22 +226,6 @@ impl fmt::Debug for RetryBudget {
             .field("min_per_sec", &self.min_per_sec)
             .field("retry_ratio", &self.retry_ratio)
             .finish_non_exhaustive()
-    }
-}
-
-impl Window {
-    /// Moves the window to `now`, clearing the seconds that fell out of it; the index of the
-    /// current slot.
-    fn rotate(&mut self, now: Instant) -> usize {
-        let second = now.saturating_duration_since(self.start).as_secs();
-        let passed = second.saturating_sub(self.second);
-        if passed > 0 {
-            for s in 1..=passed.min(WINDOW_SECS as u64) {
-                self.slots[((self.second + s) % WINDOW_SECS as u64) as usize] = 0;
-            }
-            self.second = second;
-        }
-        (self.second % WINDOW_SECS as u64) as usize
     }
 }
 

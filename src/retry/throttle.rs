@@ -6,10 +6,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::budget::{Seconds, WINDOW_SECS};
 use crate::guard::{Ending, Release};
-
-/// How long a success counts towards the server's observed throughput.
-const WINDOW_SECS: usize = 10;
 
 /// Shared by every clone of a layer. Counts successes per second over the last ten seconds (the
 /// rate at which the server is taking this client's requests) and the rate-limited retries that
@@ -23,10 +21,7 @@ pub(crate) struct Throttle {
 #[derive(Debug)]
 struct State {
     /// Successes in each of the last seconds.
-    slots: [u32; WINDOW_SECS],
-    /// The second `slots` were last rotated to, counted from `start`.
-    second: u64,
-    start: Instant,
+    successes: Seconds<u32>,
     /// Rate-limited retries scheduled and not yet sent (or abandoned).
     waiting: u64,
 }
@@ -35,9 +30,7 @@ impl Throttle {
     pub(crate) fn new() -> Self {
         Throttle {
             state: Mutex::new(State {
-                slots: [0; WINDOW_SECS],
-                second: 0,
-                start: Instant::now(),
+                successes: Seconds::new(),
                 waiting: 0,
             }),
         }
@@ -51,8 +44,8 @@ impl Throttle {
     /// An attempt succeeded.
     pub(crate) fn success(&self) {
         let mut state = self.lock();
-        let current = state.rotate(Instant::now());
-        state.slots[current] = state.slots[current].saturating_add(1);
+        let current = state.successes.rotate(Instant::now());
+        state.successes.slots[current] = state.successes.slots[current].saturating_add(1);
     }
 
     /// When the server is live (something succeeded in the last ten seconds): the time it needs
@@ -63,34 +56,19 @@ impl Throttle {
     pub(crate) fn enqueue(self: &Arc<Self>) -> Option<(Duration, Queued)> {
         let mut state = self.lock();
         let now = Instant::now();
-        state.rotate(now);
-        let successes: u64 = state.slots.iter().map(|&s| u64::from(s)).sum();
+        state.successes.rotate(now);
+        let successes: u64 = state.successes.slots.iter().map(|&s| u64::from(s)).sum();
         if successes == 0 {
             return None;
         }
         // Over the window, or over the throttle's life if that is shorter (at least a second).
-        let observed = now.saturating_duration_since(state.start).clamp(
+        let observed = now.saturating_duration_since(state.successes.start).clamp(
             Duration::from_secs(1),
             Duration::from_secs(WINDOW_SECS as u64),
         );
         state.waiting += 1;
         let spread = observed.mul_f64(state.waiting as f64 / successes as f64);
         Some((spread, Queued(self.clone())))
-    }
-}
-
-impl State {
-    /// Moves the window to `now`; the index of the current slot.
-    fn rotate(&mut self, now: Instant) -> usize {
-        let second = now.saturating_duration_since(self.start).as_secs();
-        let passed = second.saturating_sub(self.second);
-        if passed > 0 {
-            for s in 1..=passed.min(WINDOW_SECS as u64) {
-                self.slots[((self.second + s) % WINDOW_SECS as u64) as usize] = 0;
-            }
-            self.second = second;
-        }
-        (self.second % WINDOW_SECS as u64) as usize
     }
 }
 
