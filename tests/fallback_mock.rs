@@ -236,3 +236,28 @@ async fn futures_join_all<F: std::future::Future>(
     .await;
     outputs.into_iter().map(Option::unwrap).collect()
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_recommended_stack_compiles_and_falls_back() {
+    use tower_dashscope::{Quota, TokenBudget, WaitTimeoutHeader};
+    let mock = MockDashScope::builder()
+        .model(
+            "qwen-max",
+            ModelConfig::new().outage(Duration::ZERO..Duration::from_secs(600)),
+        )
+        .model("qwen-plus", ModelConfig::new())
+        .build();
+    let service = ServiceBuilder::new()
+        .layer(FallbackModel::new(["qwen-max", "qwen-plus"]))
+        .layer(RetryWithJitter::new().max_attempts(2).seed(5))
+        .layer(TokenBudget::new(Quota::per_minute(600, 1_000_000)))
+        .layer(WaitTimeoutHeader::new(Duration::from_secs(5)))
+        .layer(ClassifyDashScopeError::new())
+        .service(mock.clone());
+    let response = service.oneshot(chat("qwen-max", true)).await.unwrap();
+    assert_eq!(served(&response), "qwen-plus");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(body.ends_with(b"data: [DONE]\n\n"), "{body:?}");
+    // qwen-max was retried once (a 503), then the chain moved on.
+    assert_eq!(mock.stats().model("qwen-max").unwrap().total.requests, 2);
+}
