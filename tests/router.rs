@@ -15,7 +15,8 @@ use tower::{Layer, Service, ServiceExt};
 use tower_dashscope::api::Plan;
 use tower_dashscope::router::ApiKey;
 use tower_dashscope::{
-    Api, BoxError, DashScopeError, Delivery, ErrorClass, Region, RegionRouter, ServedRegion,
+    Api, BoxError, DashScopeError, Delivery, ErrorClass, RateLimitKind, Region, RegionRouter,
+    ServedRegion,
 };
 
 type Req = Request<Full<Bytes>>;
@@ -28,6 +29,9 @@ enum Behave {
     Io(io::ErrorKind),
     /// An error the classifier below made from a 401 answer.
     Classified401,
+    /// A layer below refused the request locally (no status, not a transport failure), as a
+    /// `TokenBudget` with `max_wait` below the router does.
+    LocalRefusal,
 }
 
 /// A scripted HTTP client: answers per host, records what it was sent, and panics when called
@@ -111,6 +115,9 @@ impl Service<Req> for Double {
                     .with_status(StatusCode::UNAUTHORIZED)
                     .with_code("InvalidApiKey"),
             )),
+            Behave::LocalRefusal => Err(Box::new(DashScopeError::new(ErrorClass::RateLimited(
+                RateLimitKind::Local,
+            )))),
         })
     }
 }
@@ -797,6 +804,35 @@ async fn a_failed_probe_cools_down_again_and_a_dropped_one_is_given_back() {
     double.seen.lock().unwrap().clear();
     send(&router, &double, chat("/x")).await.unwrap();
     assert_eq!(double.hosts_seen(), [CN]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_refused_by_a_layer_below_is_given_back() {
+    // A probe whose request a layer below refused (no status, no transport failure) proved
+    // nothing about the endpoint: the next request after it must be able to probe again,
+    // rather than the endpoint being avoided for good.
+    let router = RegionRouter::new(Region::Singapore, "sk-1")
+        .failover(Region::Beijing, "sk-2")
+        .cooldown(Duration::from_secs(10));
+    let double = Double::new().on(INTL, Behave::Io(io::ErrorKind::ConnectionRefused));
+    send(&router, &double, chat("/x")).await.unwrap();
+    tokio::time::advance(Duration::from_secs(10)).await;
+
+    double.set(INTL, Behave::LocalRefusal);
+    double.seen.lock().unwrap().clear();
+    let err = send(&router, &double, chat("/x")).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::RateLimited(RateLimitKind::Local));
+    assert_eq!(double.hosts_seen(), [INTL], "the probe");
+
+    double.set(INTL, Behave::Status(200));
+    double.seen.lock().unwrap().clear();
+    send(&router, &double, chat("/x")).await.unwrap();
+    assert_eq!(
+        double.hosts_seen(),
+        [INTL],
+        "probed again, not avoided for good"
+    );
+    assert!(router.is_healthy(0));
 }
 
 #[tokio::test(start_paused = true)]

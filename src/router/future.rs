@@ -290,11 +290,14 @@ where
                         Err(err) => err,
                     };
                     let Some(delivery) = transport_failure(&err) else {
-                        // An answer (or a refusal of a layer below): the network path works.
+                        // An answer: the network path works. A refusal of a layer below (no
+                        // status) proved nothing: its probe is given back, not kept for good.
                         if err.status().is_some() {
                             this.built.health.succeeded(index, &endpoint.region);
+                            complete(this.probe);
+                        } else {
+                            *this.probe = None;
                         }
-                        complete(this.probe);
                         let refused = err.class() == ErrorClass::Authentication
                             || (err.class() == ErrorClass::PermissionDenied
                                 && err.status() == Some(StatusCode::FORBIDDEN));
