@@ -836,6 +836,25 @@ async fn a_probe_refused_by_a_layer_below_is_given_back() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_huge_cooldown_does_not_panic() {
+    // `Duration::MAX` reads as "never come back by yourself"; it must not overflow an Instant.
+    let router = RegionRouter::new(Region::Singapore, "sk-1")
+        .failover(Region::Beijing, "sk-2")
+        .cooldown(Duration::MAX);
+    let double = Double::new().on(INTL, Behave::Io(io::ErrorKind::ConnectionRefused));
+    let response = send(&router, &double, chat("/x")).await.unwrap();
+    assert_eq!(
+        response.extensions().get::<ServedRegion>(),
+        Some(&ServedRegion(Region::Beijing))
+    );
+    assert!(!router.is_healthy(0));
+    tokio::time::advance(Duration::from_secs(86_400)).await;
+    double.seen.lock().unwrap().clear();
+    send(&router, &double, chat("/x")).await.unwrap();
+    assert_eq!(double.hosts_seen(), [CN]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn all_unhealthy_still_tries_in_order() {
     let router = RegionRouter::new(Region::Singapore, "sk-1").failover(Region::Beijing, "sk-2");
     let double = Double::new()

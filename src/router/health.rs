@@ -82,7 +82,11 @@ impl Health {
 
     /// Endpoint `i` failed at the connection level: unhealthy for the cooldown.
     pub(crate) fn failed(&self, i: usize, region: &Region) {
-        let until = Instant::now() + self.cooldown;
+        let now = Instant::now();
+        // A cooldown past what an Instant can hold (`Duration::MAX`: "not by itself") is a year.
+        let until = now
+            .checked_add(self.cooldown)
+            .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365));
         let was_up = self.with(|states| {
             let state = &mut states[i];
             let was_up = state.down_until.is_none();
