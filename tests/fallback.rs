@@ -664,6 +664,19 @@ async fn a_silent_model_times_out_and_the_next_answers() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_huge_first_byte_timeout_does_not_panic_on_the_next_attempt() {
+    // `Duration::MAX` reads as "no timeout"; the timer of a later attempt must not overflow.
+    let models = Models::new(&[
+        ("a", vec![fail(ErrorClass::Unavailable)]),
+        ("b", vec![ok()]),
+    ]);
+    let service = ab().first_byte_timeout(Duration::MAX).layer(models.clone());
+    let response = service.oneshot(chat("a")).await.unwrap();
+    assert_eq!(served(&response), "b");
+    assert_eq!(models.models_called(), ["a", "b"]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_stream_that_fails_before_its_first_byte_falls_back() {
     let models = Models::new(&[
         (

@@ -750,7 +750,12 @@ where
                     run.current = next;
                     match run.config.first_byte_timeout {
                         Some(timeout) => {
-                            let at = Instant::now() + timeout;
+                            // As `tokio::time::sleep` does for the first attempt: a timeout
+                            // too long for an Instant (`Duration::MAX`) is no panic.
+                            let now = Instant::now();
+                            let at = now.checked_add(timeout).unwrap_or_else(|| {
+                                now + std::time::Duration::from_secs(86_400 * 365)
+                            });
                             match this.sleep.as_mut().as_pin_mut() {
                                 Some(sleep) => sleep.reset(at),
                                 None => this.sleep.set(Some(tokio::time::sleep_until(at))),
