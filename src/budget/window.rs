@@ -200,10 +200,17 @@ impl Window {
 
     /// Time from `now` until absolute slot `slot` has left the window.
     fn until_slot_leaves(&self, now: Instant, slot: u64) -> Duration {
-        let leaves = slot + RING as u64;
-        let at = self
+        let leaves = slot.saturating_add(RING as u64);
+        // In nanoseconds: a slot count past u32::MAX (12 hours of 10 µs slots) must not be
+        // clamped, or the slot would seem to have left long ago.
+        let nanos = self
             .slot_width
-            .checked_mul(u32::try_from(leaves).unwrap_or(u32::MAX))
+            .as_nanos()
+            .saturating_mul(u128::from(leaves));
+        const NANOS: u128 = 1_000_000_000;
+        let at = u64::try_from(nanos / NANOS)
+            .ok()
+            .map(|secs| Duration::new(secs, (nanos % NANOS) as u32))
             .and_then(|d| self.epoch.checked_add(d));
         match at {
             Some(at) => at.saturating_duration_since(now),
@@ -292,6 +299,25 @@ mod tests {
         // A huge gap drains it all in a bounded number of steps.
         w.advance(start + 1_000_000 * SECOND, 10);
         assert!(w.is_idle() || w.used() <= 10, "{}", w.used());
+    }
+
+    #[test]
+    fn still_limits_after_u32_max_slots() {
+        // A 1 ms window has 10 µs slots: u32::MAX of them pass in under 12 hours (with the
+        // default one second, in 497 days). A full window must still say how long to wait.
+        let start = Instant::now();
+        let window = Duration::from_millis(1);
+        let mut w = Window::new(window, start);
+        let later = start + Duration::from_secs(12 * 3600);
+        w.advance(later, 5);
+        assert!(w.fits(5, 5));
+        w.charge(5, 5);
+        assert!(!w.fits(1, 5));
+        let wait = w.wait_for(later, 1, 5);
+        assert!(
+            !wait.is_zero() && wait <= window + window / SLOTS as u32,
+            "{wait:?}"
+        );
     }
 
     proptest! {
