@@ -527,6 +527,80 @@ async fn a_store_that_answers_later_is_awaited_and_cancelling_it_frees_the_permi
     assert_eq!(server.arrivals().len(), 2);
 }
 
+/// A store across a (pretend) network that never answers: a hung Redis.
+struct HungStore;
+
+impl tower_dashscope::budget::BudgetStore for HungStore {
+    fn try_take(
+        &self,
+        _key: &tower_dashscope::budget::BudgetKey,
+        _limits: tower_dashscope::budget::Limits,
+        _tokens: u64,
+    ) -> tower_dashscope::budget::StoreFuture<Result<tower_dashscope::budget::Admission, BoxError>>
+    {
+        tower_dashscope::budget::StoreFuture::Pending(Box::pin(std::future::pending()))
+    }
+
+    fn adjust(
+        &self,
+        _key: &tower_dashscope::budget::BudgetKey,
+        _limits: tower_dashscope::budget::Limits,
+        _taken: tower_dashscope::budget::Taken,
+        _delta: i64,
+    ) {
+    }
+
+    fn tokens_used(
+        &self,
+        _key: &tower_dashscope::budget::BudgetKey,
+        _limits: tower_dashscope::budget::Limits,
+    ) -> u64 {
+        0
+    }
+
+    fn forget(&self, _key: &tower_dashscope::budget::BudgetKey) {}
+
+    fn is_idle(
+        &self,
+        _key: &tower_dashscope::budget::BudgetKey,
+        _limits: tower_dashscope::budget::Limits,
+    ) -> bool {
+        true
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_wait_also_bounds_a_store_that_does_not_answer() {
+    let budget = TokenBudget::new(Quota::per_minute(60, 0))
+        .max_concurrency(1)
+        .max_wait(Duration::from_secs(1))
+        .store(HungStore);
+    let server = Server::new(1);
+    let service = budget.clone().layer(server.service());
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(60),
+        service.clone().oneshot(chat("m", 1)),
+    )
+    .await
+    .expect("max_wait bounds the wait for the store's answer too");
+    let err = outcome.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Connection);
+    assert!(err.to_string().contains("max_wait"), "{err}");
+    assert_eq!(server.arrivals().len(), 0, "not sent");
+    assert_eq!(budget.in_flight(), 0, "the permit came back");
+
+    // Failing fast still lets a store across the network answer (50 ms here).
+    let budget = TokenBudget::new(Quota::per_minute(60, 0))
+        .max_wait(Duration::ZERO)
+        .store(SlowStore {
+            inner: Arc::new(tower_dashscope::budget::LocalStore::new()),
+            asked: Arc::new(AtomicU32::new(0)),
+        });
+    let service = budget.layer(server.service());
+    service.oneshot(chat("m", 1)).await.unwrap();
+    assert_eq!(server.arrivals().len(), 1);
+}
+
 /// A server whose every answer is a 429 with `body`.
 fn throttling(
     body: &'static str,

@@ -63,8 +63,9 @@ pin_project! {
         sleep: Option<Pin<Box<Sleep>>>,
         // Whether the request had to wait for room (not just for a store's answer).
         delayed: bool,
-        // A store across the network answering (the in-process store answers at once).
-        asking: Option<(Pin<Box<dyn Future<Output = Result<Admission, BoxError>> + Send>>, Limits, u64)>,
+        // A store across the network answering (the in-process store answers at once), and
+        // when to stop waiting for it (with max_wait).
+        asking: Option<(Pin<Box<dyn Future<Output = Result<Admission, BoxError>> + Send>>, Limits, u64, Option<Instant>)>,
         // Once admitted, until the response body ends.
         held: Option<Held<Reservation>>,
     }
@@ -142,6 +143,10 @@ where
     }
 }
 
+/// With `max_wait`, the least time a store across the network is given to answer, however
+/// little of `max_wait` is left (so that `max_wait(Duration::ZERO)` still works with one).
+const STORE_ROUND_TRIP: Duration = Duration::from_secs(1);
+
 /// The error of a request that would wait past `max_wait`.
 fn over_max_wait(key: &Key, wait: Duration, max_wait: Duration) -> DashScopeError {
     DashScopeError::new(ErrorClass::RateLimited(RateLimitKind::Local))
@@ -168,8 +173,40 @@ where
             match this.state.as_mut().project() {
                 StateProj::Admitting => {
                     let (answer, limits, charged) = match this.asking.as_mut() {
-                        Some((asking, limits, charged)) => {
-                            let answer = ready!(asking.as_mut().poll(cx));
+                        Some((asking, limits, charged, until)) => {
+                            let Poll::Ready(answer) = asking.as_mut().poll(cx) else {
+                                // max_wait bounds the wait for the store's answer too.
+                                let Some(deadline) = *until else {
+                                    return Poll::Pending;
+                                };
+                                let sleep = this.sleep.get_or_insert_with(|| {
+                                    Box::pin(tokio::time::sleep_until(deadline))
+                                });
+                                if sleep.deadline() != deadline {
+                                    sleep.as_mut().reset(deadline);
+                                }
+                                ready!(sleep.as_mut().poll(cx));
+                                let Some(queued) = this.queued.take() else {
+                                    unreachable!("a request is queued until it is admitted");
+                                };
+                                let waited = deadline.saturating_duration_since(*this.started);
+                                let err = DashScopeError::new(ErrorClass::Connection).with_message(
+                                    format!(
+                                        "TokenBudget: the budget store did not answer for model \
+                                         `{}` within {:.3}s (max_wait, and at least {:.3}s for a \
+                                         round trip); the request was not sent (check the store, \
+                                         e.g. Redis)",
+                                        queued.key.model,
+                                        waited.as_secs_f64(),
+                                        STORE_ROUND_TRIP.as_secs_f64()
+                                    ),
+                                );
+                                // Dropping the place in the queue gives the permit back.
+                                drop(queued);
+                                *this.asking = None;
+                                this.state.set(State::Done);
+                                return Poll::Ready(Err(err));
+                            };
                             let (limits, charged) = (*limits, *charged);
                             *this.asking = None;
                             if let Some(queued) = this.queued.as_mut() {
@@ -192,7 +229,14 @@ where
                                 }
                                 Begin::Ask(StoreFuture::Pending(asking), limits, charged) => {
                                     queued.asking = true;
-                                    *this.asking = Some((asking, limits, charged));
+                                    // A round trip gets at least STORE_ROUND_TRIP, so that
+                                    // max_wait(ZERO) still works with a store across the network.
+                                    let until = this.deadline.map(|deadline| {
+                                        let now = Instant::now();
+                                        deadline
+                                            .max(now.checked_add(STORE_ROUND_TRIP).unwrap_or(now))
+                                    });
+                                    *this.asking = Some((asking, limits, charged, until));
                                     continue;
                                 }
                                 Begin::Woken => (None, Limits::default(), 0),

@@ -260,6 +260,10 @@ impl TokenBudget {
     /// The longest a request may wait for room. A request that would wait longer is not sent:
     /// it fails at once with [`RateLimited(Local)`](crate::RateLimitKind::Local) and the wait as
     /// its `retry_after`. `Duration::ZERO` fails fast.
+    ///
+    /// It also bounds the wait for a shared [`store`](Self::store)'s answer, giving each round
+    /// trip at least a second: a store that does not answer in time fails the request, not
+    /// sent, as [`Connection`](crate::ErrorClass::Connection).
     pub fn max_wait(self, max_wait: Duration) -> Self {
         self.with(|c| c.max_wait = Some(max_wait))
     }
