@@ -1,6 +1,7 @@
 //! TokenBudget: shaping, settlement, waits, concurrency, cancellation and adaptation, in paused
 //! time against scripted inner services.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -525,6 +526,20 @@ async fn a_store_that_answers_later_is_awaited_and_cancelling_it_frees_the_permi
     let response = service.clone().oneshot(chat("m", 1)).await.unwrap();
     drop(response);
     assert_eq!(server.arrivals().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_future_polled_after_completion_returns_an_error_not_a_panic() {
+    let server = Server::new(1);
+    let mut service = TokenBudget::new(Quota::per_minute(60, 0)).layer(server.service());
+    std::future::poll_fn(|cx| service.poll_ready(cx))
+        .await
+        .unwrap();
+    let mut future = Box::pin(service.call(chat("m", 1)));
+    future.as_mut().await.unwrap();
+    let again = std::future::poll_fn(|cx| future.as_mut().poll(cx)).await;
+    let err = again.unwrap_err();
+    assert!(err.to_string().contains("after it completed"), "{err}");
 }
 
 /// A store across a (pretend) network that never answers: a hung Redis.

@@ -45,7 +45,8 @@ impl Drop for Queued {
 
 pin_project! {
     /// Response future of [`TokenBudgetService`](super::TokenBudgetService): waits for the
-    /// request's model to have room, takes its budget, then calls the inner service.
+    /// request's model to have room, takes its budget, then calls the inner service. Polled
+    /// again after it completed, it returns an error rather than panicking.
     #[must_use = "futures do nothing unless polled"]
     pub struct ResponseFuture<S, B>
     where
@@ -382,7 +383,9 @@ where
                     });
                 }
                 StateProj::Done => {
-                    panic!("TokenBudget's ResponseFuture polled after completion")
+                    return Poll::Ready(Err(DashScopeError::new(ErrorClass::InvalidRequest)
+                        .with_message("TokenBudget's response future was polled after it completed")
+                        .with_advice("poll a future only until it returns Ready")));
                 }
             }
         }
