@@ -739,3 +739,36 @@ async fn a_body_that_fails_part_way_keeps_its_charge_and_frees_its_permit() {
         "the server billed what it sent"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn waiting_for_quota_does_not_hold_the_inner_services_readiness() {
+    // One request in flight at most below the budget: a request waiting for its model's quota
+    // must not keep that slot from a request of another model that has room.
+    let server = Server::new(1);
+    let budget = TokenBudget::new(Quota::per_minute(60, 0));
+    let service = ServiceBuilder::new()
+        .layer(budget.clone())
+        .concurrency_limit(1)
+        .service(server.service());
+    service.clone().oneshot(chat("a", 1)).await.unwrap();
+    // The second request of model `a` waits about a second for its quota.
+    let mut waiting = tokio_test::task::spawn(service.clone().oneshot(chat("a", 1)));
+    assert!(waiting.poll().is_pending());
+    // Model `b` has room: it goes now, not after `a`'s wait.
+    // (Holding the slot would deadlock here: the waiting request is not being polled.)
+    let start = Instant::now();
+    let other = tokio::time::timeout(
+        Duration::from_millis(500),
+        service.clone().oneshot(chat("b", 1)),
+    )
+    .await
+    .expect("blocked behind a request waiting for quota")
+    .unwrap();
+    drop(other);
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    // And the waiting one is readied again and sent once admitted.
+    tokio::time::advance(Duration::from_millis(1100)).await;
+    let response = waiting.await.unwrap();
+    assert!(response.extensions().get::<BudgetWait>().is_some());
+    assert_eq!(server.arrivals().len(), 3);
+}

@@ -64,6 +64,9 @@ pin_project! {
         sleep: Option<Pin<Box<Sleep>>>,
         // Whether the request had to wait for room (not just for a store's answer).
         delayed: bool,
+        // Set when the readied service was given up for an unreadied clone while waiting: it
+        // must be readied again once admitted.
+        unreadied: bool,
         // A store across the network answering (the in-process store answers at once), and
         // when to stop waiting for it (with max_wait).
         asking: Option<(Pin<Box<dyn Future<Output = Result<Admission, BoxError>> + Send>>, Limits, u64, Option<Instant>)>,
@@ -76,6 +79,8 @@ pin_project! {
     #[project = StateProj]
     enum State<F> {
         Admitting,
+        // Admitted after a wait: readying the inner service again before the call.
+        Readying,
         Calling {
             #[pin]
             future: F,
@@ -104,6 +109,7 @@ where
             deadline: None,
             sleep: None,
             delayed: false,
+            unreadied: false,
             asking: None,
             held: None,
         }
@@ -138,6 +144,7 @@ where
             deadline,
             sleep: None,
             delayed: false,
+            unreadied: false,
             asking: None,
             held: None,
         }
@@ -163,7 +170,7 @@ fn over_max_wait(key: &Key, wait: Duration, max_wait: Duration) -> DashScopeErro
 
 impl<S, B, R> Future for ResponseFuture<S, B>
 where
-    S: Service<Request<B>, Response = Response<R>>,
+    S: Service<Request<B>, Response = Response<R>> + Clone,
     S::Error: Into<BoxError>,
 {
     type Output = Result<Response<BudgetBody<R>>, DashScopeError>;
@@ -292,6 +299,12 @@ where
                             }
                             *this.held = Some(Held::new(reservation));
                             *this.sleep = None;
+                            if *this.unreadied {
+                                *this.request = Some(request);
+                                *this.service = Some(service);
+                                this.state.set(State::Readying);
+                                continue;
+                            }
                             let future = service.call(request);
                             this.state.set(State::Calling { future });
                             continue;
@@ -319,6 +332,15 @@ where
                         None => None,
                     };
                     *this.delayed = true;
+                    if !*this.unreadied {
+                        // Waiting for quota must not hold the inner service's readiness (a
+                        // `Buffer` slot, a `ConcurrencyLimit` permit): swap the readied service
+                        // for a clone, and ready that one once admitted.
+                        if let Some(service) = this.service.as_mut() {
+                            *service = service.clone();
+                        }
+                        *this.unreadied = true;
+                    }
                     // Not yet: fail now if the wait would end past max_wait.
                     if let (Some(deadline), Some(at)) = (*this.deadline, wake_at) {
                         if at > deadline {
@@ -351,6 +373,28 @@ where
                     if let Some(sleep) = this.sleep.as_mut() {
                         ready!(sleep.as_mut().poll(cx));
                     }
+                }
+                StateProj::Readying => {
+                    let Some(service) = this.service.as_mut() else {
+                        unreachable!("the service waits here until it is ready");
+                    };
+                    if let Err(err) = ready!(service.poll_ready(cx)) {
+                        // Not sent: the tokens come back; the permit is released.
+                        let err = into_dashscope_error(err);
+                        if let Some(mut held) = this.held.take() {
+                            held.get_mut().refund_tokens();
+                            held.complete();
+                        }
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(err));
+                    }
+                    let (Some(mut service), Some(request)) =
+                        (this.service.take(), this.request.take())
+                    else {
+                        unreachable!("both wait here until the call");
+                    };
+                    let future = service.call(request);
+                    this.state.set(State::Calling { future });
                 }
                 StateProj::Calling { future } => {
                     let result = ready!(future.poll(cx)).map_err(into_dashscope_error);
