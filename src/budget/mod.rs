@@ -90,6 +90,8 @@
 
 mod estimate;
 pub mod future;
+#[cfg(feature = "redis")]
+mod redis;
 mod state;
 mod store;
 mod window;
@@ -106,6 +108,8 @@ use tower::{Layer, Service};
 use self::estimate::DynEstimator;
 pub use self::estimate::{CharEstimator, TokenEstimator};
 pub use self::future::{BudgetBody, ResponseFuture};
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisStore, RedisStoreError, SCRIPT_VERSION, WhenUnavailable};
 use self::state::{Cost, Key, Shared};
 pub use self::store::{Admission, BudgetKey, BudgetStore, Limits, LocalStore, StoreFuture, Taken};
 use crate::body::ReplayBody;
