@@ -447,25 +447,21 @@ async fn keys_carry_the_prefix_and_a_hash_tag_and_expire_when_idle() {
     assert_eq!(exists, (1, 0));
 }
 
-/// A chat service that counts what reaches it.
-fn counting() -> (
-    Arc<AtomicU64>,
-    impl tower::Service<
-        Request<Full<Bytes>>,
-        Response = Response<Full<Bytes>>,
-        Error = BoxError,
-        Future: Send,
-    > + Clone
-    + Send
-    + Sync,
-) {
-    let sent = Arc::new(AtomicU64::new(0));
-    let counter = sent.clone();
-    let service = service_fn(move |_req: Request<Full<Bytes>>| {
-        counter.fetch_add(1, Ordering::SeqCst);
+/// A chat service that counts what reaches it in `sent`.
+fn counting(
+    sent: Arc<AtomicU64>,
+) -> impl tower::Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = BoxError,
+    Future: Send,
+> + Clone
++ Send
++ Sync {
+    service_fn(move |_req: Request<Full<Bytes>>| {
+        sent.fetch_add(1, Ordering::SeqCst);
         async { Ok::<_, BoxError>(Response::new(Full::new(Bytes::from_static(b"{}")))) }
-    });
-    (sent, service)
+    })
 }
 
 #[tokio::test]
@@ -476,7 +472,8 @@ async fn an_unreachable_redis_fails_closed_with_rate_limited_local() {
         .timeout(Duration::from_millis(300))
         .retry_every(Duration::from_millis(100));
     let budget = TokenBudget::new(Quota::per_minute(600, 0)).store(store.clone());
-    let (sent, server) = counting();
+    let sent = Arc::new(AtomicU64::new(0));
+    let server = counting(sent.clone());
     let service = budget.layer(server);
     for _ in 0..3 {
         let err = tokio::time::timeout(Duration::from_secs(5), service.clone().oneshot(chat("m")))
@@ -644,7 +641,8 @@ async fn fail_closed_recovers_when_redis_answers_again() {
         .timeout(Duration::from_millis(500))
         .retry_every(Duration::from_millis(100));
     let budget = TokenBudget::new(Quota::per_minute(600, 0)).store(store.clone());
-    let (sent, server) = counting();
+    let sent = Arc::new(AtomicU64::new(0));
+    let server = counting(sent.clone());
     let service = budget.layer(server);
     service.clone().oneshot(chat("m")).await.unwrap();
     proxy.cut();
