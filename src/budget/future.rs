@@ -318,13 +318,18 @@ where
                         }
                         Some(Err(source)) => {
                             queued.shared.not_yet(&queued.key);
-                            let err = DashScopeError::new(ErrorClass::Connection)
-                                .with_message(format!(
-                                    "TokenBudget: the budget store failed for model `{}`; the \
-                                     request was not sent (check the store, e.g. Redis)",
-                                    queued.key.model
-                                ))
-                                .with_source(source);
+                            // A store that says what it means (e.g. RedisStore failing closed
+                            // with RateLimited(Local)) is passed on as it is.
+                            let err = match source.downcast::<DashScopeError>() {
+                                Ok(err) => *err,
+                                Err(source) => DashScopeError::new(ErrorClass::Connection)
+                                    .with_message(format!(
+                                        "TokenBudget: the budget store failed for model `{}`; \
+                                         the request was not sent (check the store, e.g. Redis)",
+                                        queued.key.model
+                                    ))
+                                    .with_source(source),
+                            };
                             this.state.set(State::Done);
                             this.queued.take();
                             return Poll::Ready(Err(err));

@@ -38,6 +38,13 @@
 //! holds a second's worth admits up to two seconds' worth in some one-second window. See
 //! `window.rs` for the algorithm; all its time is `tokio::time`.
 //!
+//! **A fleet shares one budget** through a [`BudgetStore`] other than this process's
+//! [`LocalStore`]: with the `redis` cargo feature, `RedisStore` keeps the windows in Redis (or
+//! Valkey), one atomic script call per admission on the server's clock, while waiting stays in
+//! each process. While Redis is unavailable, a policy of the user's applies: fail closed with
+//! [`RateLimited(Local)`](crate::RateLimitKind::Local), or serve an explicit share of the quota
+//! (quota ÷ replicas) in process — never the whole quota per process.
+//!
 //! Requests that are not chat requests (a path of no chat API, or a body that cannot be read
 //! without consuming it — see [`ReplayBody`]) pass through uncounted.
 //!
@@ -90,6 +97,8 @@
 
 mod estimate;
 pub mod future;
+#[cfg(feature = "redis")]
+mod redis;
 mod state;
 mod store;
 mod window;
@@ -106,6 +115,8 @@ use tower::{Layer, Service};
 use self::estimate::DynEstimator;
 pub use self::estimate::{CharEstimator, TokenEstimator};
 pub use self::future::{BudgetBody, ResponseFuture};
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisStore, RedisStoreError, SCRIPT_VERSION, WhenUnavailable};
 use self::state::{Cost, Key, Shared};
 pub use self::store::{Admission, BudgetKey, BudgetStore, Limits, LocalStore, StoreFuture, Taken};
 use crate::body::ReplayBody;
