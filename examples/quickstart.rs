@@ -6,9 +6,10 @@
 //! **Simulator (no `DASHSCOPE_API_KEY`).** It starts `MockDashScope` on a loopback port with a
 //! tight quota on `qwen-plus` (600 RPM, 60k TPM), an outage on `qwen-max` for the first two
 //! seconds, a burst limit and some latency; then sends 40 requests at once — both API flavours,
-//! mixed sizes, some streaming, one too long for the context window — through
-//! `RetryWithJitter`, `TokenBudget`, `WaitTimeoutHeader` and `ClassifyDashScopeError` over
-//! hyper-util's HTTP client, and reports what happened. No key, no network.
+//! mixed sizes, some streaming, one too long for the context window — through the recommended
+//! stack (`FallbackModel`, `RetryWithJitter`, `TokenBudget`, `RegionRouter`,
+//! `WaitTimeoutHeader`, `ClassifyDashScopeError`) over hyper-util's HTTP client, and reports
+//! what happened. No key, no network.
 //!
 //! **Live (`DASHSCOPE_API_KEY` set).** Three small requests (`max_tokens` 32; billed to the key's
 //! account) through the same layers, over HTTPS (rustls with ring and the webpki roots): an
@@ -44,8 +45,8 @@ use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_dashscope::mock::{MockDashScope, ModelConfig};
 use tower_dashscope::{
-    Attempts, BudgetWait, ClassifyDashScopeError, Quota, Region, RegionRouter, RetryWithJitter,
-    ServedRegion, TokenBudget, WaitTimeoutHeader,
+    Attempts, BudgetWait, ClassifyDashScopeError, FallbackModel, Quota, Region, RegionRouter,
+    RetryWithJitter, ServedModel, ServedRegion, TokenBudget, WaitTimeoutHeader,
 };
 
 #[path = "live/demo.rs"]
@@ -89,6 +90,14 @@ async fn simulator_demo() -> Result<(), Box<dyn std::error::Error>> {
                 .outage(Duration::ZERO..Duration::from_secs(2))
                 .latency(Duration::from_millis(200), 100.0),
         )
+        // A model with a longer context window, for what qwen-plus cannot take.
+        .model(
+            "qwen-long",
+            ModelConfig::new()
+                .rpm(600)
+                .context_window(100_000)
+                .latency(Duration::from_millis(150), 200.0),
+        )
         .seed(2026)
         .build();
     let server = mock.serve("127.0.0.1:0".parse()?).await?;
@@ -96,6 +105,13 @@ async fn simulator_demo() -> Result<(), Box<dyn std::error::Error>> {
 
     let http_client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let client = ServiceBuilder::new()
+        // qwen-max down or throttled: qwen-plus answers; an input too long for qwen-plus's
+        // window goes to qwen-long, without a round trip to qwen-plus first.
+        .layer(
+            FallbackModel::new(["qwen-max", "qwen-plus"])
+                .context_window("qwen-plus", 2_000)
+                .context_window("qwen-long", 100_000),
+        )
         .layer(
             RetryWithJitter::new()
                 .base_delay(Duration::from_millis(500))
@@ -145,10 +161,14 @@ async fn simulator_demo() -> Result<(), Box<dyn std::error::Error>> {
                 .extensions()
                 .get::<ServedRegion>()
                 .map(|r| r.0.to_string());
+            let fell_back = response
+                .extensions()
+                .get::<ServedModel>()
+                .is_some_and(|served| served.0 != model);
             // Read to the end: errors inside streams surface here.
             response.into_body().collect().await?;
-            Ok::<(u32, Duration, Option<String>), tower_dashscope::DashScopeError>((
-                attempts, waited, region,
+            Ok::<(u32, Duration, Option<String>, bool), tower_dashscope::DashScopeError>((
+                attempts, waited, region, fell_back,
             ))
         }));
     }
@@ -156,11 +176,13 @@ async fn simulator_demo() -> Result<(), Box<dyn std::error::Error>> {
     let (mut succeeded, mut retries) = (0, 0);
     let (mut held_back, mut longest_wait) = (0, Duration::ZERO);
     let mut served_by = BTreeMap::new();
+    let mut fallbacks = 0;
     let mut failures: BTreeMap<&'static str, (u32, String)> = BTreeMap::new();
     for call in calls {
         match call.await? {
-            Ok((attempts, waited, region)) => {
+            Ok((attempts, waited, region, fell_back)) => {
                 succeeded += 1;
+                fallbacks += u32::from(fell_back);
                 *served_by.entry(region.unwrap_or_default()).or_insert(0) += 1;
                 retries += attempts - 1;
                 if !waited.is_zero() {
@@ -212,6 +234,9 @@ async fn simulator_demo() -> Result<(), Box<dyn std::error::Error>> {
         "  retries, with jitter         {retries:>3}  (RetryWithJitter, budget shared by all 40)"
     );
     println!("  most requests in flight      {:>3}", stats.peak_in_flight);
+    println!(
+        "  answered by a fallback model {fallbacks:>3}  (FallbackModel: ServedModel differs from the model asked for)"
+    );
     for (region, count) in &served_by {
         println!("  served by (RegionRouter)     {count:>3}  {region}");
     }

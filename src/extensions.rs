@@ -1,5 +1,5 @@
 //! What the layers tell the caller, in the response's extensions, and what they hand each
-//! other in the request's: [`Attempts`], [`Usage`] and [`UsageSlot`].
+//! other in the request's: [`Attempts`], [`ServedModel`], [`Usage`] and [`UsageSlot`].
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -15,6 +15,23 @@ use std::sync::{Arc, Mutex};
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Attempts(pub u32);
+
+/// The model that answered, put into the response's extensions by
+/// [`FallbackModel`](crate::FallbackModel): the requested one, or the model of the chain that
+/// took over. The body is that model's own answer (its `model` and `usage` fields are not
+/// relabelled).
+///
+/// ```
+/// # use tower_dashscope::ServedModel;
+/// # let mut response = http::Response::new(());
+/// # response.extensions_mut().insert(ServedModel("qwen-flash".into()));
+/// if let Some(ServedModel(model)) = response.extensions().get::<ServedModel>() {
+///     println!("answered by {model}");
+/// }
+/// # assert_eq!(response.extensions().get::<ServedModel>().unwrap().0, "qwen-flash");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServedModel(pub String);
 
 /// How long [`TokenBudget`](crate::TokenBudget) held this request back before sending it, so
 /// that it stayed within its model's quota. Absent when it was sent at once.

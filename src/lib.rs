@@ -11,6 +11,8 @@
 //!   [`DashScopeError`] with an [`ErrorClass`]; success bodies pass through untouched.
 //! - [`RetryWithJitter`] retries what a later attempt can fix, with capped exponential backoff
 //!   and jitter, `Retry-After` honoured, a deadline and a retry budget shared by its clones.
+//! - [`FallbackModel`] answers with the next model of a chain when one is throttled, down or
+//!   silent — on the errors another model can fix only — and says which in [`ServedModel`].
 //! - [`WaitTimeoutHeader`] sets `X-DashScope-Wait-Timeout` so the server queues burst-throttled
 //!   requests instead of answering 429.
 //! - [`RegionRouter`] sends each request to its region's, plan's and API's base URL with that
@@ -73,6 +75,7 @@ pub mod budget;
 pub mod classify;
 mod error;
 mod extensions;
+pub mod fallback;
 pub mod future;
 mod guard;
 pub mod headers;
@@ -92,7 +95,8 @@ pub use classify::{ClassifyDashScopeError, ClassifyDashScopeErrorService};
 pub use error::{
     BoxError, DashScopeError, Delivery, ErrorClass, QuotaReset, QuotaScope, RateLimitKind,
 };
-pub use extensions::{Attempts, BudgetWait, ServedRegion, Usage, UsageSlot};
+pub use extensions::{Attempts, BudgetWait, ServedModel, ServedRegion, Usage, UsageSlot};
+pub use fallback::{FallbackModel, FallbackModelService};
 pub use retry::{RetryWithJitter, RetryWithJitterService};
 pub use retry_after::{MAX_RETRY_AFTER, RETRY_AFTER_MS, parse_retry_after, parse_retry_after_at};
 pub use router::{RegionRouter, RegionRouterService};

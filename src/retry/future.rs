@@ -50,6 +50,9 @@ pin_project! {
         // among the throttled retries), released when it is sent or the future dropped.
         ticket: Option<Held<Ticket>>,
         attempts: u32,
+        // The request carries `FallbackAvailable`: rate-limited failures go straight back to
+        // the fallback above, which has another model for them.
+        hand_off: bool,
         started: Instant,
         previous_delay: Duration,
         config: Config,
@@ -112,6 +115,7 @@ where
         service: S,
         future: S::Future,
         spare: Option<Request<B>>,
+        hand_off: bool,
         config: Config,
         shared: Arc<Shared>,
     ) -> Self {
@@ -123,6 +127,7 @@ where
             last: None,
             ticket: None,
             attempts: 1,
+            hand_off,
             started: Instant::now(),
             previous_delay: config.base_delay,
             config,
@@ -152,6 +157,18 @@ where
                     }
                     let scheduled = failure
                         .filter(|failure| this.shared.retries(failure))
+                        .filter(|failure| {
+                            let handed_off = *this.hand_off
+                                && matches!(failure.class(), ErrorClass::RateLimited(_))
+                                && !result.as_ref().is_err_and(DashScopeError::is_plan_wide);
+                            if handed_off {
+                                tracing::debug!(
+                                    attempts = *this.attempts,
+                                    "not retrying: a fallback model takes rate-limited requests"
+                                );
+                            }
+                            !handed_off
+                        })
                         .and_then(|failure| {
                             let retry = next_retry(
                                 &failure,

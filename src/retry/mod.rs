@@ -37,6 +37,14 @@
 //!   [`budget_with`](RetryWithJitter::budget_with).
 //! - **What is retried** is [`Failure::is_retryable`] unless
 //!   [`retry_if`](RetryWithJitter::retry_if) says otherwise.
+//! - **Under a fallback, rate limits switch models at once.** A request carrying
+//!   [`FallbackAvailable`](crate::fallback::FallbackAvailable) — which
+//!   [`FallbackModel`](crate::FallbackModel) above puts on every attempt that has another model
+//!   after it — has its rate-limited failures handed straight back, without a backoff, so the
+//!   next model answers now; a plan-wide limit
+//!   ([`DashScopeError::is_plan_wide`]) is still retried, since no other model fixes it. Other
+//!   failures are retried as usual. See [`fallback`](crate::fallback#order-with-retry) for both
+//!   orders of the two layers.
 //! - **Replay.** Each attempt sends a copy of the request (method, URI, headers, extensions and
 //!   a clone of the body; see [`ReplayBody`]) and readies the inner service again first. A
 //!   request whose body cannot be cloned is sent once. A response dropped for a retry has its
@@ -438,8 +446,19 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         self.shared.budget_deposit();
         let spare = clone_request(&req);
+        let hand_off = req
+            .extensions()
+            .get::<crate::fallback::FallbackAvailable>()
+            .is_some();
         let future = inner.call(req);
-        ResponseFuture::new(inner, future, spare, self.config, self.shared.clone())
+        ResponseFuture::new(
+            inner,
+            future,
+            spare,
+            hand_off,
+            self.config,
+            self.shared.clone(),
+        )
     }
 }
 
