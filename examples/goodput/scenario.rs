@@ -162,10 +162,10 @@ impl Scenario {
                 arrivals: steady(scale(600), 20.0, (100, 100)),
                 ..base
             },
-            // 5 requests a second for two minutes; the primary answers 503 from 30 s to 90 s.
+            // 5 requests a second for three minutes; the primary answers 503 from 30 s to 150 s.
             Kind::Outage => Scenario {
-                arrivals: steady(600, 5.0, (200, 200)),
-                recovery: Some(Duration::from_secs(90)),
+                arrivals: steady(900, 5.0, (200, 200)),
+                recovery: Some(Duration::from_secs(150)),
                 ..base
             },
             // The primary is down for the first 60 s (from 10 s), then healthy; 5 a second.
@@ -184,7 +184,7 @@ impl Scenario {
             Kind::TotalOutage => Scenario {
                 rpm: 60_000,
                 tpm: 100_000_000,
-                arrivals: steady(scale(12_000), 200.0, (200, 200)),
+                arrivals: steady(if quick { 1200 } else { 12_000 }, 200.0, (200, 200)),
                 recovery: Some(Duration::from_secs(60)),
                 ..base
             },
@@ -252,7 +252,7 @@ impl Scenario {
         let (primary, secondary) = match self.kind {
             Kind::Quota(_) => (self.model(), None),
             Kind::Burst => (self.model().burst_limit(4), None),
-            Kind::Outage => (self.model().outage(secs(30)..secs(90)), Some(self.model())),
+            Kind::Outage => (self.model().outage(secs(30)..secs(150)), Some(self.model())),
             Kind::Flap => (self.model().outage(secs(10)..secs(70)), Some(self.model())),
             Kind::Silent => (self.model().fault(Fault::NoFirstByte), Some(self.model())),
             Kind::TotalOutage => (

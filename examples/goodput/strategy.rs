@@ -12,10 +12,10 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_dashscope::mock::MockBody;
 use tower_dashscope::{
-    ClassifyDashScopeError, Quota, RetryWithJitter, TokenBudget, WaitTimeoutHeader,
+    ClassifyDashScopeError, FallbackModel, Quota, RetryWithJitter, TokenBudget, WaitTimeoutHeader,
 };
 
 /// A request as every strategy sends it.
@@ -114,21 +114,32 @@ pub fn client<S: Server>(
     }
 }
 
-/// The crate's recommended stack, outermost first: RetryWithJitter → TokenBudget →
-/// WaitTimeoutHeader → ClassifyDashScopeError. (RegionRouter is left out: one simulated
-/// region, nothing to route; FallbackModel joins when the scenario has a second model and the
-/// layer exists.)
+/// The crate's recommended stack, outermost first: FallbackModel → RetryWithJitter →
+/// TokenBudget → WaitTimeoutHeader → ClassifyDashScopeError, all defaults but the quota, the
+/// chain, and a first-byte timeout of 10 s on the fallback (its default is none; a silent
+/// model needs one). FallbackModel is there when the scenario has a second model to fall back
+/// to. RegionRouter is left out: one simulated region, nothing to route (its cost is in
+/// `benches/overhead.rs`).
 fn recommended<S: Server>(server: S, setup: &Setup) -> Arc<dyn Fn(Req) -> Call + Send + Sync> {
-    let _ = &setup.chain;
-    tower_client(
-        ServiceBuilder::new()
-            .layer(RetryWithJitter::new().seed(setup.seed))
-            .layer(TokenBudget::new(setup.quota))
-            .layer(WaitTimeoutHeader::new(Duration::from_secs(30)))
-            .layer(ClassifyDashScopeError::new())
-            .service(server),
-    )
+    let below = ServiceBuilder::new()
+        .layer(RetryWithJitter::new().seed(setup.seed))
+        .layer(TokenBudget::new(setup.quota))
+        .layer(WaitTimeoutHeader::new(Duration::from_secs(30)))
+        .layer(ClassifyDashScopeError::new())
+        .service(server);
+    if setup.chain.len() > 1 {
+        tower_client(
+            FallbackModel::new(setup.chain.iter().copied())
+                .first_byte_timeout(FIRST_BYTE_TIMEOUT)
+                .layer(below),
+        )
+    } else {
+        tower_client(below)
+    }
 }
+
+/// The recommended stack's first-byte timeout.
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A tower service as a client: one `oneshot` per request, the body read to its end.
 fn tower_client<T, B>(service: T) -> Arc<dyn Fn(Req) -> Call + Send + Sync>
