@@ -38,7 +38,6 @@
 //! serde_json's limit, or cannot be read without consuming them give `None`: "unknown", never a
 //! panic and never an allocation beyond the (bounded) body's own size.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -287,6 +286,61 @@ impl TextCount {
     }
 }
 
+/// The object keys the parse looks at, recognised without allocating (serde's `Cow<str>` keys
+/// are always owned: one allocation per key of every message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    Model,
+    Stream,
+    MaxTokens,
+    Messages,
+    System,
+    Input,
+    StreamOptions,
+    Parameters,
+    Content,
+    Text,
+    Prompt,
+    IncludeUsage,
+    IncrementalOutput,
+    ResultFormat,
+    Other,
+}
+
+impl<'de> de::Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Key, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Key;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object key")
+            }
+
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
+                Ok(match key {
+                    "model" => Key::Model,
+                    "stream" => Key::Stream,
+                    "max_tokens" | "max_completion_tokens" | "max_output_tokens" => Key::MaxTokens,
+                    "messages" => Key::Messages,
+                    "system" => Key::System,
+                    "input" => Key::Input,
+                    "stream_options" => Key::StreamOptions,
+                    "parameters" => Key::Parameters,
+                    "content" => Key::Content,
+                    "text" => Key::Text,
+                    "prompt" => Key::Prompt,
+                    "include_usage" => Key::IncludeUsage,
+                    "incremental_output" => Key::IncrementalOutput,
+                    "result_format" => Key::ResultFormat,
+                    _ => Key::Other,
+                })
+            }
+        }
+        de.deserialize_str(V)
+    }
+}
+
 struct TopLevel {
     api: Api,
 }
@@ -308,22 +362,22 @@ impl<'de> Visitor<'de> for TopLevel {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Raw, A::Error> {
         let mut raw = Raw::default();
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            match &*key {
-                "model" => raw.model = map.next_value_seed(lenient::<Name>())?.0,
-                "stream" => raw.stream = map.next_value_seed(lenient::<Flag>())?.0,
-                "max_tokens" | "max_completion_tokens" | "max_output_tokens" => {
+        while let Some(key) = map.next_key::<Key>()? {
+            match key {
+                Key::Model => raw.model = map.next_value_seed(lenient::<Name>())?.0,
+                Key::Stream => raw.stream = map.next_value_seed(lenient::<Flag>())?.0,
+                Key::MaxTokens => {
                     let limit = map.next_value_seed(lenient::<Limit>())?.0;
                     // The first spelling present wins; a later one does not undo it.
                     raw.max_tokens = raw.max_tokens.or(limit);
                 }
-                "messages" | "system" | "input" => {
+                Key::Messages | Key::System | Key::Input => {
                     map.next_value_seed(Text(&mut raw.text))?;
                 }
-                "stream_options" => {
+                Key::StreamOptions => {
                     raw.include_usage = map.next_value_seed(lenient::<StreamOptions>())?.0;
                 }
-                "parameters" if self.api == Api::Native => {
+                Key::Parameters if self.api == Api::Native => {
                     let p = map.next_value_seed(lenient::<Parameters>())?;
                     raw.max_tokens = raw.max_tokens.or(p.max_tokens);
                     raw.incremental_output = p.incremental_output;
@@ -368,8 +422,8 @@ impl<'de> Visitor<'de> for Text<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            if matches!(&*key, "content" | "text" | "messages" | "prompt") {
+        while let Some(key) = map.next_key::<Key>()? {
+            if matches!(key, Key::Content | Key::Text | Key::Messages | Key::Prompt) {
                 map.next_value_seed(Text(&mut *self.0))?;
             } else {
                 map.next_value::<IgnoredAny>()?;
@@ -514,8 +568,8 @@ struct StreamOptions(bool);
 impl<'de> Lenient<'de> for StreamOptions {
     fn from_map<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
         let mut include_usage = false;
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            if key == "include_usage" {
+        while let Some(key) = map.next_key::<Key>()? {
+            if key == Key::IncludeUsage {
                 include_usage = map.next_value_seed(lenient::<Flag>())?.0;
             } else {
                 map.next_value::<IgnoredAny>()?;
@@ -536,16 +590,17 @@ struct Parameters {
 impl<'de> Lenient<'de> for Parameters {
     fn from_map<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
         let mut p = Parameters::default();
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            match &*key {
-                "max_tokens" => {
+        while let Some(key) = map.next_key::<Key>()? {
+            match key {
+                // The first spelling present wins.
+                Key::MaxTokens if p.max_tokens.is_none() => {
                     let limit = map.next_value_seed(lenient::<Limit>())?.0;
-                    p.max_tokens = p.max_tokens.or(limit);
+                    p.max_tokens = limit;
                 }
-                "incremental_output" => {
+                Key::IncrementalOutput => {
                     p.incremental_output = map.next_value_seed(lenient::<Flag>())?.0;
                 }
-                "result_format" => {
+                Key::ResultFormat => {
                     let format = map.next_value_seed(lenient::<Name>())?.0;
                     p.result_format_text = format.as_deref() == Some("text");
                 }
