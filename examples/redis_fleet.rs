@@ -6,9 +6,10 @@
 //! ```
 //!
 //! Each replica is a `TokenBudget` with its own `RedisStore` (its own connection) and the same
-//! prefix, in front of a service that records when requests arrive. Every replica keeps 32
-//! requests waiting at all times for 4 s; the admitted rate is measured in seconds 1 to 4 (after
-//! the first window's burst). N local budgets would admit N times the quota.
+//! prefix, in front of one `MockDashScope` that enforces the same quota (100 requests a
+//! second) and records when requests arrive. Every replica keeps 32 requests waiting at all
+//! times for 4 s; the admitted rate is measured in seconds 1 to 4 (after the first window's
+//! burst), with the 429s the simulator sent. N local budgets would admit N times the quota.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,8 +17,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
-use tower::{Layer, ServiceExt, service_fn};
+use tower::{Layer, ServiceExt};
 use tower_dashscope::budget::{Admission, BudgetKey, BudgetStore, Limits, RedisStore, StoreFuture};
+use tower_dashscope::mock::{MockDashScope, ModelConfig};
 use tower_dashscope::{BoxError, Quota, TokenBudget};
 
 const RPM: u32 = 6_000; // 100 requests a second between all replicas
@@ -38,26 +40,37 @@ fn prefix(name: &str) -> String {
     format!("redis_fleet:{name}:{}-{nanos}", std::process::id())
 }
 
-/// A chat service that records when each request reached it.
-fn recording(
+/// The simulator with the fleet's quota, recording when each request reached it.
+fn simulator(
     arrivals: Arc<Mutex<Vec<Instant>>>,
-) -> impl tower::Service<
-    Request<Full<Bytes>>,
-    Response = Response<Full<Bytes>>,
-    Error = BoxError,
-    Future: Send,
-> + Clone
-+ Send
-+ Sync {
-    service_fn(move |_req: Request<Full<Bytes>>| {
-        arrivals.lock().unwrap().push(Instant::now());
-        async { Ok::<_, BoxError>(Response::new(Full::new(Bytes::from_static(b"{}")))) }
-    })
+) -> (
+    MockDashScope,
+    impl tower::Service<
+        Request<Full<Bytes>>,
+        Response = Response<tower_dashscope::mock::MockBody>,
+        Error = BoxError,
+        Future: Send,
+    > + Clone
+    + Send,
+) {
+    let mock = MockDashScope::builder()
+        .model("qwen-plus", ModelConfig::new().rpm(RPM).tpm(100_000_000))
+        .build();
+    let inner = mock.clone();
+    let service = tower::ServiceBuilder::new()
+        .map_request(move |req: Request<Full<Bytes>>| {
+            arrivals.lock().unwrap().push(Instant::now());
+            req
+        })
+        .service(inner)
+        .map_err(BoxError::from);
+    (mock, service)
 }
 
-async fn fleet(url: &str, replicas: usize) -> f64 {
+async fn fleet(url: &str, replicas: usize) -> (f64, u64) {
     let prefix = prefix(&format!("n{replicas}"));
     let arrivals: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let (mock, server) = simulator(arrivals.clone());
     let start = Instant::now();
     let end = start + Duration::from_secs(4);
     let mut workers = Vec::new();
@@ -68,7 +81,7 @@ async fn fleet(url: &str, replicas: usize) -> f64 {
         let budget = TokenBudget::new(Quota::per_minute(RPM, 0))
             .adaptive(false)
             .store(store);
-        let service = budget.layer(recording(arrivals.clone()));
+        let service = budget.layer(server.clone());
         for _ in 0..32 {
             let service = service.clone();
             workers.push(tokio::spawn(async move {
@@ -91,7 +104,7 @@ async fn fleet(url: &str, replicas: usize) -> f64 {
         .iter()
         .filter(|t| t.duration_since(start) >= Duration::from_secs(1))
         .count();
-    steady as f64 / 3.0
+    (steady as f64 / 3.0, mock.stats().throttled())
 }
 
 async fn admission_cost(url: &str) -> (Duration, Duration, Duration) {
@@ -127,11 +140,11 @@ async fn main() {
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
     let quota = f64::from(RPM) / 60.0;
     println!("quota: {quota:.0} requests/s shared by the fleet (Redis at {url})");
-    println!("replicas  admitted/s  vs quota  (N local budgets: N x quota)");
+    println!("replicas  admitted/s  vs quota  simulator 429s  (N local budgets: N x quota)");
     for replicas in [1, 4, 16] {
-        let rate = fleet(&url, replicas).await;
+        let (rate, throttled) = fleet(&url, replicas).await;
         println!(
-            "{replicas:>8}  {rate:>10.1}  {:>+7.1}%",
+            "{replicas:>8}  {rate:>10.1}  {:>+7.1}%  {throttled:>14}",
             (rate / quota - 1.0) * 100.0
         );
     }
