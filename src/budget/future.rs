@@ -311,6 +311,9 @@ where
                         }
                         Some(Ok(Admission::Wait(wait))) => {
                             queued.shared.not_yet(&queued.key);
+                            // A store that rounds a sub-millisecond wait down to zero is not
+                            // asked again in a busy loop.
+                            let wait = wait.max(Duration::from_millis(1));
                             Some(
                                 now.checked_add(wait)
                                     .unwrap_or(now + Duration::from_secs(86_400)),
