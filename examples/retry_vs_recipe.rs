@@ -21,13 +21,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
+use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
 use tower_dashscope::RetryWithJitter;
 use tower_dashscope::mock::{MockDashScope, ModelConfig};
 
+#[path = "support/tenacity.rs"]
+mod tenacity;
 const REQUESTS: u32 = 300;
 const ARRIVAL_GAP: Duration = Duration::from_millis(100);
 
@@ -89,17 +91,16 @@ async fn recipe(seed: u64) -> Outcome {
     arrive(&mock, || {
         let (mock, rng) = (mock.clone(), rng.clone());
         async move {
-            for attempt in 1..=6 {
+            for attempt in 1..=tenacity::ATTEMPTS {
                 let response = mock.clone().oneshot(chat()).await.unwrap();
                 if response.status().is_success() {
                     return true;
                 }
-                if attempt == 6 {
+                if attempt == tenacity::ATTEMPTS {
                     break;
                 }
-                let high = 2f64.powi(attempt - 1).clamp(1.0, 60.0);
-                let wait = rng.lock().unwrap().random_range(1.0..=high);
-                tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+                let wait = tenacity::wait(attempt, &mut *rng.lock().unwrap());
+                tokio::time::sleep(wait).await;
             }
             false
         }

@@ -17,6 +17,8 @@ use tower_dashscope::{
 #[allow(dead_code)]
 #[path = "../examples/budget_scenarios/harness.rs"]
 mod harness;
+#[path = "../examples/support/tenacity.rs"]
+mod tenacity;
 
 use harness::{MODEL, Saturation};
 

@@ -2,6 +2,8 @@
 //! All in paused time with seeded jitter.
 
 mod common;
+#[path = "../examples/support/tenacity.rs"]
+mod tenacity;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -720,8 +722,8 @@ async fn with_tower_test_a_retry_waits_for_readiness() {
 /// max=60)`) against `RetryWithJitter` with its defaults: counts, not times.
 mod throttled_server {
     use super::*;
+    use rand::SeedableRng;
     use rand::rngs::SmallRng;
-    use rand::{Rng, SeedableRng};
     use tower_dashscope::mock::{MockDashScope, ModelConfig};
 
     const REQUESTS: u32 = 60;
@@ -770,15 +772,14 @@ mod throttled_server {
         run(&mock, || {
             let (mock, rng) = (mock.clone(), rng.clone());
             async move {
-                for attempt in 1..=6 {
+                for attempt in 1..=tenacity::ATTEMPTS {
                     let response = mock.clone().oneshot(chat()).await.unwrap();
                     if response.status().is_success() {
                         return true;
                     }
-                    if attempt < 6 {
-                        let high = 2f64.powi(attempt - 1).clamp(1.0, 60.0);
-                        let wait = rng.lock().unwrap().random_range(1.0..=high);
-                        tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+                    if attempt < tenacity::ATTEMPTS {
+                        let wait = tenacity::wait(attempt, &mut *rng.lock().unwrap());
+                        tokio::time::sleep(wait).await;
                     }
                 }
                 false

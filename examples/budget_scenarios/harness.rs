@@ -4,6 +4,7 @@
 //!
 //! Everything runs in paused tokio time with seeded randomness: the same numbers every run.
 
+use crate::tenacity;
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,8 +12,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_dashscope::budget::TokenEstimator;
@@ -407,17 +408,16 @@ pub async fn recipe(enforcement: Enforcement, seed: u64) -> ScenarioReport {
     arrive(&mock, &log, || {
         let (server, rng) = (server.clone(), rng.clone());
         async move {
-            for attempt in 1..=6 {
+            for attempt in 1..=tenacity::ATTEMPTS {
                 let response = server.clone().oneshot(chat(20, None)).await.unwrap();
                 if response.status().is_success() {
                     return response.into_body().collect().await.is_ok();
                 }
-                if attempt == 6 {
+                if attempt == tenacity::ATTEMPTS {
                     break;
                 }
-                let high = 2f64.powi(attempt - 1).clamp(1.0, 60.0);
-                let wait = rng.lock().unwrap().random_range(1.0..=high);
-                tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+                let wait = tenacity::wait(attempt, &mut *rng.lock().unwrap());
+                tokio::time::sleep(wait).await;
             }
             false
         }

@@ -1,6 +1,7 @@
 //! The strategies the goodput example compares: models of the clients people run today, and
 //! this crate's layers, each over the same recorded simulator.
 
+use crate::tenacity;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -218,13 +219,10 @@ impl Schedule {
     /// `n`; it knows nothing of `Retry-After`.
     fn tenacity() -> Self {
         Schedule {
-            attempts: 6,
+            attempts: tenacity::ATTEMPTS,
             timeout: OPENAI_TIMEOUT,
             retry_on: |s| s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error(),
-            wait: |retry, _, rng| {
-                let high = 2f64.powi(retry as i32).clamp(1.0, 60.0);
-                Duration::from_secs_f64(rng.random_range(1.0..=high))
-            },
+            wait: |retry, _, rng| tenacity::wait(retry + 1, rng),
         }
     }
 
