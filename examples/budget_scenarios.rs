@@ -29,6 +29,8 @@ use tower_dashscope::mock::Enforcement;
 
 #[path = "budget_scenarios/harness.rs"]
 mod harness;
+#[path = "support/open_loop.rs"]
+mod open_loop;
 #[path = "support/tenacity.rs"]
 mod tenacity;
 

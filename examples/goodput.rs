@@ -24,6 +24,8 @@ use std::process::ExitCode;
 #[path = "budget_scenarios/harness.rs"]
 #[allow(dead_code)]
 mod harness;
+#[path = "support/open_loop.rs"]
+mod open_loop;
 #[path = "support/tenacity.rs"]
 mod tenacity;
 

@@ -23,11 +23,12 @@ use http::Request;
 use http_body_util::Full;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
 use tower_dashscope::RetryWithJitter;
 use tower_dashscope::mock::{MockDashScope, ModelConfig};
 
+#[path = "support/open_loop.rs"]
+mod open_loop;
 #[path = "support/tenacity.rs"]
 mod tenacity;
 const REQUESTS: u32 = 300;
@@ -66,16 +67,7 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = bool> + Send + 'static,
 {
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..REQUESTS {
-        tokio::time::sleep_until(start + ARRIVAL_GAP * i).await;
-        tasks.push(tokio::spawn(one()));
-    }
-    let mut completed = 0;
-    for task in tasks {
-        completed += u32::from(task.await.unwrap());
-    }
+    let completed = open_loop::open_loop(REQUESTS, ARRIVAL_GAP, one).await;
     let stats = mock.stats();
     Outcome {
         completed,

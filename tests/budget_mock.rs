@@ -17,6 +17,8 @@ use tower_dashscope::{
 #[allow(dead_code)]
 #[path = "../examples/budget_scenarios/harness.rs"]
 mod harness;
+#[path = "../examples/support/open_loop.rs"]
+mod open_loop;
 #[path = "../examples/support/tenacity.rs"]
 mod tenacity;
 

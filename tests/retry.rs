@@ -2,6 +2,8 @@
 //! All in paused time with seeded jitter.
 
 mod common;
+#[path = "../examples/support/open_loop.rs"]
+mod open_loop;
 #[path = "../examples/support/tenacity.rs"]
 mod tenacity;
 
@@ -753,16 +755,7 @@ mod throttled_server {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = bool> + Send + 'static,
     {
-        let start = Instant::now();
-        let mut tasks = Vec::new();
-        for i in 0..REQUESTS {
-            tokio::time::sleep_until(start + Duration::from_millis(500) * i).await;
-            tasks.push(tokio::spawn(one()));
-        }
-        let mut completed = 0;
-        for task in tasks {
-            completed += u32::from(task.await.unwrap());
-        }
+        let completed = open_loop::open_loop(REQUESTS, Duration::from_millis(500), one).await;
         (completed, mock.stats().total().requests)
     }
 

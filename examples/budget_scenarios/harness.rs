@@ -4,7 +4,7 @@
 //!
 //! Everything runs in paused tokio time with seeded randomness: the same numbers every run.
 
-use crate::tenacity;
+use crate::{open_loop, tenacity};
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -378,15 +378,7 @@ where
     Fut: Future<Output = bool> + Send + 'static,
 {
     let start = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..REQUESTS {
-        tokio::time::sleep_until(start + ARRIVAL_GAP * i).await;
-        tasks.push(tokio::spawn(one()));
-    }
-    let mut completed = 0;
-    for task in tasks {
-        completed += u32::from(task.await.unwrap());
-    }
+    let completed = open_loop::open_loop(REQUESTS, ARRIVAL_GAP, one).await;
     let elapsed = start.elapsed();
     let stats = mock.stats();
     ScenarioReport {
