@@ -11,8 +11,6 @@
 //! benchmark's global allocator on the calling thread: the bare service's own, and what each
 //! configuration adds.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::{Pin, pin};
@@ -34,30 +32,8 @@ use tower_dashscope::{
     TokenBudget, WaitTimeoutHeader,
 };
 
-struct Counting;
-
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the counter is a
-// thread-local `Cell` of a `const` initialiser, which never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.with(|c| c.set(c.get() + 1));
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.with(|c| c.set(c.get() + 1));
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+#[path = "../tests/support/counting_alloc.rs"]
+mod counting_alloc;
 
 /// A chat body of 2 KiB: a few turns, `model` first.
 fn chat_body() -> Bytes {
@@ -237,9 +213,9 @@ fn allocations(probe: &mut dyn Probe, body: &Bytes) -> f64 {
     let mut counted = 0;
     for _ in 0..CALLS {
         let req = request(body);
-        let before = ALLOCATIONS.with(Cell::get);
+        let before = counting_alloc::count();
         probe.once(&mut cx, req);
-        counted += ALLOCATIONS.with(Cell::get) - before;
+        counted += (counting_alloc::count() - before) as u64;
     }
     counted as f64 / CALLS as f64
 }
