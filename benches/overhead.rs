@@ -23,6 +23,9 @@ use http::header::{AUTHORIZATION, HeaderValue};
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::Full;
+#[path = "support/always_once.rs"]
+mod always_once;
+use always_once::AlwaysOnce;
 use tower::limit::RateLimitLayer;
 use tower::retry::RetryLayer;
 use tower::util::MapRequestLayer;
@@ -177,29 +180,6 @@ fn configurations() -> Vec<(&'static str, Box<dyn Probe>)> {
                 .service(inner()))),
         ),
     ]
-}
-
-/// A tower retry policy that clones the request (as any retrying policy must) and never
-/// retries.
-#[derive(Clone)]
-struct AlwaysOnce;
-
-impl<Res, E> tower::retry::Policy<Request<Full<Bytes>>, Res, E> for AlwaysOnce {
-    type Future = std::future::Ready<()>;
-    fn retry(
-        &mut self,
-        _req: &mut Request<Full<Bytes>>,
-        _result: &mut Result<Res, E>,
-    ) -> Option<Self::Future> {
-        None
-    }
-    fn clone_request(&mut self, req: &Request<Full<Bytes>>) -> Option<Request<Full<Bytes>>> {
-        let mut copy = Request::new(req.body().clone());
-        *copy.method_mut() = req.method().clone();
-        *copy.uri_mut() = req.uri().clone();
-        *copy.headers_mut() = req.headers().clone();
-        Some(copy)
-    }
 }
 
 /// Allocations per request of `probe` (mean over 1000 calls after a warm-up), the request's

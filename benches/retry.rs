@@ -12,6 +12,9 @@ mod support;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body_util::Full;
+#[path = "support/always_once.rs"]
+mod always_once;
+use always_once::AlwaysOnce;
 use tower::{Layer, service_fn};
 use tower_dashscope::{BoxError, ClassifyDashScopeError, RetryWithJitter, WaitTimeoutHeader};
 
@@ -72,28 +75,6 @@ fn success_path(c: &mut Criterion) {
         |b| b.iter(|| black_box(support::call_once(&mut stack, &mut cx, chat_request()))),
     );
     group.finish();
-}
-
-/// A tower retry policy that clones the request (like any retrying policy must) and never retries.
-#[derive(Clone)]
-struct AlwaysOnce;
-
-impl<Res, E> tower::retry::Policy<Request<Full<Bytes>>, Res, E> for AlwaysOnce {
-    type Future = std::future::Ready<()>;
-    fn retry(
-        &mut self,
-        _req: &mut Request<Full<Bytes>>,
-        _result: &mut Result<Res, E>,
-    ) -> Option<Self::Future> {
-        None
-    }
-    fn clone_request(&mut self, req: &Request<Full<Bytes>>) -> Option<Request<Full<Bytes>>> {
-        let mut copy = Request::new(req.body().clone());
-        *copy.method_mut() = req.method().clone();
-        *copy.uri_mut() = req.uri().clone();
-        *copy.headers_mut() = req.headers().clone();
-        Some(copy)
-    }
 }
 
 criterion_group!(benches, success_path);
