@@ -10,7 +10,12 @@
 //!   body shapes, SSE-framed error bodies, transport errors and timeouts — into a
 //!   [`DashScopeError`] with an [`ErrorClass`]; success bodies pass through untouched.
 //! - [`RetryWithJitter`] retries what a later attempt can fix, with capped exponential backoff
-//!   and jitter, `Retry-After` honoured, a deadline and a retry budget shared by its clones.
+//!   and jitter, `Retry-After` honoured, a deadline, a retry budget against outages and a
+//!   throttle for 429s from a live server, both shared by its clones.
+//! - [`TokenBudget`] keeps each model within its requests and tokens per minute, shaped per
+//!   second as DashScope enforces them: it reserves before sending, waits instead of collecting
+//!   429s ([`BudgetWait`]), and settles against the usage the response reports; its windows can
+//!   live in Redis for a fleet (feature `redis`).
 //! - [`FallbackModel`] answers with the next model of a chain when one is throttled, down or
 //!   silent — on the errors another model can fix only — and says which in [`ServedModel`].
 //! - [`WaitTimeoutHeader`] sets `X-DashScope-Wait-Timeout` so the server queues burst-throttled
@@ -18,7 +23,7 @@
 //! - [`RegionRouter`] sends each request to its region's, plan's and API's base URL with that
 //!   endpoint's key, refuses key/plan mismatches locally, and fails over between regions only
 //!   where resending can help.
-//! - `mock::MockDashScope` (feature `mock`) is a DashScope simulator — quotas, error bodies,
+//! - `mock::MockDashScope` (feature `mock`, on by default) is a DashScope simulator — quotas, error bodies,
 //!   streams and scripted faults — for tests, benchmarks and demos.
 //!
 //! # Example
