@@ -155,6 +155,17 @@ where
 /// little of `max_wait` is left (so that `max_wait(Duration::ZERO)` still works with one).
 const STORE_ROUND_TRIP: Duration = Duration::from_secs(1);
 
+/// The `tracing` event of a request refused for waiting past `max_wait`.
+fn refused(key: &Key, wait: Duration, max_wait: Duration) {
+    tracing::warn!(
+        gen_ai.request.model = &*key.model,
+        error.type = ErrorClass::RateLimited(RateLimitKind::Local).as_str(),
+        wait_ms = wait.as_millis() as u64,
+        dashscope.budget.max_wait_ms = max_wait.as_millis() as u64,
+        "giving up: TokenBudget has no room within max_wait; the request was not sent"
+    );
+}
+
 /// The error of a request that would wait past `max_wait`.
 fn over_max_wait(key: &Key, wait: Duration, max_wait: Duration) -> DashScopeError {
     DashScopeError::new(ErrorClass::RateLimited(RateLimitKind::Local))
@@ -208,6 +219,13 @@ where
                                         waited.as_secs_f64(),
                                         STORE_ROUND_TRIP.as_secs_f64()
                                     ),
+                                );
+                                tracing::warn!(
+                                    gen_ai.request.model = &*queued.key.model,
+                                    error.type = err.class().as_str(),
+                                    wait_ms = waited.as_millis() as u64,
+                                    "giving up: the budget store did not answer within max_wait; \
+                                     the request was not sent"
                                 );
                                 // Dropping the place in the queue gives the permit back.
                                 drop(queued);
@@ -291,10 +309,16 @@ where
                             reservation.waited = waited;
                             if !waited.is_zero() {
                                 tracing::debug!(
-                                    model = &*reservation.key.model,
-                                    waited_ms = waited.as_millis() as u64,
-                                    tokens = reservation.tokens,
+                                    gen_ai.request.model = &*reservation.key.model,
+                                    wait_ms = waited.as_millis() as u64,
+                                    dashscope.budget.tokens = reservation.tokens,
                                     "TokenBudget: admitted after waiting"
+                                );
+                            } else {
+                                tracing::trace!(
+                                    gen_ai.request.model = &*reservation.key.model,
+                                    dashscope.budget.tokens = reservation.tokens,
+                                    "TokenBudget: admitted"
                                 );
                             }
                             *this.held = Some(Held::new(reservation));
@@ -333,12 +357,19 @@ where
                                     ))
                                     .with_source(source),
                             };
+                            tracing::warn!(
+                                gen_ai.request.model = &*queued.key.model,
+                                error.type = err.class().as_str(),
+                                error = %err,
+                                "giving up: the budget store failed; the request was not sent"
+                            );
                             this.state.set(State::Done);
                             this.queued.take();
                             return Poll::Ready(Err(err));
                         }
                         None => None,
                     };
+                    let first_wait = !*this.delayed;
                     *this.delayed = true;
                     if !*this.unreadied {
                         // Waiting for quota must not hold the inner service's readiness (a
@@ -358,6 +389,7 @@ where
                                 at.saturating_duration_since(now),
                                 max_wait,
                             );
+                            refused(&queued.key, at.saturating_duration_since(now), max_wait);
                             this.state.set(State::Done);
                             this.queued.take();
                             return Poll::Ready(Err(err));
@@ -370,9 +402,18 @@ where
                         // Queued behind others (or for a permit) past max_wait.
                         let max_wait = at.saturating_duration_since(*this.started);
                         let err = over_max_wait(&queued.key, max_wait, max_wait);
+                        refused(&queued.key, max_wait, max_wait);
                         this.state.set(State::Done);
                         this.queued.take();
                         return Poll::Ready(Err(err));
+                    }
+                    if first_wait {
+                        tracing::debug!(
+                            gen_ai.request.model = &*queued.key.model,
+                            wait_ms = wake_at
+                                .map(|at| at.saturating_duration_since(now).as_millis() as u64),
+                            "TokenBudget: no room yet; waiting"
+                        );
                     }
                     match this.sleep.as_mut() {
                         Some(sleep) => sleep.as_mut().reset(at),

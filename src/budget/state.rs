@@ -258,8 +258,8 @@ impl Shared {
             }
         } else {
             tracing::debug!(
-                model = &*key.model,
-                debt_tokens = used - reserved,
+                gen_ai.request.model = &*key.model,
+                dashscope.budget.debt_tokens = used - reserved,
                 "TokenBudget: usage above the estimate, carried as debt"
             );
         }
@@ -334,10 +334,10 @@ impl Shared {
                     }
                 }
                 tracing::info!(
-                    model = &*key.model,
-                    kind = %kind,
-                    request_factor = state.request_factor,
-                    token_factor = state.token_factor,
+                    gen_ai.request.model = &*key.model,
+                    error.type = crate::error::ErrorClass::RateLimited(kind).as_str(),
+                    dashscope.budget.request_factor = state.request_factor,
+                    dashscope.budget.token_factor = state.token_factor,
                     "TokenBudget: the server throttled; lowering this model's rates"
                 );
             }
@@ -414,7 +414,7 @@ fn entry<'a>(
             }
             None => {
                 tracing::warn!(
-                    model = &*key.model,
+                    gen_ai.request.model = &*key.model,
                     max_models,
                     "TokenBudget: every tracked model is busy; counting this one in the shared \
                      overflow budget (raise max_models if this model is real)"
@@ -502,6 +502,13 @@ impl Release for Reservation {
             Ending::Dropped => None,
         };
         if let Some(usage) = used {
+            tracing::debug!(
+                gen_ai.request.model = &*self.key.model,
+                gen_ai.usage.input_tokens = usage.input_tokens,
+                gen_ai.usage.output_tokens = usage.output_tokens,
+                dashscope.budget.tokens = self.tokens,
+                "TokenBudget: settled with the reported usage"
+            );
             self.shared
                 .learn_input(&self.key, self.input, usage.input_tokens);
             self.shared.settle(

@@ -304,13 +304,13 @@ where
 }
 
 /// One `tracing` event for every classified failure.
-fn log_classified(err: &DashScopeError, phase: &'static str) {
+pub(crate) fn log_classified(err: &DashScopeError, phase: &'static str) {
     tracing::debug!(
         phase,
-        class = err.class().as_str(),
-        status = err.status().map(|s| s.as_u16()),
-        code = err.code(),
-        request_id = err.request_id(),
+        error.type = err.class().as_str(),
+        http.response.status_code = err.status().map(|s| s.as_u16()),
+        dashscope.code = err.code(),
+        dashscope.request_id = err.request_id(),
         error = %err,
         "DashScope error classified"
     );

@@ -241,6 +241,7 @@ where
             }
         };
         let mut bytes = data.copy_to_bytes(data.remaining());
+        tracing::trace!(bytes = bytes.len(), "DashScope stream frame");
         match scan.scan(&bytes) {
             None => Poll::Ready(Some(Ok(Frame::data(bytes)))),
             Some((end, err)) => {
@@ -270,7 +271,11 @@ where
             }
             return Poll::Ready(Some(Ok(frame)));
         }
-        self.poll_scan(cx)
+        let polled = self.poll_scan(cx);
+        if let Poll::Ready(Some(Err(err))) = &polled {
+            super::future::log_classified(err, "stream");
+        }
+        polled
     }
 }
 
@@ -293,6 +298,11 @@ impl Scan {
             Mode::Sniff => None,
         };
         if let Some(usage) = usage {
+            tracing::trace!(
+                gen_ai.usage.input_tokens = usage.input_tokens,
+                gen_ai.usage.output_tokens = usage.output_tokens,
+                "DashScope usage reported"
+            );
             slot.set(usage);
         }
     }

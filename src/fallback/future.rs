@@ -287,7 +287,7 @@ impl<B> Run<B> {
                 Access::Probe => {
                     self.route.done |= 1 << position;
                     tracing::debug!(
-                        model = self.name(model),
+                        gen_ai.request.model = self.name(model),
                         "fallback: probing the model after its cooldown"
                     );
                     self.probe = Some(Held::new(Probe {
@@ -299,8 +299,8 @@ impl<B> Run<B> {
                 }
                 Access::Cooling(back) => {
                     tracing::debug!(
-                        model = self.name(model),
-                        back_in_ms = back.saturating_duration_since(now).as_millis() as u64,
+                        gen_ai.request.model = self.name(model),
+                        wait_ms = back.saturating_duration_since(now).as_millis() as u64,
                         "fallback: skipping a model that is cooling down"
                     );
                     earliest = Some(earliest.map_or(back, |e| e.min(back)));
@@ -356,11 +356,14 @@ impl<B> Run<B> {
             probe.complete();
             if healthy {
                 tracing::info!(
-                    model = self.name(self.current),
+                    gen_ai.request.model = self.name(self.current),
                     "fallback: probe answered; the model is back in rotation"
                 );
             } else {
-                tracing::debug!(model = self.name(self.current), "fallback: probe failed");
+                tracing::debug!(
+                    gen_ai.request.model = self.name(self.current),
+                    "fallback: probe failed"
+                );
             }
         }
     }
@@ -369,6 +372,13 @@ impl<B> Run<B> {
     fn served<T>(&mut self, mut response: Response<T>) -> Response<T> {
         self.end_probe(true);
         let name = self.name(self.current).to_owned();
+        if self.current != self.requested {
+            tracing::debug!(
+                gen_ai.request.model = self.name(self.requested),
+                gen_ai.response.model = &*name,
+                "fallback: served by a fallback model"
+            );
+        }
         response.extensions_mut().insert(ServedModel(name));
         response
     }
@@ -394,7 +404,7 @@ impl<B> Run<B> {
                     done |= 1 << position;
                     if candidate != model {
                         tracing::debug!(
-                            model = &*config.models[candidate].name,
+                            gen_ai.request.model = &*config.models[candidate].name,
                             window,
                             need,
                             "fallback: skipping a model whose context window cannot take the request"
@@ -408,9 +418,10 @@ impl<B> Run<B> {
                 done,
             };
             if !self.has_more() {
-                tracing::debug!(
+                tracing::warn!(
+                    gen_ai.request.model = self.name(self.requested),
                     need,
-                    "fallback: no declared context window fits the request"
+                    "giving up: no fallback model's declared context window fits the request"
                 );
                 return Step::Return;
             }
@@ -426,8 +437,8 @@ impl<B> Run<B> {
             .unwrap_or(config.cooldown);
         let (until, renewed) = self.health.cool(model, now, length);
         tracing::info!(
-            model = self.name(model),
-            class = err.class().as_str(),
+            gen_ai.request.model = self.name(model),
+            error.type = err.class().as_str(),
             cooldown_ms = until.saturating_duration_since(now).as_millis() as u64,
             renewed,
             "fallback: model cooling down"
@@ -441,9 +452,9 @@ impl<B> Run<B> {
         match self.select(now) {
             Choice::Send(next) => {
                 tracing::info!(
-                    from = self.name(self.current),
-                    to = self.name(next),
-                    class = err.class().as_str(),
+                    gen_ai.request.model = self.name(self.current),
+                    dashscope.fallback.model = self.name(next),
+                    error.type = err.class().as_str(),
                     "fallback: switching model"
                 );
                 self.next = next;
@@ -454,7 +465,12 @@ impl<B> Run<B> {
                 Step::Wait(at)
             }
             _ => {
-                tracing::debug!(tried = self.tried_names(), "fallback: no model left to try");
+                tracing::warn!(
+                    gen_ai.request.model = self.name(self.requested),
+                    error.type = err.class().as_str(),
+                    dashscope.fallback.tried = self.tried_names(),
+                    "giving up: no fallback model left to try"
+                );
                 Step::Exhausted
             }
         }
@@ -728,7 +744,11 @@ where
                     };
                     if let Err(err) = ready!(this.service.poll_ready(cx)) {
                         let err = into_dashscope_error(err);
-                        tracing::warn!(error = %err, "fallback: the inner service failed before the next attempt");
+                        tracing::warn!(
+                            error.type = err.class().as_str(),
+                            error = %err,
+                            "giving up: the inner service failed before the next fallback attempt"
+                        );
                         let err = match run.last.take() {
                             Some(last) => run.exhausted(last),
                             None => err,

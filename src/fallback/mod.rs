@@ -393,7 +393,7 @@ impl FallbackModel {
                     continue;
                 }
                 if ids.len() == MAX_CHAIN {
-                    tracing::warn!(model = %name, "fallback: chain longer than {MAX_CHAIN} models; ignoring the rest");
+                    tracing::warn!(gen_ai.request.model = %name, "fallback: chain longer than {MAX_CHAIN} models; ignoring the rest");
                     break;
                 }
                 if config.models[id].chain.is_none() {

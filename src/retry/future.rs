@@ -163,7 +163,7 @@ where
                                 && !result.as_ref().is_err_and(DashScopeError::is_plan_wide);
                             if handed_off {
                                 tracing::debug!(
-                                    attempts = *this.attempts,
+                                    attempt = *this.attempts,
                                     "not retrying: a fallback model takes rate-limited requests"
                                 );
                             }
@@ -192,18 +192,20 @@ where
                         });
                     };
                     match &result {
-                        Ok(response) => tracing::debug!(
-                            status = response.status().as_u16(),
+                        Ok(response) => tracing::info!(
+                            error.type = failure.class().as_str(),
+                            http.response.status_code = response.status().as_u16(),
                             attempt = *this.attempts,
                             delay_ms = delay.as_millis() as u64,
-                            "retrying"
+                            "retrying after a delay"
                         ),
-                        Err(err) => tracing::debug!(
-                            class = err.class().as_str(),
-                            code = err.code(),
+                        Err(err) => tracing::info!(
+                            error.type = err.class().as_str(),
+                            dashscope.code = err.code(),
+                            dashscope.request_id = err.request_id(),
                             attempt = *this.attempts,
                             delay_ms = delay.as_millis() as u64,
-                            "retrying"
+                            "retrying after a delay"
                         ),
                     }
                     *this.last = Some(match result {
@@ -243,8 +245,9 @@ where
                         Poll::Ready(Err(err)) => {
                             let err = into_dashscope_error(err);
                             tracing::warn!(
+                                error.type = err.class().as_str(),
                                 error = %err,
-                                attempts = *this.attempts,
+                                attempt = *this.attempts,
                                 "the inner service failed before a retry; returning the last failure"
                             );
                             let last = this.last.take().unwrap_or_else(|| err.clone());
@@ -258,10 +261,10 @@ where
                         }
                         Poll::Pending => {
                             if this.config.deadline.is_some() && sleep.poll(cx).is_ready() {
-                                tracing::debug!(
-                                    attempts = *this.attempts,
-                                    "the deadline passed while waiting for the inner service; \\
-                                     returning the last failure"
+                                tracing::warn!(
+                                    attempt = *this.attempts,
+                                    "giving up: the deadline passed while waiting for the inner \
+                                     service; returning the last failure"
                                 );
                                 *this.ticket = None;
                                 let last = this.last.take().unwrap_or_else(|| {
@@ -345,7 +348,13 @@ fn next_retry(
     shared: &Shared,
 ) -> Option<(Duration, Option<Held<Ticket>>)> {
     let give_up = |reason: &'static str| {
-        tracing::debug!(attempts, reason, "not retrying");
+        tracing::warn!(
+            error.type = failure.class().as_str(),
+            http.response.status_code = failure.status().map(|s| s.as_u16()),
+            attempt = attempts,
+            reason,
+            "giving up: not retrying"
+        );
         None
     };
     if attempts >= config.max_attempts {

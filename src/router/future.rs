@@ -180,9 +180,9 @@ fn no_endpoint() -> DashScopeError {
 
 fn trace_attempt(endpoint: &Endpoint, api: Api, tried: u64) {
     tracing::debug!(
-        region = %endpoint.region,
-        plan = endpoint.plan.as_str(),
-        api = api.as_str(),
+        dashscope.region = %endpoint.region,
+        dashscope.plan = endpoint.plan.as_str(),
+        dashscope.api = api.as_str(),
         attempt = tried.count_ones() + 1,
         "routing request"
     );
@@ -276,8 +276,8 @@ where
                             if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN
                             {
                                 tracing::warn!(
-                                    region = %endpoint.region,
-                                    status = status.as_u16(),
+                                    dashscope.region = %endpoint.region,
+                                    http.response.status_code = status.as_u16(),
                                     "the key was refused; it may belong to another region or \
                                      plan (not failing over)"
                                 );
@@ -303,8 +303,8 @@ where
                                 && err.status() == Some(StatusCode::FORBIDDEN));
                         let err = if refused {
                             tracing::warn!(
-                                region = %endpoint.region,
-                                class = err.class().as_str(),
+                                dashscope.region = %endpoint.region,
+                                error.type = err.class().as_str(),
                                 "the key was refused; it may belong to another region or plan \
                                  (not failing over)"
                             );
@@ -322,16 +322,23 @@ where
                         None
                     };
                     let Some((next, probe)) = next else {
+                        if this.built.endpoints.len() > 1 {
+                            tracing::warn!(
+                                dashscope.region = %endpoint.region,
+                                error.type = err.class().as_str(),
+                                "giving up: no endpoint left to fail over to"
+                            );
+                        }
                         return Poll::Ready(Err(err));
                     };
                     let to = &this.built.endpoints[next].region;
                     if delivery == Delivery::MaybeSent && !this.built.failover_maybe_sent {
                         tracing::warn!(
-                            from = %endpoint.region,
-                            to = %to,
-                            class = err.class().as_str(),
-                            delivery = %delivery,
-                            "not failing over: the request may have reached the server"
+                            dashscope.region = %endpoint.region,
+                            dashscope.failover.region = %to,
+                            error.type = err.class().as_str(),
+                            dashscope.delivery = %delivery,
+                            "giving up: not failing over, the request may have reached the server"
                         );
                         // The probe taken for the next endpoint goes back unused.
                         drop(probe);
@@ -344,11 +351,11 @@ where
                         );
                         return Poll::Ready(Err(err.with_advice(advice)));
                     }
-                    tracing::warn!(
-                        from = %endpoint.region,
-                        to = %to,
-                        class = err.class().as_str(),
-                        delivery = %delivery,
+                    tracing::info!(
+                        dashscope.region = %endpoint.region,
+                        dashscope.failover.region = %to,
+                        error.type = err.class().as_str(),
+                        dashscope.delivery = %delivery,
                         "failing over to the next endpoint"
                     );
                     *this.current = next;
@@ -362,9 +369,10 @@ where
                         Poll::Ready(Err(err)) => {
                             let err = into_dashscope_error(err);
                             tracing::warn!(
+                                error.type = err.class().as_str(),
                                 error = %err,
-                                "the inner service failed before a failover; returning the \
-                                 last failure"
+                                "giving up: the inner service failed before a failover; \
+                                 returning the last failure"
                             );
                             *this.probe = None;
                             let last = this.last.take().unwrap_or(err);

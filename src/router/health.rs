@@ -62,7 +62,7 @@ impl Health {
             }
         });
         if access == Access::Probe {
-            tracing::debug!(region = %region, "probing an endpoint after its cooldown");
+            tracing::debug!(dashscope.region = %region, "probing an endpoint after its cooldown");
         }
         access
     }
@@ -76,7 +76,7 @@ impl Health {
             was_down
         });
         if was_down {
-            tracing::info!(region = %region, "endpoint healthy again");
+            tracing::info!(dashscope.region = %region, "endpoint healthy again");
         }
     }
 
@@ -97,13 +97,13 @@ impl Health {
             was_up
         });
         if was_up {
-            tracing::warn!(
-                region = %region,
+            tracing::info!(
+                dashscope.region = %region,
                 cooldown_ms = self.cooldown.as_millis() as u64,
                 "endpoint unhealthy after a connection-level failure"
             );
         } else {
-            tracing::debug!(region = %region, "endpoint still unhealthy");
+            tracing::debug!(dashscope.region = %region, "endpoint still unhealthy");
         }
     }
 

@@ -159,9 +159,15 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        req.headers_mut()
-            .entry(X_DASHSCOPE_WAIT_TIMEOUT)
-            .or_insert_with(|| self.value.clone());
+        if let http::header::Entry::Vacant(entry) =
+            req.headers_mut().entry(X_DASHSCOPE_WAIT_TIMEOUT)
+        {
+            entry.insert(self.value.clone());
+            tracing::debug!(
+                dashscope.wait_timeout_s = self.value.to_str().unwrap_or_default(),
+                "X-DashScope-Wait-Timeout set"
+            );
+        }
         ResponseFuture::new(self.inner.call(req))
     }
 }

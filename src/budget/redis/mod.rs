@@ -482,7 +482,7 @@ impl Shared {
         if !health.up {
             health.up = true;
             tracing::warn!(
-                redis = %self.address,
+                server.address = %self.address,
                 prefix = &*self.settings.prefix,
                 "TokenBudget: Redis answers again; back to the budget shared in Redis"
             );
@@ -497,14 +497,14 @@ impl Shared {
             health.up = false;
             match self.settings.when_unavailable {
                 WhenUnavailable::FailClosed => tracing::warn!(
-                    redis = %self.address,
+                    server.address = %self.address,
                     error = %why,
                     retry_every_ms = self.settings.retry_every.as_millis() as u64,
                     "TokenBudget: the budget in Redis is unavailable; failing closed (requests \
                      get RateLimited(Local)) until it answers again"
                 ),
                 WhenUnavailable::LocalShare { replicas } => tracing::warn!(
-                    redis = %self.address,
+                    server.address = %self.address,
                     error = %why,
                     replicas = replicas.max(1),
                     retry_every_ms = self.settings.retry_every.as_millis() as u64,
@@ -663,7 +663,7 @@ impl BudgetStore for RedisStore {
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::warn!(
-                model = key.model(),
+                gen_ai.request.model = key.model(),
                 "TokenBudget: a settle for the Redis budget was made outside a tokio runtime \
                  and is dropped (settle from within the runtime the budget runs in)"
             );
@@ -673,7 +673,7 @@ impl BudgetStore for RedisStore {
         if shared.pending_settles.fetch_add(1, Ordering::AcqRel) >= max {
             shared.pending_settles.fetch_sub(1, Ordering::AcqRel);
             tracing::warn!(
-                model = key.model(),
+                gen_ai.request.model = key.model(),
                 max_pending_settles = max,
                 "TokenBudget: too many settles are waiting for Redis; this one is dropped \
                  (Redis is slower than the traffic: check it, or raise max_pending_settles)"
@@ -685,7 +685,7 @@ impl BudgetStore for RedisStore {
         runtime.spawn(async move {
             if let Err(err) = shared.adjust(&key, limits, taken, delta).await {
                 tracing::debug!(
-                    model = key.model(),
+                    gen_ai.request.model = key.model(),
                     error = %err,
                     "TokenBudget: a settle could not be sent to Redis and is dropped"
                 );
