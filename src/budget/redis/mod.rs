@@ -197,13 +197,19 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The URL without its credentials.
+/// The URL without its credentials: its user info, and its query (where a Unix socket URL
+/// carries the password, `?pass=…`).
 fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    // Everything before the last `@` goes first, whatever a password holds; then the query.
+    let url = match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}{}", &url[..scheme + 3], &url[at + 1..])
         }
         _ => url.to_owned(),
+    };
+    match url.find(['?', '#']) {
+        Some(query) => url[..query].to_owned(),
+        None => url,
     }
 }
 
