@@ -198,3 +198,102 @@ fn parsing_a_chat_request_does_not_allocate_per_key() {
         "{made} allocations to parse a 24-message request"
     );
 }
+
+/// The six layers' success path over an in-memory service: the allocations of one call, its
+/// body read to the end.
+fn full_stack_allocations_per_call<S, B>(service: &mut S) -> usize
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: Body + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    let request = Request::post("/compatible-mode/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"qwen-plus","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#,
+        )))
+        .unwrap();
+    let mut cx = Context::from_waker(Waker::noop());
+    let before = allocations();
+    let Poll::Ready(ready) = service.poll_ready(&mut cx) else {
+        panic!("not ready")
+    };
+    ready.unwrap();
+    let future = pin!(service.call(request));
+    let Poll::Ready(response) = future.poll(&mut cx) else {
+        panic!("not ready")
+    };
+    let mut body = response.unwrap().into_body();
+    while let Poll::Ready(Some(frame)) = std::pin::Pin::new(&mut body).poll_frame(&mut cx) {
+        drop(frame.unwrap());
+    }
+    allocations() - before
+}
+
+/// With a subscriber at INFO (as an application logging at that level has), the success path
+/// of all six layers logs nothing and allocates nothing more than with no subscriber: the
+/// DEBUG and TRACE events are skipped before any field is formatted.
+#[test]
+fn the_full_stack_success_path_logs_nothing_at_info_and_allocates_nothing_for_it() {
+    use std::time::Duration;
+    use tower::ServiceBuilder;
+    use tower_dashscope::{
+        FallbackModel, Quota, Region, RegionRouter, RetryWithJitter, TokenBudget, WaitTimeoutHeader,
+    };
+    use tracing::Level;
+
+    #[path = "support/capture.rs"]
+    mod capture;
+
+    // The budget's clock is tokio's.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _runtime = runtime.enter();
+    let mut stack = ServiceBuilder::new()
+        .layer(FallbackModel::new(["qwen-plus", "qwen-flash"]))
+        .layer(RetryWithJitter::new().seed(1))
+        .layer(
+            TokenBudget::new(Quota::per_minute(u32::MAX, u32::MAX))
+                .burst(Duration::from_secs(3600)),
+        )
+        .layer(RegionRouter::new(Region::Singapore, "sk-test-0000"))
+        .layer(WaitTimeoutHeader::new(Duration::from_secs(30)))
+        .layer(ClassifyDashScopeError::new())
+        .service(service_fn(|_req: Request<Full<Bytes>>| async {
+            Ok::<_, BoxError>(Response::new(Full::new(Bytes::from_static(
+                br#"{"choices":[{"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop","index":0}],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6},"model":"qwen-plus"}"#,
+            ))))
+        }));
+    let measure = |stack: &mut _| {
+        for _ in 0..5 {
+            full_stack_allocations_per_call(stack);
+        }
+        (0..20)
+            .map(|_| full_stack_allocations_per_call(stack))
+            .collect::<Vec<_>>()
+    };
+    let without = measure(&mut stack);
+
+    let (at_info, guard) = capture::Capture::start_at(Level::INFO);
+    let with_info = measure(&mut stack);
+    drop(guard);
+    assert_eq!(with_info, without, "a subscriber at INFO costs allocations");
+    assert!(at_info.records().is_empty(), "{}", at_info.text());
+
+    // The check can fail: at TRACE the same calls log and format their fields.
+    let (at_trace, _guard) = capture::Capture::start_at(Level::TRACE);
+    let with_trace = measure(&mut stack);
+    assert!(!at_trace.events("routing request").is_empty());
+    assert!(with_trace.iter().sum::<usize>() > without.iter().sum::<usize>());
+    // Nothing on the success path is above DEBUG.
+    let loud: Vec<_> = at_trace
+        .records()
+        .into_iter()
+        .filter(|r| r.level < Level::DEBUG)
+        .map(|r| r.to_string())
+        .collect();
+    assert!(loud.is_empty(), "{loud:#?}");
+}

@@ -99,8 +99,16 @@ pub struct Capture {
 impl Capture {
     /// Captures everything logged on this thread at every level until the guard is dropped.
     pub fn start() -> (Capture, DefaultGuard) {
+        Capture::start_at(Level::TRACE)
+    }
+
+    /// Captures what is logged on this thread at `max` and above (`Level::INFO`: INFO, WARN
+    /// and ERROR) until the guard is dropped; the rest is disabled, as in an application
+    /// logging at that level.
+    pub fn start_at(max: Level) -> (Capture, DefaultGuard) {
         let capture = Capture::default();
         let subscriber = CaptureSubscriber {
+            max,
             records: Arc::clone(&capture.records),
             spans: Mutex::default(),
             stack: Mutex::default(),
@@ -167,6 +175,7 @@ pub fn assert_no_secret(text: &str, secrets: &[&str]) {
 }
 
 struct CaptureSubscriber {
+    max: Level,
     records: Arc<Mutex<Vec<Record>>>,
     /// Span names by id.
     spans: Mutex<Vec<(u64, String)>>,
@@ -217,16 +226,20 @@ impl Visit for Fields {
 }
 
 impl Subscriber for CaptureSubscriber {
-    fn register_callsite(&self, _: &'static Metadata<'static>) -> Interest {
-        Interest::always()
+    fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
+        if self.enabled(meta) {
+            Interest::always()
+        } else {
+            Interest::never()
+        }
     }
 
-    fn enabled(&self, _: &Metadata<'_>) -> bool {
-        true
+    fn enabled(&self, meta: &Metadata<'_>) -> bool {
+        *meta.level() <= self.max
     }
 
     fn max_level_hint(&self) -> Option<LevelFilter> {
-        Some(LevelFilter::TRACE)
+        Some(LevelFilter::from_level(self.max))
     }
 
     fn new_span(&self, attrs: &Attributes<'_>) -> Id {
