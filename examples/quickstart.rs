@@ -25,6 +25,10 @@
 //! | `DASHSCOPE_BASE_URL` | optional `http(s)://host[:port]` in place of the region's host: a workspace-dedicated host, a proxy, or the simulator of `cargo run --example mock_server` |
 //! | `DASHSCOPE_MODEL` | optional, default `qwen-flash` |
 //!
+//! The layers' decisions (retries, fallbacks, budget waits, failovers) are logged to stderr
+//! with `tracing`: `RUST_LOG` chooses what (default `tower_dashscope=info`;
+//! `RUST_LOG=tower_dashscope=debug` shows every classified failure and routed request).
+//!
 //! Without the internet, against the simulator served by the `mock_server` example:
 //!
 //! ```sh
@@ -51,12 +55,15 @@ use tower_dashscope::{
 
 #[path = "live/demo.rs"]
 mod live;
+#[path = "support/logging.rs"]
+mod logging;
 
 const COMPAT: &str = "/compatible-mode/v1/chat/completions";
 const NATIVE: &str = "/api/v1/services/aigc/text-generation/generation";
 
 #[tokio::main]
 async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
+    logging::init();
     match std::env::var_os("DASHSCOPE_API_KEY") {
         Some(key) if !key.to_string_lossy().trim().is_empty() => Ok(live::live_demo(&key).await),
         Some(_) => {

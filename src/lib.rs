@@ -60,6 +60,14 @@
 //! # }
 //! ```
 //!
+//! # Telemetry
+//!
+//! Every layer logs its decisions with [`tracing`] — retries, fallbacks, budget waits,
+//! failovers, and each classified failure — with OpenTelemetry GenAI field names
+//! (`gen_ai.request.model`, `error.type`, …) and `dashscope.*` ones; giving up is a WARN, the
+//! success path logs nothing above DEBUG, and a disabled level costs no formatting. The
+//! [`telemetry`] module has the table of events and fields.
+//!
 //! # Time
 //!
 //! Every layer takes its time from `tokio::time`, so tests can run with
@@ -92,6 +100,7 @@ pub mod request;
 pub mod retry;
 mod retry_after;
 pub mod router;
+pub mod telemetry;
 pub mod wait_timeout;
 
 pub use api::{Api, Region};

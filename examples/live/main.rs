@@ -13,14 +13,18 @@
 //! | `DASHSCOPE_MODEL` | optional, default `qwen-flash` |
 //!
 //! For each call: status, time, attempts, tokens used and the start of the answer, or the typed
-//! error and its class. Exits 0 if at least one call succeeded, 1 if none did, 2 on bad settings.
+//! error and its class; the layers' decisions are logged to stderr (`RUST_LOG`, default
+//! `tower_dashscope=info`). Exits 0 if at least one call succeeded, 1 if none did, 2 on bad settings.
 
 mod demo;
+#[path = "../support/logging.rs"]
+mod logging;
 
 use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    logging::init();
     match std::env::var_os("DASHSCOPE_API_KEY") {
         Some(key) if !key.to_string_lossy().trim().is_empty() => demo::live_demo(&key).await,
         _ => {

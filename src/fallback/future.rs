@@ -405,8 +405,8 @@ impl<B> Run<B> {
                     if candidate != model {
                         tracing::debug!(
                             gen_ai.request.model = &*config.models[candidate].name,
-                            window,
-                            need,
+                            dashscope.context_window = window,
+                            dashscope.request_tokens = need,
                             "fallback: skipping a model whose context window cannot take the request"
                         );
                     }
@@ -420,7 +420,7 @@ impl<B> Run<B> {
             if !self.has_more() {
                 tracing::warn!(
                     gen_ai.request.model = self.name(self.requested),
-                    need,
+                    dashscope.request_tokens = need,
                     "giving up: no fallback model's declared context window fits the request"
                 );
                 return Step::Return;

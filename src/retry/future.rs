@@ -248,7 +248,8 @@ where
                                 error.type = err.class().as_str(),
                                 error = %err,
                                 attempt = *this.attempts,
-                                "the inner service failed before a retry; returning the last failure"
+                                "giving up: the inner service failed before a retry; returning \
+                                 the last failure"
                             );
                             let last = this.last.take().unwrap_or_else(|| err.clone());
                             let last = if std::error::Error::source(&last).is_none() {

@@ -487,7 +487,7 @@ impl Shared {
         health.probing = false;
         if !health.up {
             health.up = true;
-            tracing::warn!(
+            tracing::info!(
                 server.address = %self.address,
                 prefix = &*self.settings.prefix,
                 "TokenBudget: Redis answers again; back to the budget shared in Redis"
