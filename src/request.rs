@@ -103,6 +103,15 @@ impl ChatRequest {
         parsed
     }
 
+    /// The model of the parse a layer above left in `request`'s extensions, if any; never
+    /// parses. For log fields.
+    pub(crate) fn model_of<B>(request: Option<&Request<B>>) -> Option<&str> {
+        match request?.extensions().get::<Parsed>()? {
+            Parsed(Some(chat)) => chat.model(),
+            Parsed(None) => None,
+        }
+    }
+
     /// Stores `chat` as the parsed view of `request` (after a layer rewrote the body, say), so
     /// that layers below see it without parsing again.
     pub fn store<B>(request: &mut Request<B>, chat: Arc<ChatRequest>) {

@@ -1,4 +1,4 @@
-//! What the layers log: every `tracing` event, its level and its fields, in one table.
+//! What the layers log: every `tracing` span and event, its level and its fields, in tables.
 //!
 //! Every layer emits a [`tracing`] event wherever it decides something: a failure classified, a
 //! retry scheduled or given up, a request waiting for its budget or refused by it, a model
@@ -43,11 +43,24 @@
 //! `RUST_LOG=tower_dashscope=debug` adds the routine decisions; `tower_dashscope::retry=debug`
 //! narrows them to one layer (the targets are the modules below).
 //!
+//! # Spans
+//!
+//! Two DEBUG spans give the events of one request a context (a subscriber prints them as
+//! `dashscope.fallback{gen_ai.request.model="qwen-max"}:dashscope.retry{attempt=2}: …`):
+//!
+//! | Span | Layer | Fields |
+//! |---|---|---|
+//! | `dashscope.fallback` | [`FallbackModel`](crate::FallbackModel), for a request of one of its chains | `gen_ai.request.model`; `gen_ai.response.model` once a model answered |
+//! | `dashscope.retry` | [`RetryWithJitter`](crate::RetryWithJitter), every request | `attempt`, recorded anew at each attempt |
+//!
+//! Below a [`FallbackModel`](crate::FallbackModel) (or any layer that parsed the request), the
+//! retry's and the router's events also carry `gen_ai.request.model`.
+//!
 //! # Fields
 //!
 //! | Field | Meaning | Events |
 //! |---|---|---|
-//! | `gen_ai.request.model` | The model a request asked for, or the model a decision is about | budget, fallback |
+//! | `gen_ai.request.model` | The model a request asked for, or the model a decision is about | budget, fallback; retry and router below a fallback |
 //! | `gen_ai.response.model` | The model that served the request | fallback: served by a fallback model |
 //! | `gen_ai.usage.input_tokens` | Input tokens the response reported | budget settled, usage reported |
 //! | `gen_ai.usage.output_tokens` | Output tokens the response reported | budget settled, usage reported |
@@ -85,9 +98,9 @@
 //! | DEBUG | `classify` | DashScope error classified | `phase`, `error.type`, `http.response.status_code`, `dashscope.code`, `dashscope.request_id`, `error` |
 //! | TRACE | `classify` | DashScope stream frame | `bytes` |
 //! | TRACE | `classify` | DashScope usage reported | `gen_ai.usage.input_tokens`, `gen_ai.usage.output_tokens` |
-//! | INFO | `retry` | retrying after a delay | `error.type`, `http.response.status_code` or `dashscope.code` and `dashscope.request_id`, `attempt`, `delay_ms` |
+//! | INFO | `retry` | retrying after a delay | `gen_ai.request.model`, `error.type`, `http.response.status_code` or `dashscope.code` and `dashscope.request_id`, `attempt`, `delay_ms` |
 //! | DEBUG | `retry` | not retrying: a fallback model takes rate-limited requests | `attempt` |
-//! | WARN | `retry` | giving up: not retrying | `error.type`, `http.response.status_code`, `attempt`, `reason` |
+//! | WARN | `retry` | giving up: not retrying | `gen_ai.request.model`, `error.type`, `http.response.status_code`, `attempt`, `reason` |
 //! | WARN | `retry` | giving up: the deadline passed while waiting for the inner service … | `attempt` |
 //! | WARN | `retry` | giving up: the inner service failed before a retry … | `error.type`, `error`, `attempt` |
 //! | DEBUG | `wait_timeout` | X-DashScope-Wait-Timeout set | `dashscope.wait_timeout_s` |
@@ -113,13 +126,13 @@
 //! | WARN | `fallback` | giving up: no fallback model's declared context window fits the request | `gen_ai.request.model`, `dashscope.request_tokens` |
 //! | WARN | `fallback` | giving up: the inner service failed before the next fallback attempt | `error.type`, `error` |
 //! | DEBUG | `router` | routing request | `dashscope.region`, `dashscope.plan`, `dashscope.api`, `attempt` |
-//! | INFO | `router` | failing over to the next endpoint | `dashscope.region`, `dashscope.failover.region`, `error.type`, `dashscope.delivery` |
+//! | INFO | `router` | failing over to the next endpoint | `gen_ai.request.model`, `dashscope.region`, `dashscope.failover.region`, `error.type`, `dashscope.delivery` |
 //! | INFO | `router` | endpoint unhealthy after a connection-level failure | `dashscope.region`, `cooldown_ms` |
 //! | DEBUG | `router` | probing an endpoint after its cooldown / endpoint still unhealthy | `dashscope.region` |
 //! | INFO | `router` | endpoint healthy again | `dashscope.region` |
-//! | WARN | `router` | the key was refused; it may belong to another region or plan … | `dashscope.region`, `error.type` or `http.response.status_code` |
-//! | WARN | `router` | giving up: not failing over, the request may have reached the server | `dashscope.region`, `dashscope.failover.region`, `error.type`, `dashscope.delivery` |
-//! | WARN | `router` | giving up: no endpoint left to fail over to | `dashscope.region`, `error.type` |
+//! | WARN | `router` | the key was refused; it may belong to another region or plan … | `gen_ai.request.model`, `dashscope.region`, `error.type` or `http.response.status_code` |
+//! | WARN | `router` | giving up: not failing over, the request may have reached the server | `gen_ai.request.model`, `dashscope.region`, `dashscope.failover.region`, `error.type`, `dashscope.delivery` |
+//! | WARN | `router` | giving up: no endpoint left to fail over to | `gen_ai.request.model`, `dashscope.region`, `error.type` |
 //! | WARN | `router` | giving up: the inner service failed before a failover … | `error.type`, `error` |
 //!
 //! Targets are the modules under `tower_dashscope::` (`tower_dashscope::retry::future`, …); the

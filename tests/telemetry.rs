@@ -153,6 +153,49 @@ async fn a_fallback_names_the_model_it_leaves_the_one_it_takes_and_the_one_that_
     let served = logs.expect_event("served by a fallback model");
     assert_eq!(served.expect("gen_ai.request.model"), "qwen-max");
     assert_eq!(served.expect("gen_ai.response.model"), "qwen-plus");
+
+    // The request's span: what it asked for, what served it; the decisions happen inside it.
+    let records = logs.records();
+    let span = records
+        .iter()
+        .find(|r| r.kind == Kind::Span && r.name == "dashscope.fallback")
+        .expect("a dashscope.fallback span");
+    assert_eq!(span.level, Level::DEBUG);
+    assert_eq!(span.expect("gen_ai.request.model"), "qwen-max");
+    assert!(records.iter().any(|r| r.kind == Kind::SpanRecord
+        && r.name == "dashscope.fallback"
+        && r.field("gen_ai.response.model") == Some("qwen-plus")));
+    assert_eq!(switched.spans, ["dashscope.fallback"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn below_a_fallback_the_retry_names_the_model_and_runs_in_spans() {
+    let (logs, _guard) = Capture::start();
+    let mock = MockDashScope::builder()
+        .model(
+            "qwen-max",
+            ModelConfig::new().outage(Duration::ZERO..Duration::from_millis(1)),
+        )
+        .model("qwen-plus", ModelConfig::new())
+        .build();
+    let service = ServiceBuilder::new()
+        .layer(FallbackModel::new(["qwen-max", "qwen-plus"]))
+        .layer(RetryWithJitter::new().max_attempts(3).seed(7))
+        .layer(ClassifyDashScopeError::new())
+        .service(mock);
+    let response = service
+        .oneshot(absolute("dashscope-intl.aliyuncs.com", "qwen-max"))
+        .await
+        .unwrap();
+    response.into_body().collect().await.unwrap();
+
+    let retrying = logs.expect_event("retrying after a delay");
+    assert_eq!(retrying.expect("gen_ai.request.model"), "qwen-max");
+    assert_eq!(retrying.spans, ["dashscope.fallback", "dashscope.retry"]);
+    // The second attempt is recorded on the retry's span.
+    assert!(logs.records().iter().any(|r| r.kind == Kind::SpanRecord
+        && r.name == "dashscope.retry"
+        && r.field("attempt") == Some("2")));
 }
 
 #[tokio::test(start_paused = true)]

@@ -125,6 +125,9 @@ struct Run<B> {
     last: Option<DashScopeError>,
     tried: Vec<usize>,
     started: Instant,
+    // `dashscope.fallback`, entered while the future is polled (DEBUG: `Span::none()`, free,
+    // when off).
+    span: tracing::Span,
 }
 
 impl<S, B, R> ResponseFuture<S, B, R>
@@ -142,6 +145,8 @@ where
             let future = service.call(req);
             return ResponseFuture::passthrough(service, future);
         };
+        let span = run.span.clone();
+        let _entered = span.enter();
         let now = Instant::now();
         match run.select(now) {
             Choice::Send(model) => {
@@ -220,6 +225,11 @@ impl<B> Run<B> {
         let spare = clone_request(req)?;
         let bytes = req.body().bytes()?;
         B::from_bytes(Bytes::new())?;
+        let span = tracing::debug_span!(
+            "dashscope.fallback",
+            gen_ai.request.model = &*info.name,
+            gen_ai.response.model = tracing::field::Empty,
+        );
         Some(Run {
             config,
             health,
@@ -239,6 +249,7 @@ impl<B> Run<B> {
             last: None,
             tried: Vec::new(),
             started: Instant::now(),
+            span,
         })
     }
 
@@ -372,6 +383,7 @@ impl<B> Run<B> {
     fn served<T>(&mut self, mut response: Response<T>) -> Response<T> {
         self.end_probe(true);
         let name = self.name(self.current).to_owned();
+        self.span.record("gen_ai.response.model", &*name);
         if self.current != self.requested {
             tracing::debug!(
                 gen_ai.request.model = self.name(self.requested),
@@ -633,6 +645,8 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let span = this.run.as_ref().map(|run| run.span.clone());
+        let _entered = span.as_ref().map(tracing::Span::enter);
         loop {
             let after = match this.state.as_mut().project() {
                 StateProj::Calling { future } => {

@@ -23,6 +23,7 @@ use crate::extensions::Attempts;
 use crate::guard::{Ending, Held, Release};
 use crate::headers::{REQUEST_ID, X_REQUEST_ID};
 use crate::outcome::{Failure, failure_of};
+use crate::request::ChatRequest;
 
 /// How much of a response dropped for a retry is read (and discarded) while the backoff runs,
 /// so that the connection it came on can be reused.
@@ -57,6 +58,9 @@ pin_project! {
         previous_delay: Duration,
         config: Config,
         shared: Arc<Shared>,
+        // `dashscope.retry`, entered while the future is polled (DEBUG: `Span::none()`, free,
+        // when off).
+        span: tracing::Span,
     }
 }
 
@@ -132,6 +136,7 @@ where
             previous_delay: config.base_delay,
             config,
             shared,
+            span: tracing::debug_span!("dashscope.retry", attempt = 1u32),
         }
     }
 }
@@ -147,6 +152,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let _entered = this.span.enter();
         loop {
             match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
@@ -173,7 +179,7 @@ where
                             let retry = next_retry(
                                 &failure,
                                 *this.attempts,
-                                this.spare.is_some(),
+                                this.spare.as_ref(),
                                 this.started,
                                 this.previous_delay,
                                 this.config,
@@ -193,6 +199,7 @@ where
                     };
                     match &result {
                         Ok(response) => tracing::info!(
+                            gen_ai.request.model = ChatRequest::model_of(this.spare.as_ref()),
                             error.type = failure.class().as_str(),
                             http.response.status_code = response.status().as_u16(),
                             attempt = *this.attempts,
@@ -200,6 +207,7 @@ where
                             "retrying after a delay"
                         ),
                         Err(err) => tracing::info!(
+                            gen_ai.request.model = ChatRequest::model_of(this.spare.as_ref()),
                             error.type = err.class().as_str(),
                             dashscope.code = err.code(),
                             dashscope.request_id = err.request_id(),
@@ -282,6 +290,7 @@ where
                     };
                     *this.spare = clone_request(&request);
                     *this.attempts += 1;
+                    this.span.record("attempt", *this.attempts);
                     *this.last = None;
                     if let Some(ticket) = this.ticket.take() {
                         ticket.complete();
@@ -339,17 +348,19 @@ fn error_of_head(parts: &http::response::Parts, failure: &Failure) -> DashScopeE
 
 /// How long to wait before the next attempt and what the retry holds meanwhile, or `None` to
 /// give up now.
-fn next_retry(
+fn next_retry<B>(
     failure: &Failure,
     attempts: u32,
-    replayable: bool,
+    spare: Option<&Request<B>>,
     started: &Instant,
     previous: &Duration,
     config: &Config,
     shared: &Shared,
 ) -> Option<(Duration, Option<Held<Ticket>>)> {
+    let replayable = spare.is_some();
     let give_up = |reason: &'static str| {
         tracing::warn!(
+            gen_ai.request.model = ChatRequest::model_of(spare),
             error.type = failure.class().as_str(),
             http.response.status_code = failure.status().map(|s| s.as_u16()),
             attempt = attempts,

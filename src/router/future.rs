@@ -19,6 +19,7 @@ use crate::error::{BoxError, DashScopeError, Delivery, ErrorClass, into_dashscop
 use crate::extensions::ServedRegion;
 use crate::guard::Held;
 use crate::headers::X_API_KEY;
+use crate::request::ChatRequest;
 use crate::retry::clone_request;
 
 pin_project! {
@@ -276,6 +277,7 @@ where
                             if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN
                             {
                                 tracing::warn!(
+                                    gen_ai.request.model = ChatRequest::model_of(this.spare.as_ref()),
                                     dashscope.region = %endpoint.region,
                                     http.response.status_code = status.as_u16(),
                                     "the key was refused; it may belong to another region or \
@@ -303,6 +305,7 @@ where
                                 && err.status() == Some(StatusCode::FORBIDDEN));
                         let err = if refused {
                             tracing::warn!(
+                                gen_ai.request.model = ChatRequest::model_of(this.spare.as_ref()),
                                 dashscope.region = %endpoint.region,
                                 error.type = err.class().as_str(),
                                 "the key was refused; it may belong to another region or plan \
@@ -324,6 +327,7 @@ where
                     let Some((next, probe)) = next else {
                         if this.built.endpoints.len() > 1 {
                             tracing::warn!(
+                                gen_ai.request.model = ChatRequest::model_of(this.spare.as_ref()),
                                 dashscope.region = %endpoint.region,
                                 error.type = err.class().as_str(),
                                 "giving up: no endpoint left to fail over to"
@@ -334,6 +338,7 @@ where
                     let to = &this.built.endpoints[next].region;
                     if delivery == Delivery::MaybeSent && !this.built.failover_maybe_sent {
                         tracing::warn!(
+                            gen_ai.request.model = ChatRequest::model_of(this.spare.as_ref()),
                             dashscope.region = %endpoint.region,
                             dashscope.failover.region = %to,
                             error.type = err.class().as_str(),
@@ -352,6 +357,7 @@ where
                         return Poll::Ready(Err(err.with_advice(advice)));
                     }
                     tracing::info!(
+                        gen_ai.request.model = ChatRequest::model_of(this.spare.as_ref()),
                         dashscope.region = %endpoint.region,
                         dashscope.failover.region = %to,
                         error.type = err.class().as_str(),
