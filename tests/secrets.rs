@@ -146,12 +146,18 @@ impl Printed {
 
     /// Sends `req` through `service`, printing the future, the response, the body's end and
     /// every error; returns the class of the failure, if any.
-    async fn drive(
+    async fn drive<S, RB>(
         &mut self,
         what: &str,
-        mut service: Stack,
+        mut service: S,
         req: Request<Full<Bytes>>,
-    ) -> Option<ErrorClass> {
+    ) -> Option<ErrorClass>
+    where
+        S: Service<Request<Full<Bytes>>, Response = http::Response<RB>, Error = DashScopeError>
+            + Debug,
+        S::Future: Debug,
+        RB: http_body::Body<Error = DashScopeError> + Debug,
+    {
         self.debug(&format!("{what} service"), &service);
         ServiceExt::<Request<Full<Bytes>>>::ready(&mut service)
             .await
@@ -385,6 +391,121 @@ async fn no_failure_path_of_the_full_stack_shows_a_key() {
         "the key was refused",
         "giving up: TokenBudget has no room",
         "DashScope error classified",
+    ] {
+        assert!(text.contains(expected), "no `{expected}` in:\n{text}");
+    }
+    dump(&text, &out.0);
+    assert_no_secret(&text, &[MARK]);
+    assert_no_secret(&out.0, &[MARK]);
+}
+
+/// Over loopback HTTP with hyper-util's client: a refused key from the simulator's server, a
+/// refused connection failed over, a connection reset after the request was sent; the real
+/// client's errors are printed too.
+#[tokio::test]
+async fn no_failure_over_http_shows_a_key() {
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let (logs, _guard) = Capture::start();
+    let mut out = Printed::default();
+    let mock = MockDashScope::builder()
+        .model("qwen-plus", ModelConfig::new())
+        .model("qwen-max", ModelConfig::new())
+        .api_key(KEY_US)
+        .build();
+    let server = mock.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let served = Region::custom(&format!("http://{}", server.local_addr())).unwrap();
+    // A port nothing listens on.
+    let closed = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    };
+    let refused = Region::custom(&format!("http://{closed}")).unwrap();
+    // A server that reads each whole request and hangs up without answering.
+    let resetting = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let mut buf = vec![0; 64 * 1024];
+                let mut read = Vec::new();
+                while stream.readable().await.is_ok() {
+                    match stream.try_read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            read.extend_from_slice(&buf[..n]);
+                            // The end of the chat body: the whole request was written.
+                            if read.ends_with(b"]}") {
+                                break;
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(_) => break,
+                    }
+                }
+                drop(stream);
+            }
+        });
+        Region::custom(&format!("http://{addr}")).unwrap()
+    };
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let stack = |router: RegionRouter| {
+        let layers = Layers::new(router);
+        ServiceBuilder::new()
+            .layer(layers.fallback)
+            .layer(
+                RetryWithJitter::new()
+                    .max_attempts(2)
+                    .base_delay(Duration::from_millis(1)),
+            )
+            .layer(layers.budget)
+            .layer(layers.router)
+            .layer(layers.wait)
+            .layer(layers.classify)
+            .service(client.clone())
+    };
+
+    let class = out
+        .drive(
+            "http wrong key",
+            stack(RegionRouter::new(served.clone(), KEY_WRONG)),
+            chat("qwen-plus", false),
+        )
+        .await;
+    assert_eq!(class, Some(ErrorClass::Authentication));
+    let class = out
+        .drive(
+            "http failover",
+            stack(RegionRouter::new(refused.clone(), KEY_INTL).failover(served.clone(), KEY_US)),
+            chat("qwen-plus", true),
+        )
+        .await;
+    assert_eq!(class, None);
+    let class = out
+        .drive(
+            "http refused",
+            stack(RegionRouter::new(refused, KEY_INTL)),
+            chat("qwen-plus", false),
+        )
+        .await;
+    assert_eq!(class, Some(ErrorClass::Connection));
+    let class = out
+        .drive(
+            "http reset",
+            stack(RegionRouter::new(resetting, KEY_INTL).failover(served, KEY_US)),
+            chat("qwen-plus", false),
+        )
+        .await;
+    // Not failed over (it may have been sent), but retried: on the endpoint still healthy.
+    assert_eq!(class, None);
+    assert!(mock.stats().requests >= 2);
+
+    let text = logs.text();
+    for expected in [
+        "failing over to the next endpoint",
+        "the key was refused",
+        "giving up: not failing over",
     ] {
         assert!(text.contains(expected), "no `{expected}` in:\n{text}");
     }
