@@ -21,9 +21,10 @@ use tower_dashscope::mock::{MockDashScope, ModelConfig};
 use tower_dashscope::router::ApiKey;
 use tower_dashscope::wait_timeout::WaitTimeoutHeaderService;
 use tower_dashscope::{
-    ClassifyDashScopeError, DashScopeError, ErrorClass, FallbackModel, FallbackModelService, Quota,
-    Region, RegionRouter, RegionRouterService, RetryWithJitter, RetryWithJitterService,
-    TokenBudget, TokenBudgetService, UsageSlot, WaitTimeoutHeader,
+    Attempts, ClassifyDashScopeError, DashScopeError, ErrorClass, FallbackModel,
+    FallbackModelService, Quota, Region, RegionRouter, RegionRouterService, RetryWithJitter,
+    RetryWithJitterService, ServedModel, ServedRegion, TokenBudget, TokenBudgetService, UsageSlot,
+    WaitTimeoutHeader,
 };
 
 #[path = "support/capture.rs"]
@@ -167,6 +168,16 @@ impl Printed {
         let class = match future.await {
             Ok(response) => {
                 self.debug(&format!("{what} response"), &response);
+                let extensions = response.extensions();
+                self.debug(
+                    &format!("{what} served region"),
+                    &extensions.get::<ServedRegion>(),
+                );
+                self.debug(
+                    &format!("{what} served model"),
+                    &extensions.get::<ServedModel>(),
+                );
+                self.debug(&format!("{what} attempts"), &extensions.get::<Attempts>());
                 match response.into_body().collect().await {
                     Ok(body) => {
                         let _ = writeln!(self.0, "{what} body: {:?}", body.to_bytes());
@@ -415,6 +426,7 @@ async fn no_failure_over_http_shows_a_key() {
         .api_key(KEY_US)
         .build();
     let server = mock.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    out.debug("MockServer", &server);
     let served = Region::custom(&format!("http://{}", server.local_addr())).unwrap();
     // A port nothing listens on.
     let closed = {
@@ -571,6 +583,16 @@ fn no_public_type_shows_a_key_in_debug_or_display() {
     out.debug("LocalStore", &LocalStore::new());
     out.debug("Quota", &Quota::per_minute(1, 1));
     out.debug("UsageSlot", &UsageSlot::new());
+    out.debug(
+        "ModelConfig",
+        &ModelConfig::new()
+            .rpm(1)
+            .retry_after(Duration::from_secs(1)),
+    );
+    out.debug(
+        "BufferRequestBody",
+        &tower_dashscope::body::BufferRequestBody::new(1024).layer(mock.clone()),
+    );
     #[cfg(feature = "redis")]
     {
         use tower_dashscope::budget::RedisStore;
