@@ -100,6 +100,7 @@
 //! | TRACE | `classify` | DashScope usage reported | `gen_ai.usage.input_tokens`, `gen_ai.usage.output_tokens` |
 //! | INFO | `retry` | retrying after a delay | `gen_ai.request.model`, `error.type`, `http.response.status_code` or `dashscope.code` and `dashscope.request_id`, `attempt`, `delay_ms` |
 //! | DEBUG | `retry` | not retrying: a fallback model takes rate-limited requests | `attempt` |
+//! | DEBUG | `retry` | not retrying; the fallback above has another model | as giving up: not retrying |
 //! | WARN | `retry` | giving up: not retrying | `gen_ai.request.model`, `error.type`, `http.response.status_code`, `attempt`, `reason` |
 //! | WARN | `retry` | giving up: the deadline passed while waiting for the inner service … | `attempt` |
 //! | WARN | `retry` | giving up: the inner service failed before a retry … | `error.type`, `error`, `attempt` |

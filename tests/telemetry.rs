@@ -166,6 +166,16 @@ async fn a_fallback_names_the_model_it_leaves_the_one_it_takes_and_the_one_that_
         && r.name == "dashscope.fallback"
         && r.field("gen_ai.response.model") == Some("qwen-plus")));
     assert_eq!(switched.spans, ["dashscope.fallback"]);
+
+    // The retry below stopped, but the request did not fail: no warning.
+    let not_retrying = logs.expect_event("not retrying; the fallback above has another model");
+    assert_eq!(not_retrying.level, Level::DEBUG);
+    assert_eq!(not_retrying.expect("gen_ai.request.model"), "qwen-max");
+    let warnings: Vec<_> = records
+        .iter()
+        .filter(|r| r.kind == Kind::Event && r.level <= Level::WARN)
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:?}");
 }
 
 #[tokio::test(start_paused = true)]

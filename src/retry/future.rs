@@ -20,6 +20,7 @@ use super::throttle::Queued;
 use super::{Config, ReplayBody, Shared, clone_request};
 use crate::error::{BoxError, DashScopeError, ErrorClass, into_dashscope_error};
 use crate::extensions::Attempts;
+use crate::fallback::FallbackAvailable;
 use crate::guard::{Ending, Held, Release};
 use crate::headers::{REQUEST_ID, X_REQUEST_ID};
 use crate::outcome::{Failure, failure_of};
@@ -359,14 +360,28 @@ fn next_retry<B>(
 ) -> Option<(Duration, Option<Held<Ticket>>)> {
     let replayable = spare.is_some();
     let give_up = |reason: &'static str| {
-        tracing::warn!(
-            gen_ai.request.model = ChatRequest::model_of(spare),
-            error.type = failure.class().as_str(),
-            http.response.status_code = failure.status().map(|s| s.as_u16()),
-            attempt = attempts,
-            reason,
-            "giving up: not retrying"
-        );
+        // A fallback above has another model for this request: not the end of it.
+        let fallback_above =
+            spare.is_some_and(|r| r.extensions().get::<FallbackAvailable>().is_some());
+        if fallback_above {
+            tracing::debug!(
+                gen_ai.request.model = ChatRequest::model_of(spare),
+                error.type = failure.class().as_str(),
+                http.response.status_code = failure.status().map(|s| s.as_u16()),
+                attempt = attempts,
+                reason,
+                "not retrying; the fallback above has another model"
+            );
+        } else {
+            tracing::warn!(
+                gen_ai.request.model = ChatRequest::model_of(spare),
+                error.type = failure.class().as_str(),
+                http.response.status_code = failure.status().map(|s| s.as_u16()),
+                attempt = attempts,
+                reason,
+                "giving up: not retrying"
+            );
+        }
         None
     };
     if attempts >= config.max_attempts {
