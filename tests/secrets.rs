@@ -620,8 +620,13 @@ fn no_public_type_shows_a_key_in_debug_or_display() {
     dump(&text, &out.0);
     assert_no_secret(&text, &[MARK]);
     assert_no_secret(&out.0, &[MARK]);
-    // The check can fail: the key itself is found where it is.
+    // The check can fail: the key itself is found where it is, in text or in an event.
     assert!(std::panic::catch_unwind(|| assert_no_secret(key.expose(), &[MARK])).is_err());
+    drop(_guard);
+    let (leaky, _guard) = Capture::start();
+    tracing::trace!(key = key.expose(), "a leak");
+    let leaked = leaky.text();
+    assert!(std::panic::catch_unwind(|| assert_no_secret(&leaked, &[MARK])).is_err());
 }
 
 /// `SECRETS_DUMP=path` appends what was searched to `path`, to read it.
