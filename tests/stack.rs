@@ -215,7 +215,7 @@ async fn every_layer_reports_in_the_response_extensions() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn by_default_nothing_waits_and_nothing_is_rewritten() {
+async fn by_default_the_budget_never_waits() {
     let mock = MockDashScope::builder()
         .model("qwen-plus", ModelConfig::new())
         .build();
@@ -238,6 +238,31 @@ async fn by_default_nothing_waits_and_nothing_is_rewritten() {
         200
     );
     assert_eq!(stack.budget_ref().in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn by_default_no_model_is_replaced() {
+    // qwen-plus is down; qwen-flash would answer, but no chain names it.
+    let mock = MockDashScope::builder()
+        .model(
+            "qwen-plus",
+            ModelConfig::new().outage(Duration::ZERO..Duration::from_secs(3600)),
+        )
+        .model("qwen-flash", ModelConfig::new())
+        .build();
+    let service = RecommendedStack::new(host("dashscope.test"), "sk-test")
+        .retry(RetryWithJitter::new().max_attempts(2).seed(4))
+        .layer(client(&mock));
+    let err = service.oneshot(chat("qwen-plus")).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Unavailable);
+    assert_eq!(err.attempts(), Some(2));
+    let stats = mock.stats();
+    assert_eq!(stats.model("qwen-plus").unwrap().total.failed, 2);
+    assert!(
+        stats
+            .model("qwen-flash")
+            .is_none_or(|m| m.total.requests == 0)
+    );
 }
 
 /// Joins futures without an extra dependency: spawned, awaited in order.
