@@ -265,6 +265,28 @@ async fn by_default_no_model_is_replaced() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn with_no_quota_a_429_lowers_no_rate() {
+    // One request a second at the server; the stack was told of no quota.
+    let mock = MockDashScope::builder()
+        .model("qwen-plus", ModelConfig::new().rpm(60))
+        .build();
+    let stack = RecommendedStack::new(host("dashscope.test"), "sk-test")
+        .retry(RetryWithJitter::new().seed(5));
+    let service = stack.layer(client(&mock));
+    for _ in 0..2 {
+        body_text(service.clone().oneshot(chat("qwen-plus")).await.unwrap()).await;
+    }
+    assert!(mock.stats().throttled() >= 1);
+    // Nothing to lower: the budget still never waits.
+    assert_eq!(
+        stack.budget_ref().rate_factors("qwen-plus"),
+        Some((1.0, 1.0))
+    );
+    let response = service.oneshot(chat("qwen-plus")).await.unwrap();
+    assert!(response.extensions().get::<BudgetWait>().is_none());
+}
+
 /// Joins futures without an extra dependency: spawned, awaited in order.
 async fn futures_join<F>(futures: Vec<F>) -> Vec<F::Output>
 where
