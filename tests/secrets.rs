@@ -1,8 +1,9 @@
-//! No API key anywhere: every failure path of the full stack (all six layers over the simulator)
-//! is driven with `tracing` captured at TRACE level, and everything that could show a key —
-//! the captured spans and events, `Debug` and `Display` of every public type (layers, services,
-//! futures, errors, configurations, the router with its keys, the budget stores, the simulator
-//! and its builder), the responses and the errors — is searched for the keys.
+//! No API key anywhere: every failure path of the full stack (`RecommendedStack`'s six layers
+//! over the simulator, in process and over loopback HTTP) is driven with `tracing` captured at
+//! TRACE level, and everything that could show a key — the captured spans and events, `Debug`
+//! and `Display` of every public type (layers, services, futures, errors, configurations, the
+//! router and the one-call stack with their keys, the budget stores, the simulator and its
+//! builder), the responses and the errors — is searched for the keys.
 //!
 //! Every key holds `secret-`, which nothing else the crate prints does; the capture helper
 //! (tests/support/capture.rs) is the one the gateway's test uses too.
@@ -16,15 +17,12 @@ use http_body_util::{BodyExt, Full};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_dashscope::api::Plan;
 use tower_dashscope::budget::LocalStore;
-use tower_dashscope::classify::ClassifyDashScopeErrorService;
 use tower_dashscope::mock::{MockDashScope, ModelConfig};
 use tower_dashscope::router::ApiKey;
-use tower_dashscope::wait_timeout::WaitTimeoutHeaderService;
 use tower_dashscope::{
-    Attempts, ClassifyDashScopeError, DashScopeError, ErrorClass, FallbackModel,
-    FallbackModelService, Quota, Region, RegionRouter, RegionRouterService, RetryWithJitter,
-    RetryWithJitterService, ServedModel, ServedRegion, TokenBudget, TokenBudgetService, UsageSlot,
-    WaitTimeoutHeader,
+    Attempts, ClassifyDashScopeError, DashScopeError, ErrorClass, FallbackModel, Quota,
+    RecommendedService, RecommendedStack, Region, RegionRouter, RetryWithJitter, ServedModel,
+    ServedRegion, TokenBudget, UsageSlot, WaitTimeoutHeader,
 };
 
 #[path = "support/capture.rs"]
@@ -51,13 +49,7 @@ const US: &str = "dashscope-us.aliyuncs.com";
 const PATH: &str = "/compatible-mode/v1/chat/completions";
 
 type Inner = RefuseHosts<MockDashScope>;
-type Stack = FallbackModelService<
-    RetryWithJitterService<
-        TokenBudgetService<
-            RegionRouterService<WaitTimeoutHeaderService<ClassifyDashScopeErrorService<Inner>>>,
-        >,
-    >,
->;
+type Stack = RecommendedService<Inner>;
 
 /// The six layers, in DESIGN.md's order, each configurable.
 #[derive(Clone, Debug)]
@@ -66,7 +58,6 @@ struct Layers {
     retry: RetryWithJitter,
     budget: TokenBudget,
     router: RegionRouter,
-    wait: WaitTimeoutHeader,
     classify: ClassifyDashScopeError,
 }
 
@@ -77,20 +68,24 @@ impl Layers {
             retry: RetryWithJitter::new().max_attempts(3).seed(11),
             budget: TokenBudget::new(Quota::per_minute(10_000, 10_000_000)),
             router,
-            wait: WaitTimeoutHeader::new(Duration::from_secs(5)),
             classify: ClassifyDashScopeError::new(),
         }
     }
 
+    /// The one-call stack with these layers (its own router, made with a key of its own, is
+    /// replaced: that key is searched for too).
+    fn recommended(&self) -> RecommendedStack {
+        RecommendedStack::new(Region::Beijing, KEY_WRONG)
+            .fallback_layer(self.fallback.clone())
+            .retry(self.retry.clone())
+            .budget(self.budget.clone())
+            .router(self.router.clone())
+            .wait_timeout(Duration::from_secs(5))
+            .classify(self.classify.clone())
+    }
+
     fn stack(&self, inner: Inner) -> Stack {
-        ServiceBuilder::new()
-            .layer(self.fallback.clone())
-            .layer(self.retry.clone())
-            .layer(self.budget.clone())
-            .layer(self.router.clone())
-            .layer(self.wait.clone())
-            .layer(self.classify.clone())
-            .service(inner)
+        self.recommended().layer(inner)
     }
 }
 
@@ -473,7 +468,7 @@ async fn no_failure_over_http_shows_a_key() {
             )
             .layer(layers.budget)
             .layer(layers.router)
-            .layer(layers.wait)
+            .layer(WaitTimeoutHeader::new(Duration::from_secs(5)))
             .layer(layers.classify)
             .service(client.clone())
     };
@@ -570,6 +565,14 @@ fn no_public_type_shows_a_key_in_debug_or_display() {
 
     let layers = Layers::new(router.clone());
     out.debug("layers", &layers);
+    out.debug("RecommendedStack", &layers.recommended());
+    out.debug(
+        "RecommendedStack::new",
+        &RecommendedStack::new(Region::Singapore, KEY_INTL)
+            .failover(Region::Virginia, KEY_US)
+            .fallback(["qwen-max", "qwen-plus"])
+            .quota(Quota::per_minute(60, 100_000)),
+    );
     let stack = layers.stack(RefuseHosts::new(mock.clone()));
     out.debug("stack", &stack);
     out.debug(
