@@ -127,7 +127,8 @@ pub fn sse(body: TestBody) -> Response<TestBody> {
     response(200, &[("content-type", b"text/event-stream")], body)
 }
 
-type Script = dyn Fn(usize, &Request<Full<Bytes>>) -> Response<TestBody> + Send + Sync;
+type Script =
+    dyn Fn(usize, &Request<Full<Bytes>>) -> Result<Response<TestBody>, BoxError> + Send + Sync;
 
 /// An inner service that answers call `n` with `script(n, &request)`, records every request it
 /// gets, and is always ready.
@@ -140,6 +141,16 @@ pub struct Inner {
 impl Inner {
     pub fn new(
         script: impl Fn(usize, &Request<Full<Bytes>>) -> Response<TestBody> + Send + Sync + 'static,
+    ) -> Self {
+        Inner::fallible(move |n, req| Ok(script(n, req)))
+    }
+
+    /// Answers call `n` with `script(n, &request)`, a response or a transport error.
+    pub fn fallible(
+        script: impl Fn(usize, &Request<Full<Bytes>>) -> Result<Response<TestBody>, BoxError>
+        + Send
+        + Sync
+        + 'static,
     ) -> Self {
         Inner {
             script: Arc::new(script),
@@ -176,7 +187,73 @@ impl Service<Request<Full<Bytes>>> for Inner {
         let mut seen = self.seen.lock().unwrap();
         let response = (self.script)(seen.len(), &req);
         seen.push(req);
-        std::future::ready(Ok(response))
+        std::future::ready(response)
+    }
+}
+
+/// A connection refused: never reached the server.
+pub fn refused() -> BoxError {
+    std::io::Error::new(
+        std::io::ErrorKind::ConnectionRefused,
+        "connection refused by the test",
+    )
+    .into()
+}
+
+/// An inner service that panics when it is called without a `poll_ready` that returned
+/// `Ready` since its last call, and whose clones start unready: a clone's first `poll_ready`
+/// returns `Pending` (and wakes its task), as a `Buffer` or a pool of connections does.
+pub struct Strict<S> {
+    inner: S,
+    ready: bool,
+    polled: bool,
+}
+
+impl<S> Strict<S> {
+    pub fn new(inner: S) -> Self {
+        // The original starts unready too.
+        Strict {
+            inner,
+            ready: false,
+            polled: false,
+        }
+    }
+}
+
+impl<S: Clone> Clone for Strict<S> {
+    fn clone(&self) -> Self {
+        Strict::new(self.inner.clone())
+    }
+}
+
+impl<S, R> Service<R> for Strict<S>
+where
+    S: Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        if !self.polled {
+            self.polled = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let ready = self.inner.poll_ready(cx);
+        if let Poll::Ready(Ok(())) = ready {
+            self.ready = true;
+        }
+        ready
+    }
+
+    fn call(&mut self, req: R) -> S::Future {
+        assert!(
+            self.ready,
+            "the inner service was called without poll_ready"
+        );
+        self.ready = false;
+        self.inner.call(req)
     }
 }
 
