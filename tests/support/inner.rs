@@ -127,8 +127,8 @@ pub fn sse(body: TestBody) -> Response<TestBody> {
     response(200, &[("content-type", b"text/event-stream")], body)
 }
 
-type Script =
-    dyn Fn(usize, &Request<Full<Bytes>>) -> Result<Response<TestBody>, BoxError> + Send + Sync;
+type Reply = Option<Result<Response<TestBody>, BoxError>>;
+type Script = dyn Fn(usize, &Request<Full<Bytes>>) -> Reply + Send + Sync;
 
 /// An inner service that answers call `n` with `script(n, &request)`, records every request it
 /// gets, and is always ready.
@@ -151,6 +151,14 @@ impl Inner {
         + Send
         + Sync
         + 'static,
+    ) -> Self {
+        Inner::hanging(move |n, req| Some(script(n, req)))
+    }
+
+    /// Answers call `n` with `script(n, &request)`; `None` is a call that never answers (its
+    /// future stays pending).
+    pub fn hanging(
+        script: impl Fn(usize, &Request<Full<Bytes>>) -> Reply + Send + Sync + 'static,
     ) -> Self {
         Inner {
             script: Arc::new(script),
@@ -177,7 +185,7 @@ impl Inner {
 impl Service<Request<Full<Bytes>>> for Inner {
     type Response = Response<TestBody>;
     type Error = BoxError;
-    type Future = std::future::Ready<Result<Response<TestBody>, BoxError>>;
+    type Future = InnerFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         Poll::Ready(Ok(()))
@@ -187,7 +195,22 @@ impl Service<Request<Full<Bytes>>> for Inner {
         let mut seen = self.seen.lock().unwrap();
         let response = (self.script)(seen.len(), &req);
         seen.push(req);
-        std::future::ready(response)
+        InnerFuture(response)
+    }
+}
+
+/// The future of [`Inner`]: its reply at once, or never.
+#[derive(Debug)]
+pub struct InnerFuture(Reply);
+
+impl std::future::Future for InnerFuture {
+    type Output = Result<Response<TestBody>, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.0.take() {
+            Some(reply) => Poll::Ready(reply),
+            None => Poll::Pending,
+        }
     }
 }
 
