@@ -1029,10 +1029,248 @@ async fn a_10_mib_line_without_an_end_is_bounded_and_typed() {
         let peak = peak_alloc::peak_since_reset(level);
         assert_eq!(bytes, EVENT.len() + 17 + 10 * MIB, "{end:?}");
         assert!(peak < 3 * MIB, "{end:?}: held {peak} bytes");
-        if end == End::Fail {
+        // Cut inside an event, cleanly or not: the output is incomplete, and says so.
+        assert_eq!(
+            err.expect("a typed error").class(),
+            ErrorClass::StreamInterrupted,
+            "{end:?}"
+        );
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Streaming request bodies (BufferRequestBody in front of the stack)
+// ------------------------------------------------------------------------------------------
+
+/// A 100 MiB streaming request body in front of the stack: `BufferRequestBody` reads at most
+/// its limit (and one chunk) of it, fails with `PayloadTooLarge` without calling the inner
+/// service, and holds memory bounded by the limit, not the body.
+#[tokio::test(start_paused = true)]
+async fn a_100_mib_streaming_body_is_refused_at_the_buffer_limit() {
+    use tower_dashscope::body::{BufferRequestBody, DASHSCOPE_BODY_LIMIT};
+    let inner = Inner::ok();
+    let service = BufferRequestBody::new(DASHSCOPE_BODY_LIMIT).layer(recommended(inner.clone()));
+    let body =
+        TestBody::new(Vec::<Bytes>::new(), End::Done).repeat(Bytes::from_static(&A64K), 1600);
+    let request = Request::post("/compatible-mode/v1/chat/completions")
+        .body(body)
+        .unwrap();
+    let level = peak_alloc::current();
+    peak_alloc::reset_peak();
+    let err = service.oneshot(request).await.unwrap_err();
+    let peak = peak_alloc::peak_since_reset(level);
+    assert_eq!(err.class(), ErrorClass::PayloadTooLarge);
+    assert!(err.to_string().contains("limit"), "{err}");
+    assert_eq!(inner.calls(), 0);
+    assert!(peak < 2 * DASHSCOPE_BODY_LIMIT + MIB, "held {peak} bytes");
+}
+
+/// A streaming request body that fails midway is a typed error, and nothing is sent.
+#[tokio::test(start_paused = true)]
+async fn a_streaming_body_that_fails_midway_is_a_typed_error() {
+    use tower_dashscope::body::BufferRequestBody;
+    let inner = Inner::ok();
+    let service = BufferRequestBody::new(MIB).layer(recommended(inner.clone()));
+    let body = TestBody::new([r#"{"model":"qwen-plus","mess"#], End::Fail);
+    let request = Request::post("/compatible-mode/v1/chat/completions")
+        .body(body)
+        .unwrap();
+    let err = service.oneshot(request).await.unwrap_err();
+    assert!(
+        err.message().is_some_and(|m| m.contains("request body")),
+        "{err}"
+    );
+    assert_eq!(inner.calls(), 0);
+}
+
+// ------------------------------------------------------------------------------------------
+// Malformed error events inside streams
+// ------------------------------------------------------------------------------------------
+
+/// Error-looking events of every malformed kind, as the first event (the call's outcome) and
+/// after a good one (the body's): a typed error or a pass-through of every byte, no panic, in
+/// bounded memory.
+#[tokio::test(start_paused = true)]
+async fn malformed_error_events_in_a_stream_are_typed_or_passed_through() {
+    type Make = std::sync::Arc<dyn Fn() -> TestBody + Send + Sync>;
+    fn full(body: impl Into<Bytes>) -> Make {
+        let body = body.into();
+        std::sync::Arc::new(move || TestBody::full(body.clone()))
+    }
+    let huge_error: Make = std::sync::Arc::new(|| {
+        TestBody::new(
+            ["data: {\"error\":{\"code\":\"Throttling\",\"message\":\""],
+            End::Done,
+        )
+        .repeat(Bytes::from_static(&A64K), 160)
+        .then("\"}}\n\n")
+    });
+    let cases: Vec<(&str, Make)> = vec![
+        (
+            "truncated error json",
+            full("data: {\"error\":{\"code\":\"Thrott\n\n"),
+        ),
+        (
+            "error of wrong types",
+            full("data: {\"error\":{\"code\":7,\"message\":[1],\"type\":{}}}\n\n"),
+        ),
+        ("error as a string", full("data: {\"error\":\"boom\"}\n\n")),
+        (
+            "native error, no status",
+            full("event:error\ndata:{\"code\":42}\n\n"),
+        ),
+        (
+            "native error, garbage status",
+            full("event:error\n:HTTP_STATUS/99999999999999999999\ndata:{}\n\n"),
+        ),
+        (
+            "native error, status 0",
+            full("event:error\n:HTTP_STATUS/0\ndata:{}\n\n"),
+        ),
+        (
+            "non-utf-8 data",
+            full(Bytes::from_static(
+                b"event:error\ndata:{\"code\":\"\xff\xfe\"}\n\n",
+            )),
+        ),
+        (
+            "nested 60,000 deep",
+            full(format!("data: {{\"error\":{}\n\n", "[".repeat(60_000))),
+        ),
+        ("huge error message (10 MiB)", huge_error),
+    ];
+    for (case, make) in cases {
+        for after_good in [false, true] {
+            let make = make.clone();
+            let make_body = move || {
+                let body = make();
+                if !after_good {
+                    return body;
+                }
+                // The good event first, then the case's frames.
+                let mut frames = vec![Bytes::from_static(EVENT.as_bytes())];
+                let mut rest = body;
+                while let Some(Ok(frame)) = next_frame(&mut rest) {
+                    frames.push(frame);
+                }
+                TestBody::new(frames, End::Done)
+            };
+            let expected = drain(make_body()).await.0;
+            let inner = Inner::new(move |_, _| sse(make_body()));
+            let level = peak_alloc::current();
+            peak_alloc::reset_peak();
+            let outcome = call(ClassifyDashScopeError::new().layer(inner), stream_request()).await;
+            let (bytes, err) = match outcome {
+                Ok(response) => drain(response.into_body()).await,
+                Err(err) => (expected, Some(err)),
+            };
+            let peak = peak_alloc::peak_since_reset(level);
+            assert_eq!(bytes, expected, "{case}, after a good event: {after_good}");
+            if let Some(err) = &err {
+                assert!(
+                    err.message().is_none_or(|m| m.len() <= 64 * 1024),
+                    "{case}: message of {} bytes",
+                    err.message().map_or(0, str::len)
+                );
+            }
+            assert!(
+                peak < 3 * MIB,
+                "{case}, after a good event {after_good}: held {peak} bytes"
+            );
+        }
+    }
+}
+
+/// The next frame of a body that is always ready.
+fn next_frame(body: &mut TestBody) -> Option<Result<Bytes, std::io::Error>> {
+    use http_body::Body;
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::Pin::new(body).poll_frame(&mut cx) {
+        std::task::Poll::Ready(Some(Ok(frame))) => frame.into_data().ok().map(Ok),
+        std::task::Poll::Ready(Some(Err(err))) => Some(Err(err)),
+        _ => None,
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Retry alone over a response body that never ends or is huge
+// ------------------------------------------------------------------------------------------
+
+/// Without a classifier below, retry reads a failed response's body away during its backoff:
+/// a 503 whose body never ends, or is 100 MiB, does not hold the retry or its memory.
+#[tokio::test(start_paused = true)]
+async fn retry_alone_is_not_held_by_a_failed_responses_body() {
+    for (case, end, chunks) in [("never ends", End::Never, 1), ("100 MiB", End::Done, 1600)] {
+        let inner = Inner::new(move |n, _| {
+            if n == 0 {
+                response(
+                    503,
+                    &[],
+                    TestBody::new(Vec::<Bytes>::new(), end)
+                        .repeat(Bytes::from_static(&A64K), chunks),
+                )
+            } else {
+                ok_json()
+            }
+        });
+        let retry = RetryWithJitter::new()
+            .seed(1)
+            .max_delay(Duration::from_secs(2));
+        let level = peak_alloc::current();
+        peak_alloc::reset_peak();
+        let start = Instant::now();
+        let response = call(retry.layer(inner.clone()), chat("{}")).await.unwrap();
+        let peak = peak_alloc::peak_since_reset(level);
+        assert_eq!(response.status(), 200, "{case}");
+        assert_eq!(inner.calls(), 2, "{case}");
+        assert!(
+            start.elapsed() <= Duration::from_secs(2),
+            "{case}: {:?}",
+            start.elapsed()
+        );
+        assert!(peak < MIB, "{case}: held {peak} bytes");
+    }
+}
+
+/// An error event of 1 MiB (the largest inspected) full of tiny JSON values: reading its fields
+/// costs about its own size, not a tree of it (which was about 17 times its size).
+#[tokio::test(start_paused = true)]
+async fn a_1_mib_error_event_of_tiny_values_is_read_in_bounded_memory() {
+    for (name, fill) in [("numbers", "0,"), ("objects", "{},"), ("arrays", "[],")] {
+        let n = (480 * 1024) / fill.len();
+        let items = fill.repeat(n);
+        let event = format!(
+            "data: {{\"error\":{{\"code\":\"Throttling\",\"message\":\"slow down\",\"details\":[{items}0]}},\"extra\":[{items}0]}}\n\n"
+        );
+        let event = Bytes::from(event);
+        for after_good in [false, true] {
+            let body = if after_good {
+                TestBody::new(
+                    [Bytes::from_static(EVENT.as_bytes()), event.clone()],
+                    End::Done,
+                )
+            } else {
+                TestBody::full(event.clone())
+            };
+            let body = std::sync::Mutex::new(Some(body));
+            let inner = Inner::new(move |_, _| sse(body.lock().unwrap().take().unwrap()));
+            let level = peak_alloc::current();
+            peak_alloc::reset_peak();
+            let err = match call(ClassifyDashScopeError::new().layer(inner), stream_request()).await
+            {
+                Ok(response) => drain(response.into_body()).await.1.expect("an error event"),
+                Err(err) => err,
+            };
+            let peak = peak_alloc::peak_since_reset(level);
             assert_eq!(
-                err.expect("a typed error").class(),
-                ErrorClass::StreamInterrupted
+                err.class(),
+                ErrorClass::RateLimited(RateLimitKind::Requests),
+                "{name}"
+            );
+            assert_eq!(err.message(), Some("slow down"), "{name}");
+            assert!(
+                peak < 4 * MIB,
+                "{name}, after a good event {after_good}: held {peak} bytes"
             );
         }
     }

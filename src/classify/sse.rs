@@ -12,7 +12,7 @@
 
 use memchr::memmem;
 
-use super::shapes::{ErrorFields, fields_from_object, object_is_error};
+use super::shapes::{ErrorFields, fields_from_object, object_is_error, parse_error_object};
 use super::usage::{Usage, UsageScanner};
 
 /// `HTTP_STATUS/429` → `429`.
@@ -394,8 +394,8 @@ fn json_type(data: &[u8]) -> Option<&[u8]> {
 /// Parses an error candidate: its fields, and whether the object really reports an error. For
 /// a Responses-API `response.failed`, the fields are those of its `response` object.
 fn parse_candidate(data: &[u8], response_failed: bool) -> Option<(ErrorFields, bool)> {
-    let value: serde_json::Value = serde_json::from_slice(data).ok()?;
-    let top = value.as_object()?;
+    let value = parse_error_object(data)?;
+    let top = &value;
     let top = if response_failed {
         top.get("response")
             .and_then(serde_json::Value::as_object)
