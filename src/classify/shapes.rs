@@ -40,6 +40,8 @@ pub(crate) struct ErrorFields {
     pub(crate) trace_id: Option<String>,
     /// The body was short plain text (not JSON, not SSE), kept only as the message.
     pub(crate) plain_text: bool,
+    /// An event stream's error object that is not valid JSON: its fields could not be read.
+    pub(crate) malformed: bool,
 }
 
 /// A failed response's body, by shape.
@@ -254,6 +256,7 @@ pub(crate) fn fields_from_object(top: &Map<String, Value>) -> ErrorFields {
         id,
         trace_id: get("traceId").or_else(|| get_top("traceId")),
         plain_text: false,
+        malformed: false,
     }
 }
 
