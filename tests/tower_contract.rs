@@ -221,7 +221,7 @@ async fn the_stack_readies_the_inner_service_before_every_call() {
 #[should_panic(expected = "called without poll_ready")]
 fn the_strict_service_panics_when_called_unready() {
     let mut service = Strict::new(Inner::ok());
-    let _ = service.call(chat(PLUS));
+    drop(service.call(chat(PLUS)));
 }
 
 // ------------------------------------------------------------------------------------------
