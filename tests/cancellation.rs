@@ -218,6 +218,88 @@ async fn dropping_a_stack_request_waiting_for_the_budget_takes_nothing() {
     assert!(waited < Duration::from_millis(100), "{waited:?}");
 }
 
+/// A budget store that, while `slow` is set, never answers (a Redis that hangs).
+#[derive(Debug, Default)]
+struct HangingStore {
+    local: tower_dashscope::budget::LocalStore,
+    slow: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl tower_dashscope::budget::BudgetStore for HangingStore {
+    fn try_take(
+        &self,
+        key: &tower_dashscope::budget::BudgetKey,
+        limits: tower_dashscope::budget::Limits,
+        tokens: u64,
+    ) -> tower_dashscope::budget::StoreFuture<
+        Result<tower_dashscope::budget::Admission, tower_dashscope::BoxError>,
+    > {
+        if self.slow.load(std::sync::atomic::Ordering::SeqCst) {
+            tower_dashscope::budget::StoreFuture::Pending(Box::pin(std::future::pending()))
+        } else {
+            self.local.try_take(key, limits, tokens)
+        }
+    }
+    fn adjust(
+        &self,
+        key: &tower_dashscope::budget::BudgetKey,
+        limits: tower_dashscope::budget::Limits,
+        taken: tower_dashscope::budget::Taken,
+        delta: i64,
+    ) {
+        self.local.adjust(key, limits, taken, delta);
+    }
+    fn tokens_used(
+        &self,
+        key: &tower_dashscope::budget::BudgetKey,
+        limits: tower_dashscope::budget::Limits,
+    ) -> u64 {
+        self.local.tokens_used(key, limits)
+    }
+    fn forget(&self, key: &tower_dashscope::budget::BudgetKey) {
+        self.local.forget(key);
+    }
+    fn is_idle(
+        &self,
+        key: &tower_dashscope::budget::BudgetKey,
+        limits: tower_dashscope::budget::Limits,
+    ) -> bool {
+        self.local.is_idle(key, limits)
+    }
+}
+
+/// Dropped while the budget asks a shared store that does not answer: the permit held for the
+/// answer comes back, and the next request (the store answering again) is admitted at once.
+#[tokio::test(start_paused = true)]
+async fn dropping_a_request_while_the_budget_asks_its_store_returns_the_permit() {
+    let store = HangingStore::default();
+    let slow = store.slow.clone();
+    let budget = TokenBudget::new(Quota::per_minute(600, 1_000_000))
+        .max_concurrency(1)
+        .store(store);
+    let inner = Inner::ok();
+    let service = budget.layer(inner.clone());
+    slow.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut asking = task::spawn(service.clone().oneshot(chat(PLUS)));
+    assert!(asking.poll().is_pending());
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert!(asking.poll().is_pending());
+    assert_eq!(inner.calls(), 0);
+    assert_eq!(
+        budget.in_flight(),
+        1,
+        "a permit is held for the store's answer"
+    );
+    drop(asking);
+    assert_eq!(budget.in_flight(), 0);
+
+    slow.store(false, std::sync::atomic::Ordering::SeqCst);
+    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
+    assert!(response.extensions().get::<BudgetWait>().is_none());
+    drop(response);
+    assert_eq!(budget.in_flight(), 0);
+}
+
 // ------------------------------------------------------------------------------------------
 // The backoff sleep
 // ------------------------------------------------------------------------------------------

@@ -95,7 +95,7 @@ where
 }
 
 #[tokio::test(start_paused = true)]
-async fn classify_and_wait_timeout_ready_the_inner_service_before_each_call() {
+async fn classify_wait_timeout_and_buffer_ready_the_inner_service_before_each_call() {
     drive(
         "classify",
         ClassifyDashScopeError::new().layer(Strict::new(Inner::ok())),
@@ -104,6 +104,13 @@ async fn classify_and_wait_timeout_ready_the_inner_service_before_each_call() {
     .await;
     let wait = WaitTimeoutHeader::new(Duration::from_secs(30));
     drive("wait timeout", wait.layer(Strict::new(Inner::ok())), 8).await;
+    let buffer = tower_dashscope::body::BufferRequestBody::new(1024 * 1024);
+    drive(
+        "buffer request body",
+        buffer.layer(Strict::new(Inner::ok())),
+        8,
+    )
+    .await;
 }
 
 #[tokio::test(start_paused = true)]
