@@ -1338,3 +1338,78 @@ async fn a_malformed_error_object_event_is_a_typed_error() {
         assert!(err.is_none(), "{data}: {err:?}");
     }
 }
+
+/// A chat body just under the 16 MiB the layers parse, made of tiny values where the parse
+/// looks (messages, content parts, strings with escapes): it is read without building a tree,
+/// so the stack holds a bounded amount of memory (the body is the caller's), and it is counted
+/// and rewritten as a chat request.
+#[tokio::test(start_paused = true)]
+async fn a_15_mib_body_of_tiny_values_is_parsed_in_bounded_memory() {
+    let shapes: [(&str, &str); 4] = [
+        ("messages", r#"{"role":"user","content":"a"},"#),
+        ("content parts", r#"{"type":"text","text":"a"},"#),
+        ("numbers", "0,"),
+        ("escaped strings", r#""\u0061\n","#),
+    ];
+    for (name, item) in shapes {
+        let n = 15 * MIB / item.len();
+        let (head, tail) = match name {
+            "messages" => (
+                r#"{"model":"qwen-plus","messages":["#,
+                r#"{"role":"user","content":"a"}]}"#,
+            ),
+            "content parts" => (
+                r#"{"model":"qwen-plus","messages":[{"role":"user","content":["#,
+                r#"{"type":"text","text":"a"}]}]}"#,
+            ),
+            _ => (r#"{"model":"qwen-plus","messages":[],"extra":["#, "0]}"),
+        };
+        let body = Bytes::from([head, &item.repeat(n), tail].concat());
+
+        // qwen-plus is throttled, so fallback rewrites the body for qwen-flash: one copy.
+        let inner = Inner::new(|_, req| {
+            if req
+                .body()
+                .bytes()
+                .unwrap()
+                .starts_with(br#"{"model":"qwen-plus""#)
+            {
+                response(
+                    429,
+                    &[],
+                    TestBody::full(
+                        r#"{"code":"Throttling.RateQuota","message":"Requests rate limit exceeded"}"#,
+                    ),
+                )
+            } else {
+                ok_json()
+            }
+        });
+        let layers = Layers {
+            budget: TokenBudget::new(Quota::per_minute(600, u32::MAX)),
+            ..Layers::default()
+        };
+        let level = peak_alloc::current();
+        peak_alloc::reset_peak();
+        let response = call(layers.over(inner.clone()), chat(body.clone()))
+            .await
+            .unwrap();
+        drop(response);
+        let peak = peak_alloc::peak_since_reset(level);
+        assert_eq!(inner.calls(), 2, "{name}");
+        assert!(
+            inner.body(1).starts_with(br#"{"model":"qwen-flash""#),
+            "{name}"
+        );
+        assert!(
+            layers.budget.tokens_in_window("qwen-flash") > 0,
+            "{name}: counted"
+        );
+        // The rewritten copy is the one allocation of the body's size.
+        assert!(
+            peak < body.len() + MIB,
+            "{name}: held {peak} bytes for a {} byte body",
+            body.len()
+        );
+    }
+}
