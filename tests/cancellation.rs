@@ -716,3 +716,42 @@ async fn a_failed_router_probe_cools_the_primary_again() {
         .unwrap_err();
     assert_eq!(err.class(), ErrorClass::Connection);
 }
+
+// ------------------------------------------------------------------------------------------
+// The caller drops a stream midway
+// ------------------------------------------------------------------------------------------
+
+/// A stream's body holds the budget's permit until it ends; dropped midway — while the next
+/// chunk is awaited — it gives the permit back and keeps the tokens (the output was billed).
+#[tokio::test(start_paused = true)]
+async fn dropping_a_stream_body_midway_returns_the_permit() {
+    use http_body_util::BodyExt;
+    let layers = Layers {
+        budget: TokenBudget::new(Quota::per_minute(600, 1_000_000)).max_concurrency(1),
+        ..Layers::default()
+    };
+    let inner = Inner::new(|_, _| {
+        sse(TestBody::new(
+            [
+                "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"},\"index\":0,\"finish_reason\":null}]}\n\n",
+            ],
+            End::Never,
+        ))
+    });
+    let response = within(layers.over(inner.clone()).oneshot(stream_request()))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    let first = within(body.frame()).await.unwrap().unwrap();
+    assert!(first.is_data());
+    let mut next = task::spawn(body.frame());
+    assert!(next.poll().is_pending());
+    assert_eq!(layers.budget.in_flight(), 1);
+    drop(next);
+    drop(body);
+    assert_eq!(layers.budget.in_flight(), 0);
+    assert!(
+        layers.budget.tokens_in_window("qwen-plus") > 0,
+        "billed as estimated"
+    );
+}
