@@ -307,6 +307,9 @@ impl Shared {
                 state.request_factor = (state.request_factor + RECOVER).min(1.0);
                 state.token_factor = (state.token_factor + RECOVER).min(1.0);
             }
+            Some(_) if state.quota.requests == 0 && state.quota.tokens == 0 => {
+                // An unlimited quota has no rate to lower (the default of `RecommendedStack`).
+            }
             Some(kind) => {
                 // One decrease per window: the 429s of one burst are one signal.
                 let window = self.config.window;
