@@ -221,6 +221,14 @@ async fn the_stack_readies_the_inner_service_before_every_call() {
     drop(response);
     drive("stack", service, 16).await;
     assert_eq!(layers.budget.in_flight(), 0);
+    // The one-call stack with its own defaults, too.
+    let defaults = tower_dashscope::RecommendedStack::new(Region::Singapore, "sk-test-0000");
+    drive(
+        "default stack",
+        defaults.layer(Strict::new(Inner::ok())),
+        16,
+    )
+    .await;
 }
 
 /// The strict service really panics: the tests above would catch a call without `poll_ready`.
@@ -255,6 +263,7 @@ fn services_futures_and_bodies_are_send_sync_and_static() {
     assert_layer::<TokenBudget>();
     assert_layer::<FallbackModel>();
     assert_layer::<RegionRouter>();
+    assert_layer::<tower_dashscope::RecommendedStack>();
 
     assert_service::<Inner>();
     assert_service::<tower_dashscope::ClassifyDashScopeErrorService<Inner>>();

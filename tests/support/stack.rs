@@ -1,26 +1,19 @@
-//! The recommended stack, composed by hand in DESIGN.md's order (outermost first):
-//! FallbackModel -> RetryWithJitter -> TokenBudget -> RegionRouter -> WaitTimeoutHeader ->
-//! ClassifyDashScopeError. Included with `#[path]` by the hardening tests; one function to
-//! switch to `RecommendedStack` once it exists.
+//! The recommended stack for the hardening tests: `RecommendedStack` (DESIGN.md's order,
+//! outermost first: FallbackModel -> RetryWithJitter -> TokenBudget -> RegionRouter ->
+//! WaitTimeoutHeader -> ClassifyDashScopeError) with each layer given explicitly, so a test can
+//! change one and inspect the budget and router it used. Included with `#[path]`.
 #![allow(dead_code)]
 
 use std::time::Duration;
 
-use tower::ServiceBuilder;
+use tower::Layer;
 use tower_dashscope::{
-    ClassifyDashScopeError, ClassifyDashScopeErrorService, FallbackModel, FallbackModelService,
-    Quota, Region, RegionRouter, RegionRouterService, RetryWithJitter, RetryWithJitterService,
-    TokenBudget, TokenBudgetService, WaitTimeoutHeader, WaitTimeoutHeaderService,
+    ClassifyDashScopeError, FallbackModel, Quota, RecommendedService, RecommendedStack, Region,
+    RegionRouter, RetryWithJitter, TokenBudget,
 };
 
 /// The service the recommended stack makes over `S`.
-pub type Stack<S> = FallbackModelService<
-    RetryWithJitterService<
-        TokenBudgetService<
-            RegionRouterService<WaitTimeoutHeaderService<ClassifyDashScopeErrorService<S>>>,
-        >,
-    >,
->;
+pub type Stack<S> = RecommendedService<S>;
 
 /// The six layers, each given explicitly.
 #[derive(Clone, Debug)]
@@ -48,16 +41,21 @@ impl Default for Layers {
 }
 
 impl Layers {
+    /// The recommended stack of these layers.
+    pub fn stack(&self) -> RecommendedStack {
+        // The region and key are the router's, which replaces the one they make.
+        RecommendedStack::new(Region::Singapore, "sk-test-0000")
+            .fallback_layer(self.fallback.clone())
+            .retry(self.retry.clone())
+            .budget(self.budget.clone())
+            .router(self.router.clone())
+            .wait_timeout(self.wait)
+            .classify(self.classify.clone())
+    }
+
     /// The stack over `inner`.
     pub fn over<S>(&self, inner: S) -> Stack<S> {
-        ServiceBuilder::new()
-            .layer(self.fallback.clone())
-            .layer(self.retry.clone())
-            .layer(self.budget.clone())
-            .layer(self.router.clone())
-            .layer(WaitTimeoutHeader::new(self.wait))
-            .layer(self.classify.clone())
-            .service(inner)
+        self.stack().layer(inner)
     }
 }
 
