@@ -159,12 +159,10 @@ impl SseRelay {
             .is_some_and(Vec::is_empty);
         let usage_only = choices_empty && value.get("usage").is_some_and(|u| !u.is_null());
         if usage_only && !self.caller_wants_usage {
-            match self.held.take() {
-                Some(mut held) => {
-                    held["usage"] = value["usage"].clone();
-                    self.out.push_back(event(&held));
-                }
-                None => {} // the caller did not ask for it, and there is nowhere to put it
+            // Onto the chunk with the finish_reason; with none held, there is nowhere to put it.
+            if let Some(mut held) = self.held.take() {
+                held["usage"] = value["usage"].clone();
+                self.out.push_back(event(&held));
             }
             return;
         }
