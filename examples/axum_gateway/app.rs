@@ -146,10 +146,8 @@ async fn start_simulator(config: &Config) -> std::io::Result<(MockDashScope, Moc
 impl Gateway {
     /// A gateway for `config`, sending to `upstreams` (see [`resolve_upstreams`]).
     pub fn new(config: Config, upstreams: &[(Region, String)]) -> Result<Gateway, String> {
-        let budget = stack::budget(&config);
-        let router = stack::router(upstreams)?;
         let client = stack::http_client()?;
-        let upstream = stack::recommended_stack(&config, budget.clone(), router, client);
+        let (upstream, budget) = stack::recommended_stack(&config, upstreams, client)?;
         Ok(Gateway {
             inner: Arc::new(Inner {
                 config,

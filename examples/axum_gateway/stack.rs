@@ -1,5 +1,5 @@
-//! The layers between the gateway and its upstreams: the recommended stack, built from the
-//! configuration, over hyper-util's client (HTTPS with rustls, or plain HTTP).
+//! The layers between the gateway and its upstreams: `RecommendedStack`, configured from the
+//! file, over hyper-util's client (HTTPS with rustls, or plain HTTP).
 
 use std::time::Duration;
 
@@ -13,8 +13,8 @@ use hyper_util::rt::TokioExecutor;
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_dashscope::{
-    ClassifyDashScopeError, DashScopeError, FallbackModel, Quota, Region, RegionRouter,
-    RetryWithJitter, TokenBudget, WaitTimeoutHeader,
+    Api, ClassifyDashScopeError, DashScopeError, FallbackModel, Quota, RecommendedStack, Region,
+    RetryWithJitter, TokenBudget,
 };
 
 use super::config::Config;
@@ -41,70 +41,62 @@ pub fn http_client() -> Result<HttpClient, String> {
     Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 
-/// The budget the configuration describes; the gateway keeps a clone to read its headroom.
-pub fn budget(config: &Config) -> TokenBudget {
-    // No default quota: models without one are not limited on this side.
-    let mut budget = TokenBudget::new(config.default_quota.unwrap_or(Quota::per_minute(0, 0)));
-    for (name, model) in &config.models {
-        if let Some(quota) = model.quota {
-            budget = budget.model(name.clone(), quota);
-        }
-    }
-    budget
-}
-
-/// The router: the first upstream, then the others as failover, each with its key.
-pub fn router(upstreams: &[(Region, String)]) -> Result<RegionRouter, String> {
-    let mut iter = upstreams.iter();
-    let (region, key) = iter.next().ok_or("no upstream")?;
-    let mut router = RegionRouter::new(region.clone(), key.clone());
-    for (region, key) in iter {
-        router = router.failover(region.clone(), key.clone());
-    }
-    router
-        .validate()
-        .map_err(|err| format!("{}; {}", err.message(), err.advice()))?;
-    Ok(router)
-}
-
 /// The recommended stack, outermost first: FallbackModel -> RetryWithJitter -> TokenBudget ->
-/// RegionRouter -> WaitTimeoutHeader -> ClassifyDashScopeError -> the HTTP client.
+/// RegionRouter -> WaitTimeoutHeader -> ClassifyDashScopeError -> the HTTP client, from the
+/// configuration and the resolved upstreams (the first serves, the others are failover).
 ///
-/// Composed by hand until `RecommendedStack` lands; the order is DESIGN.md's.
+/// Returns the service and the budget, whose headroom the gateway reports (it shares its state
+/// with the stack's).
 pub fn recommended_stack(
     config: &Config,
-    budget: TokenBudget,
-    router: RegionRouter,
+    upstreams: &[(Region, String)],
     client: HttpClient,
-) -> Upstream {
-    let chains = config.chains();
-    let mut fallback = FallbackModel::new(chains.first().cloned().unwrap_or_default());
-    for chain in chains.into_iter().skip(1) {
-        fallback = fallback.with_chain(chain);
-    }
+) -> Result<(Upstream, TokenBudget), String> {
+    let ((region, key), failovers) = upstreams.split_first().ok_or("no upstream")?;
+    let timeouts = config.timeouts;
+
+    let mut fallback =
+        FallbackModel::new(Vec::<String>::new()).first_byte_timeout(timeouts.first_byte);
     for (name, model) in &config.models {
         if let Some(window) = model.context_window {
             fallback = fallback.context_window(name.clone(), window);
         }
     }
-    let timeouts = config.timeouts;
-    let fallback = fallback.first_byte_timeout(timeouts.first_byte);
-    let retry = RetryWithJitter::new()
-        .max_attempts(config.retry.max_attempts)
-        .base_delay(config.retry.base_delay)
-        .max_delay(config.retry.max_delay)
-        .deadline(timeouts.total);
-    // Let the server queue a burst-throttled request for a while, well within the first-byte
-    // timeout.
-    let wait = (timeouts.first_byte / 2).max(Duration::from_secs(1));
+    let mut stack = RecommendedStack::new(region.clone(), key.clone())
+        .api(Api::OpenAiCompatible)
+        // Models without a quota of their own: the file's default, or not limited here.
+        .quota(config.default_quota.unwrap_or(Quota::per_minute(0, 0)))
+        .fallback_layer(fallback)
+        .retry(
+            RetryWithJitter::new()
+                .max_attempts(config.retry.max_attempts)
+                .base_delay(config.retry.base_delay)
+                .max_delay(config.retry.max_delay)
+                .deadline(timeouts.total),
+        )
+        // Let the server queue a burst-throttled request for a while, well within the
+        // first-byte timeout.
+        .wait_timeout((timeouts.first_byte / 2).max(Duration::from_secs(1)))
+        .classify(ClassifyDashScopeError::new().idle_timeout(timeouts.idle));
+    for (region, key) in failovers {
+        stack = stack.failover(region.clone(), key.clone());
+    }
+    for (name, model) in &config.models {
+        if let Some(quota) = model.quota {
+            stack = stack.model_quota(name.clone(), quota);
+        }
+    }
+    for chain in config.chains() {
+        stack = stack.fallback(chain);
+    }
+    stack
+        .router_ref()
+        .validate()
+        .map_err(|err| format!("{}; {}", err.message(), err.advice()))?;
+    let budget = stack.budget_ref().clone();
     let service = ServiceBuilder::new()
-        .layer(fallback)
-        .layer(retry)
-        .layer(budget)
-        .layer(router)
-        .layer(WaitTimeoutHeader::new(wait))
-        .layer(ClassifyDashScopeError::new().idle_timeout(timeouts.idle))
+        .layer(stack)
         .service(client)
         .map_response(|response| response.map(|body| body.boxed_unsync()));
-    BoxCloneSyncService::new(service)
+    Ok((BoxCloneSyncService::new(service), budget))
 }
