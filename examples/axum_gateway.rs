@@ -22,8 +22,8 @@
 //! `DASHSCOPE_API_KEY` as well, it serves the same models from the crate's DashScope simulator
 //! on a loopback port, so it runs on a fresh machine with no key and no network. The format is
 //! documented in `docs/gateway.md`. Configuration errors name the key and line and exit with
-//! status 2. Logs: `RUST_LOG` (default `tower_dashscope=info,axum_gateway=info`). Ctrl-C stops
-//! accepting and drains the requests in flight.
+//! status 2. Logs: `RUST_LOG` (default `tower_dashscope=info,axum_gateway=info`). Ctrl-C (or SIGTERM)
+//! stops accepting and drains the requests in flight.
 
 use std::process::ExitCode;
 
@@ -37,11 +37,12 @@ use tracing_subscriber::EnvFilter;
 /// The documented example configuration, used when no file is given.
 const EXAMPLE: &str = include_str!("axum_gateway/gateway.toml");
 
-const USAGE: &str = "usage: axum_gateway [--check-config] [CONFIG.toml]
+const USAGE: &str = "usage: axum_gateway [--check-config] [--listen ADDR] [CONFIG.toml]
 
   CONFIG.toml     the configuration (default: examples/axum_gateway/gateway.toml, built in;
                   without DASHSCOPE_API_KEY it runs against the simulator)
   --check-config  check the configuration and exit: 0 if it is valid, 2 if not
+  --listen ADDR   listen there instead of the file's server.listen (127.0.0.1:0: any free port)
   --help          this text
 
 The format: docs/gateway.md.";
@@ -50,13 +51,29 @@ The format: docs/gateway.md.";
 async fn main() -> ExitCode {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("tower_dashscope=info,axum_gateway=info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Logs on stderr (stdout has the address), coloured only on a terminal.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
 
     let mut check_only = false;
     let mut path = None;
-    for arg in std::env::args().skip(1) {
+    let mut listen = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "--check-config" => check_only = true,
+            "--listen" => match args.next().map(|a| a.parse::<std::net::SocketAddr>()) {
+                Some(Ok(addr)) => listen = Some(addr),
+                _ => {
+                    eprintln!(
+                        "error: --listen takes an address and port, e.g. 127.0.0.1:8080\n\n{USAGE}"
+                    );
+                    return ExitCode::from(2);
+                }
+            },
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -93,6 +110,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(listen) = listen {
+        config.listen = listen;
+    }
     let env = |name: &str| std::env::var(name).ok();
 
     if check_only {
@@ -161,7 +181,7 @@ async fn run(config: Config, env: impl Fn(&str) -> Option<String>) -> ExitCode {
     }
     println!("listening on http://{addr}/v1  (POST /v1/chat/completions, GET /v1/models)");
     let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
+        stop_signal().await;
         eprintln!("shutting down: no new requests; waiting for the ones in flight");
     };
     match gateway.serve(listener, shutdown).await {
@@ -171,4 +191,20 @@ async fn run(config: Config, env: impl Fn(&str) -> Option<String>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Ctrl-C, or (on Unix) SIGTERM as a container runtime sends it.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
