@@ -849,3 +849,49 @@ fn patterns_and_durations() {
     assert_eq!(parse_duration("soon"), None);
     assert_eq!(parse_duration(""), None);
 }
+
+/// A request body that sends one chunk and then nothing, for ever.
+struct Stalls(bool);
+
+impl http_body::Body for Stalls {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if std::mem::replace(&mut self.0, true) {
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(
+            b"{\"model\":",
+        )))))
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_gets_408_within_the_total_timeout() {
+    let mock = MockDashScope::builder()
+        .model("qwen-max", ModelConfig::new())
+        .api_key(KEY)
+        .build();
+    let gw = start(
+        mock,
+        "[models]\n\"qwen-max\" = {}\n[timeouts]\ntotal = \"300ms\"\n",
+    )
+    .await;
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let request = Request::post(gw.url("/v1/chat/completions"))
+        .body(Stalls(false))
+        .unwrap();
+    let response = tokio::time::timeout(BOUND, client.request(request))
+        .await
+        .expect("the gateway answers without waiting for the rest of the body")
+        .unwrap();
+    let (status, _, body) = read(response).await;
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+    assert_openai_error(&body, "request_timeout");
+    assert_eq!(gw.mock.stats().requests, 0);
+    gw.stop().await;
+}

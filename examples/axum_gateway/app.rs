@@ -462,7 +462,19 @@ async fn read_ask(gateway: &Gateway, request: AxumRequest) -> Result<Ask, Respon
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let bytes = match Limited::new(request.into_body(), limit).collect().await {
+    // A caller that sends its body slowly gets the total timeout, not a connection held open.
+    let read = Limited::new(request.into_body(), limit).collect();
+    let Ok(read) = tokio::time::timeout(config.timeouts.total, read).await else {
+        return Err(error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            Some("request_timeout"),
+            None,
+            "the request body did not arrive within the gateway's total timeout \
+             (timeouts.total); send it again",
+        ));
+    };
+    let bytes = match read {
         Ok(collected) => collected.to_bytes(),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
         Err(err) => {
