@@ -895,3 +895,61 @@ async fn a_body_that_stalls_gets_408_within_the_total_timeout() {
     assert_eq!(gw.mock.stats().requests, 0);
     gw.stop().await;
 }
+
+/// An upstream body of one-byte frames.
+struct Bytewise(Vec<u8>, usize);
+
+impl http_body::Body for Bytewise {
+    type Data = Bytes;
+    type Error = tower_dashscope::DashScopeError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let i = self.1;
+        self.1 += 1;
+        std::task::Poll::Ready(
+            self.0
+                .get(i)
+                .map(|b| Ok(http_body::Frame::data(Bytes::copy_from_slice(&[*b])))),
+        )
+    }
+}
+
+#[tokio::test]
+async fn the_relay_reframes_events_split_at_every_byte_and_moves_usage_onto_the_last_chunk() {
+    use gateway::sse::SseRelay;
+    let upstream = concat!(
+        ": a comment\r\n\r\n",
+        "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}],\"model\":\"m\"}\r\n\r\n",
+        "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}],\"model\":\"m\",\"usage\":null}\r\n\r\n",
+        "data: {\"choices\":[],\"model\":\"m\",\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}\r\n\r\n",
+        "data: [DONE]\r\n\r\n",
+    );
+    let body = Bytewise(upstream.as_bytes().to_vec(), 0).boxed_unsync();
+    let deadline = tokio::time::Instant::now() + BOUND;
+    let relay = SseRelay::new(body, deadline, false, "m".into());
+    let out = tokio::time::timeout(BOUND, relay.collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    let events = data_events(&out);
+    assert_eq!(events.len(), 3, "{events:?}");
+    let first: Value = serde_json::from_str(&events[0]).unwrap();
+    assert_eq!(first["choices"][0]["delta"]["content"], "Hi");
+    let last: Value = serde_json::from_str(&events[1]).unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "stop");
+    assert_eq!(last["usage"]["total_tokens"], 2);
+    assert_eq!(events[2], "[DONE]");
+
+    // The same stream, cut before its end: an error event, no [DONE].
+    let cut = &upstream[..upstream.find("data: {\"choices\":[{\"delta\":{},").unwrap()];
+    let body = Bytewise(cut.as_bytes().to_vec(), 0).boxed_unsync();
+    let relay = SseRelay::new(body, deadline, false, "m".into());
+    let out = relay.collect().await.unwrap().to_bytes();
+    let events = data_events(&out);
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_openai_error(events[1].as_bytes(), "stream_interrupted");
+}

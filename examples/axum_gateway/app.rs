@@ -96,7 +96,7 @@ pub async fn resolve_upstreams(
                 resolved.push((region.clone(), key));
             }
             Target::Simulator => {
-                let (mock, server) = match &simulator {
+                let (_, server) = match &simulator {
                     Some(running) => running,
                     None => simulator.insert(start_simulator(config).await.map_err(|err| {
                         ConfigError {
@@ -107,7 +107,6 @@ pub async fn resolve_upstreams(
                         }
                     })?),
                 };
-                let _ = mock;
                 let base = format!("http://{}", server.local_addr());
                 let region = Region::custom(&base).map_err(|err| ConfigError {
                     source_name: "the simulator".into(),

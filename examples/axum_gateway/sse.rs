@@ -35,6 +35,8 @@ pub struct SseRelay {
     upstream: UpstreamBody,
     deadline: Pin<Box<Sleep>>,
     buffer: BytesMut,
+    // How much of `buffer` was scanned for an event's end already.
+    scanned: usize,
     out: VecDeque<Bytes>,
     // The chunk with the finish_reason, held to take the usage of the chunk after it.
     held: Option<Value>,
@@ -61,6 +63,7 @@ impl SseRelay {
             upstream,
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             buffer: BytesMut::new(),
+            scanned: 0,
             out: VecDeque::new(),
             held: None,
             caller_wants_usage,
@@ -294,9 +297,21 @@ impl Body for SseRelay {
                         continue;
                     };
                     this.buffer.extend_from_slice(&data);
-                    while let Some((end, next)) = event_end(&this.buffer) {
-                        let raw = this.buffer.split_to(next);
-                        this.on_event(&raw[..end]);
+                    // Scan only what is new (less the two bytes an end may straddle), so that
+                    // an event arriving in many small frames costs linear time.
+                    loop {
+                        let from = this.scanned.saturating_sub(2);
+                        match event_end(&this.buffer[from..]) {
+                            Some((end, next)) => {
+                                let raw = this.buffer.split_to(from + next);
+                                this.scanned = 0;
+                                this.on_event(&raw[..from + end]);
+                            }
+                            None => {
+                                this.scanned = this.buffer.len();
+                                break;
+                            }
+                        }
                     }
                     if this.buffer.len() > MAX_EVENT_BYTES {
                         this.buffer.clear();
