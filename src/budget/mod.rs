@@ -116,6 +116,7 @@ use self::estimate::DynEstimator;
 pub use self::estimate::{CharEstimator, TokenEstimator};
 pub use self::future::{BudgetBody, ResponseFuture};
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{RedisStore, RedisStoreError, SCRIPT_VERSION, WhenUnavailable};
 use self::state::{Cost, Key, Shared};
 pub use self::store::{Admission, BudgetKey, BudgetStore, Limits, LocalStore, StoreFuture, Taken};

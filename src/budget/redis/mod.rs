@@ -16,6 +16,7 @@ use crate::error::{BoxError, DashScopeError, Delivery, ErrorClass, RateLimitKind
 /// The script's layout version: it is in every key name, so that a version that changes the
 /// layout never reads another's keys. The script itself is called by its SHA1 (`EVALSHA`), so
 /// every replica runs exactly the script it was built with.
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub const SCRIPT_VERSION: u32 = 1;
 
 const SCRIPT: &str = include_str!("budget.lua");
@@ -30,6 +31,7 @@ const LOCAL_TAG: u64 = 1 << 63;
 /// its [`timeout`](RedisStore::timeout)). Never the whole quota in every process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub enum WhenUnavailable {
     /// Send nothing: every request fails at once with
     /// [`RateLimited(Local)`](RateLimitKind::Local), its `retry_after` the time until Redis is
@@ -95,12 +97,14 @@ struct Settings {
 /// # }
 /// ```
 #[derive(Clone)]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub struct RedisStore {
     shared: Arc<Shared>,
 }
 
 /// A [`RedisStore`] could not be made: the Redis URL is not valid.
 #[derive(Debug)]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub struct RedisStoreError {
     source: redis::RedisError,
 }
