@@ -22,8 +22,8 @@
 //! `DASHSCOPE_API_KEY` as well, it serves the same models from the crate's DashScope simulator
 //! on a loopback port, so it runs on a fresh machine with no key and no network. The format is
 //! documented in `docs/gateway.md`. Configuration errors name the key and line and exit with
-//! status 2. Logs: `RUST_LOG` (default `tower_dashscope=info,axum_gateway=info`). Ctrl-C (or SIGTERM)
-//! stops accepting and drains the requests in flight.
+//! status 2. Logs go to stderr: `RUST_LOG` (default `tower_dashscope=info,axum_gateway=info`).
+//! Ctrl-C (or SIGTERM) stops accepting and drains the requests in flight.
 
 use std::process::ExitCode;
 

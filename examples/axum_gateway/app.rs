@@ -174,6 +174,15 @@ impl Gateway {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        use axum::serve::ListenerExt;
+        // Each event goes out as soon as it is written: without TCP_NODELAY, Nagle's algorithm
+        // holds a small write until the last one is acknowledged, and a client that delays its
+        // acknowledgements (most do, by 40 ms) sees a stream arrive at that pace.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(err) = tcp.set_nodelay(true) {
+                tracing::debug!("gateway: cannot set TCP_NODELAY on a connection: {err}");
+            }
+        });
         axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
             .await
@@ -576,7 +585,7 @@ async fn chat_completions(State(gateway): State<Gateway>, request: AxumRequest) 
     );
     let mut upstream_request = Request::post("/chat/completions")
         .header(CONTENT_TYPE, "application/json")
-        .body(Full::new(ask.body.clone()))
+        .body(Full::new(ask.body))
         .expect("a valid request");
     if ask.stream {
         upstream_request.headers_mut().insert(
@@ -671,7 +680,11 @@ async fn chat_completions(State(gateway): State<Gateway>, request: AxumRequest) 
             return upstream_error_response(&err, &gateway, &ask.model);
         }
     };
-    if let Ok(answer) = serde_json::from_slice::<Value>(&bytes) {
+    // Parsed for the log line only, and only when it is on.
+    let answer = tracing::enabled!(tracing::Level::INFO)
+        .then(|| serde_json::from_slice::<Value>(&bytes).ok())
+        .flatten();
+    if let Some(answer) = answer {
         let usage = &answer["usage"];
         tracing::info!(
             gen_ai.response.model = %served,
