@@ -484,7 +484,11 @@ where
             .map(Arc::from);
         let key = Key {
             account,
-            model: Arc::from(chat.model().unwrap_or("")),
+            // The parse's own name, shared: no copy per request.
+            model: chat
+                .model_shared()
+                .cloned()
+                .unwrap_or_else(|| Arc::from("")),
         };
         ResponseFuture::admitting(service, request, self.shared.clone(), key, cost)
     }
