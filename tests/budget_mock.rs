@@ -71,7 +71,7 @@ async fn learning_the_output_share_is_not_throttled() {
         // max_tokens answers used so far (60% on average here), settled both ways.
         let mut w = Saturation::new(enforcement);
         w.duration = Duration::from_secs(20);
-        let learned = harness::saturate(w.clone()).await;
+        let learned = harness::saturate(w).await;
         w.learn_output = false;
         let conservative = harness::saturate(w).await;
         // Here three requests fill a second either way (the charge of four, learned, is still
