@@ -227,6 +227,61 @@ async fn usage_settles_both_ways() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_output_charged_is_learned_from_the_answers() {
+    // Every answer uses half of max_tokens.
+    let server = Server::new(50);
+    let charged_after_answers = |budget: TokenBudget| {
+        let server = server.clone();
+        async move {
+            let service = ServiceBuilder::new()
+                .layer(budget.clone())
+                .layer(ClassifyDashScopeError::new())
+                .service(server.service());
+            for _ in 0..40 {
+                send_and_read(service.clone(), chat("m", 100))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            // The next request's charge, while its answer is unread.
+            let response = service.oneshot(chat("m", 100)).await.unwrap();
+            let charged = budget.tokens_in_window("m");
+            drop(response);
+            charged
+        }
+    };
+    let quota = Quota::per_minute(0, 60_000);
+    // Learned (the default): about half of max_tokens, plus a margin for its spread.
+    let learned = charged_after_answers(TokenBudget::new(quota).adaptive(false)).await;
+    assert!((1 + 50..=1 + 60).contains(&learned), "{learned}");
+    // Off: the whole of max_tokens, as before.
+    let whole = TokenBudget::new(quota).adaptive(false).learn_output(false);
+    assert_eq!(charged_after_answers(whole).await, 1 + 100);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_over_estimate_settled_after_the_window_is_set_against_later_debt() {
+    let server = Server::new(1);
+    let budget = TokenBudget::new(Quota::per_minute(0, 60_000))
+        .adaptive(false)
+        .learn_output(false);
+    let service = ServiceBuilder::new()
+        .layer(budget.clone())
+        .layer(ClassifyDashScopeError::new())
+        .service(server.service());
+    // Charged 1 + 100, used 2, settled two seconds later: the window no longer holds the
+    // charge, so the 99 over-estimated are kept as credit.
+    let response = service.clone().oneshot(chat("m", 100)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    response.into_body().collect().await.unwrap();
+    assert_eq!(budget.tokens_in_window("m"), 0);
+    // Charged 1 + 10, used 1 + 500: the 490 owed less the 99 of credit.
+    server.output_tokens.store(500, Ordering::SeqCst);
+    send_and_read(service.clone(), chat("m", 10)).await.unwrap();
+    assert_eq!(budget.tokens_in_window("m"), 11 + 490 - 99);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_refused_request_gets_its_tokens_back_and_lowers_the_rate() {
     let server = Server::new(1);
     server.status.store(429, Ordering::SeqCst);

@@ -103,8 +103,8 @@ where
             service: None,
             queued: None,
             cost: Cost {
-                tokens: 0,
                 input: 0,
+                output: 0,
             },
             started: Instant::now(),
             deadline: None,
