@@ -43,10 +43,14 @@ use scenario::{Kind, Scenario};
 use strategy::Strategy;
 
 const USAGE: &str = "\
-usage: goodput [--json] [--quick] [--scenario NAME]... [--seed N] [--svg-dir DIR | --no-svg]
+usage: goodput [--json] [--quick] [--resubmit] [--scenario NAME]... [--seed N]
+               [--svg-dir DIR | --no-svg]
 
   --json           one JSON object per line per (scenario, strategy), nothing else on stdout
   --quick          a fifth of the requests (CI: seconds in a debug build)
+  --resubmit       batch mode: the application sends each failed request through the
+                   strategy again, a second later, until it succeeds (at most 100 times), so
+                   that every strategy completes the same work
   --scenario NAME  only this scenario (quota, burst, outage, flap, silent, total-outage);
                    may be repeated
   --seed N         the seed of the workload, the simulator and every strategy (default 1)
@@ -56,6 +60,7 @@ usage: goodput [--json] [--quick] [--scenario NAME]... [--seed N] [--svg-dir DIR
 struct Args {
     json: bool,
     quick: bool,
+    resubmit: bool,
     scenarios: Vec<String>,
     seed: u64,
     svg_dir: Option<PathBuf>,
@@ -65,6 +70,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut parsed = Args {
         json: false,
         quick: false,
+        resubmit: false,
         scenarios: Vec::new(),
         seed: 1,
         svg_dir: Some(PathBuf::from("target/goodput")),
@@ -77,6 +83,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         match arg.as_str() {
             "--json" => parsed.json = true,
             "--quick" => parsed.quick = true,
+            "--resubmit" => parsed.resubmit = true,
             "--no-svg" => parsed.svg_dir = None,
             "--svg-dir" => parsed.svg_dir = Some(PathBuf::from(value("--svg-dir")?)),
             "--seed" => {
@@ -126,11 +133,16 @@ async fn main() -> ExitCode {
     }
     if !args.json {
         println!(
-            "goodput: {} scenarios x {} strategies, seed {}{}",
+            "goodput: {} scenarios x {} strategies, seed {}{}{}",
             Kind::ALL.len(),
             Strategy::ALL.len(),
             args.seed,
-            if args.quick { ", quick" } else { "" }
+            if args.quick { ", quick" } else { "" },
+            if args.resubmit {
+                ", batch mode (failed requests resubmitted)"
+            } else {
+                ""
+            }
         );
         println!("{}", Report::header());
     }
@@ -141,7 +153,7 @@ async fn main() -> ExitCode {
         let scenario = Scenario::new(kind, args.quick, args.seed);
         let mut runs = Vec::new();
         for strategy in Strategy::ALL {
-            let run = scenario.run(strategy, args.seed).await;
+            let run = scenario.run(strategy, args.seed, args.resubmit).await;
             let report = Report::new(&scenario, &run);
             if args.json {
                 println!("{}", report.json());
@@ -175,7 +187,8 @@ async fn main() -> ExitCode {
                     scenario::enforcement_name(kind.enforcement())
                 )
             };
-            let path = dir.join(format!("{}.svg", kind.label()));
+            let suffix = if args.resubmit { "-resubmit" } else { "" };
+            let path = dir.join(format!("{}{suffix}.svg", kind.label()));
             if let Err(e) = plot::tokens_over_time(&path, &title, scenario.tps(), &lines) {
                 eprintln!("cannot write the plot {}: {e}", path.display());
                 return ExitCode::from(1);

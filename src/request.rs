@@ -161,6 +161,12 @@ impl ChatRequest {
         self.model.as_deref()
     }
 
+    /// The `model` field, shared: a layer that keeps the name (a budget's key) takes this
+    /// instead of allocating a copy.
+    pub(crate) fn model_shared(&self) -> Option<&Arc<str>> {
+        self.model.as_ref()
+    }
+
     /// The same request with another `model`, for a layer that rewrote the body's model.
     #[must_use]
     pub fn with_model(&self, model: &str) -> ChatRequest {
@@ -285,14 +291,63 @@ struct TextCount {
 }
 
 impl TextCount {
+    /// Counts `s` in one pass over its bytes: a byte below 0x80 is an ASCII character, and
+    /// every other character starts with a byte of 0xC0 or above (the rest, 0x80..0xC0, are
+    /// continuation bytes), so no decoding is needed. Eight bytes at a time, as one `u64`
+    /// whose bytes count in lanes of their own.
     fn add(&mut self, s: &str) {
-        let ascii = s.bytes().filter(u8::is_ascii).count() as u64;
-        let digits = s.bytes().filter(u8::is_ascii_digit).count() as u64;
-        let other = s.chars().count() as u64 - ascii;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+        let bytes = s.as_bytes();
+        let (mut ascii, mut digits, mut other) = (0u64, 0u64, 0u64);
+        // At most 255 words a block, so that no lane (one byte) overflows.
+        let mut blocks = bytes.chunks_exact(8 * 255);
+        let mut count_words = |block: &[u8]| {
+            let (mut non_ascii, mut digit, mut lead) = (0u64, 0u64, 0u64);
+            for word in block.chunks_exact(8) {
+                let mut le = [0u8; 8];
+                le.copy_from_slice(word);
+                let w = u64::from_le_bytes(le);
+                // The high bit of each byte: set for a non-ASCII byte.
+                let high = w & HIGH;
+                // A digit: an ASCII byte from 0x30 to 0x39. With the high bit cleared, adding
+                // 0x50 sets it from 0x30 up and adding 0x46 from 0x3A up; no carry crosses
+                // bytes.
+                let low = w & LOW7;
+                let from_0 = low.wrapping_add(0x5050_5050_5050_5050) & HIGH;
+                let past_9 = low.wrapping_add(0x4646_4646_4646_4646) & HIGH;
+                non_ascii += high >> 7;
+                digit += (from_0 & !past_9 & !high) >> 7;
+                // A lead byte (0b11xxxxxx): its two high bits set.
+                lead += (w & (w << 1) & HIGH) >> 7;
+            }
+            let words = (block.len() / 8) as u64;
+            ascii += 8 * words - lanes_sum(non_ascii);
+            digits += lanes_sum(digit);
+            other += lanes_sum(lead);
+        };
+        for block in &mut blocks {
+            count_words(block);
+        }
+        let rest = blocks.remainder();
+        let whole = rest.len() / 8 * 8;
+        count_words(&rest[..whole]);
+        for &b in &rest[whole..] {
+            ascii += u64::from(b < 0x80);
+            digits += u64::from(b.is_ascii_digit());
+            other += u64::from(b >= 0xC0);
+        }
         self.ascii = self.ascii.saturating_add(ascii);
         self.digits = self.digits.saturating_add(digits);
         self.other = self.other.saturating_add(other);
     }
+}
+
+/// The sum of the eight byte lanes of `lanes`.
+fn lanes_sum(lanes: u64) -> u64 {
+    const EVEN: u64 = 0x00FF_00FF_00FF_00FF;
+    let pairs = (lanes & EVEN) + ((lanes >> 8) & EVEN);
+    pairs.wrapping_mul(0x0001_0001_0001_0001) >> 48
 }
 
 /// The object keys the parse looks at, recognised without allocating (serde's `Cow<str>` keys
@@ -327,26 +382,35 @@ impl<'de> de::Deserialize<'de> for Key {
             }
 
             fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
+                self.visit_bytes(key.as_bytes())
+            }
+
+            fn visit_bytes<E: de::Error>(self, key: &[u8]) -> Result<Key, E> {
                 Ok(match key {
-                    "model" => Key::Model,
-                    "stream" => Key::Stream,
-                    "max_tokens" | "max_completion_tokens" | "max_output_tokens" => Key::MaxTokens,
-                    "messages" => Key::Messages,
-                    "system" => Key::System,
-                    "input" => Key::Input,
-                    "stream_options" => Key::StreamOptions,
-                    "parameters" => Key::Parameters,
-                    "content" => Key::Content,
-                    "text" => Key::Text,
-                    "prompt" => Key::Prompt,
-                    "include_usage" => Key::IncludeUsage,
-                    "incremental_output" => Key::IncrementalOutput,
-                    "result_format" => Key::ResultFormat,
+                    b"model" => Key::Model,
+                    b"stream" => Key::Stream,
+                    b"max_tokens" | b"max_completion_tokens" | b"max_output_tokens" => {
+                        Key::MaxTokens
+                    }
+                    b"messages" => Key::Messages,
+                    b"system" => Key::System,
+                    b"input" => Key::Input,
+                    b"stream_options" => Key::StreamOptions,
+                    b"parameters" => Key::Parameters,
+                    b"content" => Key::Content,
+                    b"text" => Key::Text,
+                    b"prompt" => Key::Prompt,
+                    b"include_usage" => Key::IncludeUsage,
+                    b"incremental_output" => Key::IncrementalOutput,
+                    b"result_format" => Key::ResultFormat,
                     _ => Key::Other,
                 })
             }
         }
-        de.deserialize_str(V)
+        // As bytes: serde_json unescapes a key read this way but does not validate it as
+        // UTF-8 (a key that is not one of the above is skipped whatever it holds), which is
+        // most of the cost of reading a short key.
+        de.deserialize_bytes(V)
     }
 }
 
@@ -720,5 +784,56 @@ mod tests {
         )
         .unwrap();
         assert_eq!(chat.input_chars(), 4);
+    }
+
+    #[test]
+    fn text_is_counted_by_characters_in_one_pass() {
+        // ASCII, digits, two-, three- and four-byte characters: what `chars()` counts.
+        let long = "Turn 12: the quick brown fox, 你好 — 🦀 /:09 ".repeat(7);
+        // Past one block of 255 words, and digits only (a lane's count at its largest).
+        let longer = "Turn 12: 你好 — 🦀 /:09 ".repeat(200);
+        let numbers = "0123456789".repeat(300);
+        for text in [
+            "",
+            "abc 123",
+            "héllo",
+            "你好，世界",
+            "emoji 🦀 ok",
+            "é1你2🦀3",
+            "9",
+            "/0123456789:",
+            &long,
+            &longer,
+            &numbers,
+        ] {
+            let mut count = TextCount::default();
+            count.add(text);
+            let ascii = text.chars().filter(char::is_ascii).count() as u64;
+            let digits = text.chars().filter(char::is_ascii_digit).count() as u64;
+            let other = text.chars().count() as u64 - ascii;
+            assert_eq!(
+                (count.ascii, count.digits, count.other),
+                (ascii, digits, other),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_are_read_with_their_escapes() {
+        let chat = parse(
+            Api::OpenAiCompatible,
+            r#"{"mod\u0065l":"qwen-plus","max_tok\u0065ns":7,"messages":[{"c\u006fntent":"abc"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(chat.model(), Some("qwen-plus"));
+        assert_eq!(chat.max_tokens(), Some(7));
+        assert_eq!(chat.input_chars(), 3);
+        // A key that is not UTF-8 once unescaped is skipped, not a failed parse.
+        let chat = parse(Api::OpenAiCompatible, r#"{"\ud800":1,"model":"qwen-plus"}"#);
+        assert_eq!(
+            chat.and_then(|c| c.model().map(str::to_owned)).as_deref(),
+            Some("qwen-plus")
+        );
     }
 }

@@ -76,6 +76,7 @@
 //! | `dashscope.plan`, `dashscope.api` | The endpoint's plan and the request's API | routing request |
 //! | `dashscope.fallback.model` | The model a fallback switches to | switching model |
 //! | `dashscope.fallback.tried` | The models tried, in order | no fallback model left |
+//! | `dashscope.fallback.probe` | The attempt is a fallback's probe of a model after its cooldown | retry: not retrying |
 //! | `dashscope.context_window`, `dashscope.request_tokens` | A model's declared window and the request's estimated need | context-window fallback |
 //! | `dashscope.budget.tokens` | Tokens reserved for the request | admitted, settled |
 //! | `dashscope.budget.max_wait_ms` | The budget's `max_wait` | budget refusal |
@@ -99,7 +100,7 @@
 //! | TRACE | `classify` | DashScope stream frame | `bytes` |
 //! | TRACE | `classify` | DashScope usage reported | `gen_ai.usage.input_tokens`, `gen_ai.usage.output_tokens` |
 //! | INFO | `retry` | retrying after a delay | `gen_ai.request.model`, `error.type`, `http.response.status_code` or `dashscope.code` and `dashscope.request_id`, `attempt`, `delay_ms` |
-//! | DEBUG | `retry` | not retrying: a fallback model takes rate-limited requests | `attempt` |
+//! | DEBUG | `retry` | not retrying: a fallback model takes the request (rate-limited, or a fallback's probe) | `attempt`, `dashscope.fallback.probe` |
 //! | DEBUG | `retry` | not retrying; the fallback above has another model | as giving up: not retrying |
 //! | WARN | `retry` | giving up: not retrying | `gen_ai.request.model`, `error.type`, `http.response.status_code`, `attempt`, `reason` |
 //! | WARN | `retry` | giving up: the deadline passed while waiting for the inner service … | `attempt` |

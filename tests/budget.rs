@@ -227,6 +227,61 @@ async fn usage_settles_both_ways() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_output_charged_is_learned_from_the_answers() {
+    // Every answer uses half of max_tokens.
+    let server = Server::new(50);
+    let charged_after_answers = |budget: TokenBudget| {
+        let server = server.clone();
+        async move {
+            let service = ServiceBuilder::new()
+                .layer(budget.clone())
+                .layer(ClassifyDashScopeError::new())
+                .service(server.service());
+            for _ in 0..40 {
+                send_and_read(service.clone(), chat("m", 100))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            // The next request's charge, while its answer is unread.
+            let response = service.oneshot(chat("m", 100)).await.unwrap();
+            let charged = budget.tokens_in_window("m");
+            drop(response);
+            charged
+        }
+    };
+    let quota = Quota::per_minute(0, 60_000);
+    // Learned (the default): about half of max_tokens, plus a margin for its spread.
+    let learned = charged_after_answers(TokenBudget::new(quota).adaptive(false)).await;
+    assert!((1 + 50..=1 + 60).contains(&learned), "{learned}");
+    // Off: the whole of max_tokens, as before.
+    let whole = TokenBudget::new(quota).adaptive(false).learn_output(false);
+    assert_eq!(charged_after_answers(whole).await, 1 + 100);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_over_estimate_settled_after_the_window_is_set_against_later_debt() {
+    let server = Server::new(1);
+    let budget = TokenBudget::new(Quota::per_minute(0, 60_000))
+        .adaptive(false)
+        .learn_output(false);
+    let service = ServiceBuilder::new()
+        .layer(budget.clone())
+        .layer(ClassifyDashScopeError::new())
+        .service(server.service());
+    // Charged 1 + 100, used 2, settled two seconds later: the window no longer holds the
+    // charge, so the 99 over-estimated are kept as credit.
+    let response = service.clone().oneshot(chat("m", 100)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    response.into_body().collect().await.unwrap();
+    assert_eq!(budget.tokens_in_window("m"), 0);
+    // Charged 1 + 10, used 1 + 500: the 490 owed less the 99 of credit.
+    server.output_tokens.store(500, Ordering::SeqCst);
+    send_and_read(service.clone(), chat("m", 10)).await.unwrap();
+    assert_eq!(budget.tokens_in_window("m"), 11 + 490 - 99);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_refused_request_gets_its_tokens_back_and_lowers_the_rate() {
     let server = Server::new(1);
     server.status.store(429, Ordering::SeqCst);
@@ -771,4 +826,40 @@ async fn waiting_for_quota_does_not_hold_the_inner_services_readiness() {
     let response = waiting.await.unwrap();
     assert!(response.extensions().get::<BudgetWait>().is_some());
     assert_eq!(server.arrivals().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn headroom_counts_down_in_the_window_and_comes_back_after_it() {
+    let server = Server::new(9);
+    // 180 requests and 6,000 tokens a minute: 3 requests and 100 tokens a second.
+    let budget = TokenBudget::new(Quota::per_minute(180, 6_000))
+        .model("unlimited", Quota::per_minute(0, 0))
+        .adaptive(false);
+    let service = ServiceBuilder::new()
+        .layer(budget.clone())
+        .layer(ClassifyDashScopeError::new())
+        .service(server.service());
+
+    let room = budget.headroom("m");
+    assert_eq!(room.quota, Quota::per_minute(180, 6_000));
+    assert_eq!(room.window, Duration::from_secs(1));
+    assert_eq!((room.requests, room.tokens), (Some(3), Some(100)));
+
+    // Used 1 + 9 tokens (the estimate of 1 + 50 is settled when the body is read).
+    send_and_read(service.clone(), chat("m", 50)).await.unwrap();
+    let room = budget.headroom("m");
+    assert_eq!((room.requests, room.tokens), (Some(2), Some(90)));
+    // Another model's room is its own.
+    assert_eq!(budget.headroom("other").requests, Some(3));
+    assert_eq!(
+        (
+            budget.headroom("unlimited").requests,
+            budget.headroom("unlimited").tokens
+        ),
+        (None, None)
+    );
+
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let room = budget.headroom("m");
+    assert_eq!((room.requests, room.tokens), (Some(3), Some(100)));
 }

@@ -43,9 +43,11 @@ fn input_heavy(enforcement: Enforcement, skew: f64) -> Saturation {
 #[tokio::test(start_paused = true)]
 async fn saturated_the_server_admits_at_most_a_second_s_worth_in_any_second() {
     for enforcement in MODELS {
-        // Answers of 20% to 100% of max_tokens: the estimates are high, settled afterwards.
+        // Answers of 20% to 100% of max_tokens, all of max_tokens charged (the conservative
+        // mode): the estimates are high, settled afterwards, and no second goes over.
         let mut w = Saturation::new(enforcement);
         w.duration = Duration::from_secs(20);
+        w.learn_output = false;
         let r = harness::saturate(w).await;
         assert!(
             r.max_requests_1s as f64 <= r.rps + 1.0,
@@ -59,6 +61,36 @@ async fn saturated_the_server_admits_at_most_a_second_s_worth_in_any_second() {
         );
         assert!(r.throttled_share() <= 0.005, "{enforcement:?}: {r:?}");
         assert_eq!(r.completed, r.offered, "{enforcement:?}: {r:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn learning_the_output_share_is_not_throttled() {
+    for enforcement in MODELS {
+        // The same workload, the budget's default: the output charged is the share of
+        // max_tokens answers used so far (60% on average here), settled both ways.
+        let mut w = Saturation::new(enforcement);
+        w.duration = Duration::from_secs(20);
+        let learned = harness::saturate(w).await;
+        w.learn_output = false;
+        let conservative = harness::saturate(w).await;
+        // Here three requests fill a second either way (the charge of four, learned, is still
+        // over a second's worth): learning costs nothing and is not throttled. The goodput
+        // example's `quota`, with more requests a second, shows the gain.
+        assert!(
+            learned.goodput_late >= conservative.goodput_late,
+            "{enforcement:?}: {learned:?} vs {conservative:?}"
+        );
+        assert!(
+            learned.throttled_share() <= 0.005,
+            "{enforcement:?}: {learned:?}"
+        );
+        assert_eq!(
+            learned.completed, learned.offered,
+            "{enforcement:?}: {learned:?}"
+        );
+        // Over time the quota holds.
+        assert!(learned.goodput_late <= 1.0, "{enforcement:?}: {learned:?}");
     }
 }
 

@@ -261,3 +261,117 @@ async fn the_recommended_stack_compiles_and_falls_back() {
     // qwen-max was retried once (a 503), then the chain moved on.
     assert_eq!(mock.stats().model("qwen-max").unwrap().total.requests, 2);
 }
+
+/// The recommended order (fallback outside retry) with a primary down: after the first
+/// request's retries, each later attempt at the cooling primary is a half-open probe, and a
+/// probe that fails goes straight back to the fallback (the next model answers at once) instead
+/// of being retried on the primary with backoff, which would also hold the cooldown back.
+#[tokio::test(start_paused = true)]
+async fn a_failed_probe_is_not_retried_below_the_fallback() {
+    let mock = MockDashScope::builder()
+        .model(
+            "qwen-plus",
+            ModelConfig::new()
+                .latency(Duration::ZERO, 1_000_000.0)
+                .outage(Duration::ZERO..Duration::from_secs(600)),
+        )
+        .model(
+            "qwen-flash",
+            ModelConfig::new().latency(Duration::ZERO, 1_000_000.0),
+        )
+        .build();
+    let service = ServiceBuilder::new()
+        .layer(FallbackModel::new(["qwen-plus", "qwen-flash"]))
+        .layer(RetryWithJitter::new().seed(11))
+        .layer(ClassifyDashScopeError::new())
+        .service(mock.clone());
+    let plus = || {
+        mock.stats()
+            .model("qwen-plus")
+            .map_or(0, |m| m.total.requests)
+    };
+    // The first request retries the primary's 503s (brief failures are worth a retry), then
+    // falls back; the primary cools down.
+    let first = service.clone().oneshot(chat("qwen-plus", false)).await;
+    assert_eq!(served(&first.unwrap()), "qwen-flash");
+    let after_first = plus();
+    assert!(
+        after_first > 1,
+        "the first request was retried: {after_first}"
+    );
+    // After the cooldown, a request probes the primary once and is answered by qwen-flash
+    // without sleeping a backoff.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    for probe in 1..=3u64 {
+        let sent = Instant::now();
+        let response = service.clone().oneshot(chat("qwen-plus", false)).await;
+        assert_eq!(served(&response.unwrap()), "qwen-flash");
+        let took = Instant::now() - sent;
+        assert!(
+            took < Duration::from_millis(100),
+            "probe {probe} slept a backoff: {took:?}"
+        );
+        assert_eq!(plus(), after_first + probe, "probe {probe} was retried");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+}
+
+/// The goodput example's `flap`, reduced: a primary down for a minute under steady traffic
+/// (five requests a second, each its own task) through the recommended stack is back in
+/// rotation at most 5 s after it recovers.
+#[tokio::test(start_paused = true)]
+async fn under_steady_traffic_the_primary_is_back_within_five_seconds() {
+    use tower_dashscope::{Quota, TokenBudget, WaitTimeoutHeader};
+    let recovery = Duration::from_secs(70);
+    let model = || {
+        ModelConfig::new()
+            .rpm(600)
+            .tpm(200_000)
+            .latency(Duration::from_millis(500), 60.0)
+    };
+    let mock = MockDashScope::builder()
+        .model(
+            "qwen-plus",
+            model().outage(Duration::from_secs(10)..recovery),
+        )
+        .model("qwen-flash", model())
+        .build();
+    let service = ServiceBuilder::new()
+        .layer(
+            FallbackModel::new(["qwen-plus", "qwen-flash"])
+                .first_byte_timeout(Duration::from_secs(10)),
+        )
+        .layer(RetryWithJitter::new().seed(1))
+        .layer(TokenBudget::new(Quota::per_minute(600, 200_000)))
+        .layer(WaitTimeoutHeader::new(Duration::from_secs(30)))
+        .layer(ClassifyDashScopeError::new())
+        .service(mock.clone());
+    let body = format!(
+        r#"{{"model":"qwen-plus","max_tokens":200,"messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "word ".repeat(160)
+    );
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..500u64 {
+        tokio::time::sleep_until(t0 + Duration::from_millis(200 * i)).await;
+        let service = service.clone();
+        let request = Request::post(PATH)
+            .body(Full::new(Bytes::from(body.clone())))
+            .unwrap();
+        tasks.push(tokio::spawn(async move {
+            let response = service.oneshot(request).await.unwrap();
+            let model = served(&response);
+            response.into_body().collect().await.unwrap();
+            model
+        }));
+    }
+    let mut first_back = None;
+    for (i, task) in tasks.into_iter().enumerate() {
+        let at = Duration::from_millis(200 * i as u64);
+        if task.await.unwrap() == "qwen-plus" && at >= recovery && first_back.is_none() {
+            first_back = Some(at);
+        }
+    }
+    let back = first_back.expect("back on the primary") - recovery;
+    assert!(back <= Duration::from_secs(5), "back after {back:?}");
+}

@@ -1,5 +1,6 @@
 //! The success path of `ClassifyDashScopeError` allocates nothing beyond what the inner service
-//! does: counted with a per-thread counting allocator.
+//! does, parsing a chat request allocates once, and the whole recommended stack stays within a
+//! bound of allocations per request: counted with a per-thread counting allocator.
 
 use std::future::Future;
 use std::pin::pin;
@@ -197,6 +198,101 @@ fn parsing_a_chat_request_does_not_allocate_per_key() {
         made <= 1,
         "{made} allocations to parse a 24-message request"
     );
+}
+
+/// The whole recommended stack on the success path, over a service that answers at once: the
+/// allocations it adds per request beyond the bare service's own, with a 2 KiB chat body (the
+/// overhead bench's). A bound to hold, not a goal: BENCHMARKS.md says what they are.
+#[test]
+fn the_recommended_stack_allocates_a_bounded_amount_per_request() {
+    use std::time::Duration;
+    use tower::ServiceBuilder;
+    use tower_dashscope::{
+        FallbackModel, Quota, Region, RegionRouter, RetryWithJitter, TokenBudget, WaitTimeoutHeader,
+    };
+
+    // The budget's clock is tokio's.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _guard = runtime.enter();
+    let mut body = String::from(r#"{"model":"qwen-plus","max_tokens":512,"messages":["#);
+    let mut turn = 0;
+    while body.len() < 2048 - 120 {
+        let role = if turn % 2 == 0 { "user" } else { "assistant" };
+        body.push_str(&format!(
+            r#"{{"role":"{role}","content":"Turn {turn}: the quick brown fox jumps over the lazy dog, twice over."}},"#
+        ));
+        turn += 1;
+    }
+    body.push_str(r#"{"role":"user","content":"Now answer."}],"temperature":0.7}"#);
+    let body = Bytes::from(body);
+    let inner = || {
+        service_fn(|_req: Request<Full<Bytes>>| async {
+            Ok::<_, BoxError>(Response::new(Full::new(Bytes::from_static(
+                br#"{"choices":[{"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop","index":0}],"usage":{"prompt_tokens":500,"completion_tokens":1,"total_tokens":501},"model":"qwen-plus"}"#,
+            ))))
+        })
+    };
+    let mut bare = inner();
+    let mut stack = ServiceBuilder::new()
+        .layer(FallbackModel::new(["qwen-plus", "qwen-flash"]))
+        .layer(RetryWithJitter::new().seed(1))
+        .layer(
+            TokenBudget::new(Quota::per_minute(u32::MAX, u32::MAX))
+                .burst(Duration::from_secs(3600)),
+        )
+        .layer(RegionRouter::new(Region::Singapore, "sk-test-0000"))
+        .layer(WaitTimeoutHeader::new(Duration::from_secs(30)))
+        .layer(ClassifyDashScopeError::new())
+        .service(inner());
+    let request = || {
+        Request::post("/compatible-mode/v1/chat/completions")
+            .header("content-type", "application/json")
+            .body(Full::new(body.clone()))
+            .unwrap()
+    };
+    let per_call = |service: &mut dyn FnMut(Request<Full<Bytes>>) -> usize| -> usize {
+        // Warm up, then the most of ten calls (building the request excluded).
+        for _ in 0..10 {
+            service(request());
+        }
+        (0..10).map(|_| service(request())).max().unwrap()
+    };
+    let bare_count = per_call(&mut |req| allocations_of(&mut bare, req));
+    let stack_count = per_call(&mut |req| allocations_of(&mut stack, req));
+    let added = stack_count - bare_count;
+    // 31 before the parse shared its model name with the budget's key.
+    assert!(
+        added <= 30,
+        "the stack adds {added} allocations per request"
+    );
+}
+
+/// Allocations made by one ready-call-poll-read cycle of `service` with `request`.
+fn allocations_of<S, B>(service: &mut S, request: Request<Full<Bytes>>) -> usize
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: Body + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    let before = allocations();
+    let Poll::Ready(ready) = service.poll_ready(&mut cx) else {
+        panic!("not ready")
+    };
+    ready.unwrap();
+    let future = pin!(service.call(request));
+    let Poll::Ready(response) = future.poll(&mut cx) else {
+        panic!("not ready")
+    };
+    let mut body = response.unwrap().into_body();
+    while let Poll::Ready(Some(frame)) = std::pin::Pin::new(&mut body).poll_frame(&mut cx) {
+        drop(frame.unwrap());
+    }
+    allocations() - before
 }
 
 /// The six layers' success path over an in-memory service: the allocations of one call, its

@@ -162,6 +162,9 @@ pub struct Saturation {
     pub duration: Duration,
     /// The estimator's factor on input tokens (1.0: exact).
     pub skew: f64,
+    /// `TokenBudget::learn_output` (on by default): charge the share of `max_tokens` answers
+    /// used so far, rather than all of it.
+    pub learn_output: bool,
     pub seed: u64,
 }
 
@@ -183,6 +186,7 @@ impl Saturation {
             overload: 4.0,
             duration: Duration::from_secs(60),
             skew: 1.0,
+            learn_output: true,
             seed: 7,
         }
     }
@@ -253,7 +257,9 @@ pub async fn saturate(workload: Saturation) -> SaturationReport {
         .seed(w.seed)
         .build();
     let log = Log::default();
-    let budget = TokenBudget::new(Quota::per_minute(w.rpm, w.tpm)).estimator(Skewed(w.skew));
+    let budget = TokenBudget::new(Quota::per_minute(w.rpm, w.tpm))
+        .estimator(Skewed(w.skew))
+        .learn_output(w.learn_output);
     let service = ServiceBuilder::new()
         .layer(RetryWithJitter::new().seed(w.seed))
         .layer(budget.clone())

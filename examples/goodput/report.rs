@@ -14,6 +14,11 @@ pub struct Report {
     pub requests: usize,
     pub succeeded: usize,
     pub failed: usize,
+    /// Whether every request was answered: the batch was completed.
+    pub completed: bool,
+    /// Times the application submitted a request through the strategy, per request (1.0
+    /// unless `--resubmit`).
+    pub submissions_per_request: f64,
     pub completion_s: f64,
     pub ideal_s: f64,
     pub goodput_ratio: f64,
@@ -90,6 +95,8 @@ impl Report {
             requests,
             succeeded,
             failed: requests - succeeded,
+            completed: succeeded == requests,
+            submissions_per_request: run.submitted as f64 / requests.max(1) as f64,
             completion_s: completion.as_secs_f64(),
             ideal_s: scenario.ideal().as_secs_f64(),
             goodput_ratio: useful as f64 / busy / scenario.quota_tokens_per_sec(),
@@ -109,13 +116,15 @@ impl Report {
     pub fn json(&self) -> String {
         let num = |v: Option<f64>| v.map_or("null".to_owned(), |v| format!("{v:.3}"));
         let mut line = format!(
-            r#"{{"scenario":"{}","enforcement":"{}","strategy":"{}","requests":{},"succeeded":{},"failed":{},"completion_s":{:.3},"ideal_s":{:.3},"goodput_ratio":{:.4},"attempts_per_request":{:.3},"throttled_attempt_pct":{:.3},"p50_s":{},"p99_s":{},"wasted_tokens":{}"#,
+            r#"{{"scenario":"{}","enforcement":"{}","strategy":"{}","requests":{},"succeeded":{},"failed":{},"completed":{},"submissions_per_request":{:.3},"completion_s":{:.3},"ideal_s":{:.3},"goodput_ratio":{:.4},"attempts_per_request":{:.3},"throttled_attempt_pct":{:.3},"p50_s":{},"p99_s":{},"wasted_tokens":{}"#,
             self.scenario,
             self.enforcement,
             self.strategy,
             self.requests,
             self.succeeded,
             self.failed,
+            self.completed,
+            self.submissions_per_request,
             self.completion_s,
             self.ideal_s,
             self.goodput_ratio,
@@ -144,11 +153,12 @@ impl Report {
 
     pub fn header() -> String {
         format!(
-            "{:<24} {:<16} {:>9} {:>9} {:>8} {:>8} {:>7} {:>8} {:>6} {:>8} {:>8} {:>9} {:>8}",
+            "{:<24} {:<16} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>8} {:>6} {:>8} {:>8} {:>9} {:>8}",
             "scenario",
             "strategy",
             "succeeded",
             "of",
+            "subm/req",
             "done s",
             "ideal s",
             "goodput",
@@ -169,11 +179,12 @@ impl Report {
             _ => String::new(),
         };
         format!(
-            "{:<24} {:<16} {:>9} {:>9} {:>8.1} {:>8.1} {:>7.3} {:>8.2} {:>6.2} {:>8} {:>8} {:>9} {:>8}",
+            "{:<24} {:<16} {:>9} {:>9} {:>8.2} {:>8.1} {:>8.1} {:>7.3} {:>8.2} {:>6.2} {:>8} {:>8} {:>9} {:>8}",
             self.label,
             self.strategy,
             self.succeeded,
             self.requests,
+            self.submissions_per_request,
             self.completion_s,
             self.ideal_s,
             self.goodput_ratio,

@@ -28,6 +28,13 @@ pub const SECONDARY: &str = "qwen-flash";
 /// timeout is this long).
 const HORIZON: Duration = Duration::from_secs(2 * 3600);
 
+/// In batch mode (`--resubmit`), the most times the application sends one request through the
+/// strategy before it gives up on it.
+pub const MAX_SUBMISSIONS: u32 = 100;
+
+/// In batch mode, how long the application waits before it sends a failed request again.
+pub const RESUBMIT_AFTER: Duration = Duration::from_secs(1);
+
 /// Which scenario, with its parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Kind {
@@ -275,8 +282,10 @@ impl Scenario {
         }
     }
 
-    /// Runs `strategy` through the scenario in paused time.
-    pub async fn run(&self, strategy: Strategy, seed: u64) -> Run {
+    /// Runs `strategy` through the scenario in paused time. With `resubmit` (batch mode), the
+    /// application sends a request that failed through the strategy again, a second later, until it
+    /// succeeds (at most [`MAX_SUBMISSIONS`] times): every strategy has the same work to finish.
+    pub async fn run(&self, strategy: Strategy, seed: u64, resubmit: bool) -> Run {
         let mock = self.simulator(seed);
         let log = Log::default();
         let setup = Setup {
@@ -287,22 +296,36 @@ impl Scenario {
         let call = client(strategy, recorded(&mock, &log), &setup);
         let start = Instant::now();
         let mut tasks = Vec::with_capacity(self.arrivals.len());
+        let submissions = if resubmit { MAX_SUBMISSIONS } else { 1 };
         for arrival in &self.arrivals {
             tokio::time::sleep_until(start + arrival.at).await;
-            let request =
-                harness::chat(4 * arrival.input_tokens as usize, Some(arrival.max_tokens));
-            let future = call(request);
+            let (chars, max_tokens) = (4 * arrival.input_tokens as usize, arrival.max_tokens);
+            let call = call.clone();
             tasks.push(tokio::spawn(async move {
                 let began = Instant::now();
-                let outcome = tokio::time::timeout(HORIZON, future)
+                let submit = async {
+                    let mut sent = 0;
+                    loop {
+                        sent += 1;
+                        let outcome = call(harness::chat(chars, Some(max_tokens))).await;
+                        if outcome != Outcome::Failed || sent >= submissions {
+                            return (outcome, sent);
+                        }
+                        tokio::time::sleep(RESUBMIT_AFTER).await;
+                    }
+                };
+                let (outcome, sent) = tokio::time::timeout(HORIZON, submit)
                     .await
-                    .unwrap_or(Outcome::Failed);
-                (outcome, began.elapsed(), Instant::now())
+                    .unwrap_or((Outcome::Failed, submissions));
+                (outcome, began.elapsed(), Instant::now(), sent)
             }));
         }
         let mut ends = Vec::with_capacity(tasks.len());
+        let mut submitted = 0u64;
         for task in tasks {
-            ends.push(task.await.unwrap());
+            let (outcome, took, end, sent) = task.await.unwrap();
+            submitted += u64::from(sent);
+            ends.push((outcome, took, end));
         }
         let stats = mock.stats();
         let timeline = |model: &str| -> BTreeMap<u64, u64> {
@@ -319,6 +342,7 @@ impl Scenario {
             strategy,
             start,
             ends,
+            submitted,
             attempts: log.0.lock().unwrap().clone(),
             server_attempts: stats.total().requests,
             throttled: stats.throttled(),
@@ -407,6 +431,9 @@ pub struct Run {
     pub start: Instant,
     /// Per request: what the caller got, how long it took, and when it ended.
     pub ends: Vec<(Outcome, Duration, Instant)>,
+    /// Times the application sent a request through the strategy (more than the requests
+    /// only in batch mode, `--resubmit`).
+    pub submitted: u64,
     pub attempts: Vec<Attempt>,
     pub server_attempts: u64,
     pub throttled: u64,

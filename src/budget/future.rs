@@ -17,6 +17,7 @@ use super::state::{Begin, Cost, Key, Reservation, Shared};
 use super::store::{Admission, Limits, StoreFuture};
 use crate::error::{BoxError, DashScopeError, ErrorClass, RateLimitKind, into_dashscope_error};
 use crate::extensions::{BudgetWait, UsageSlot};
+use crate::future::SyncFuture;
 use crate::guard::Held;
 use crate::outcome::failure_of;
 
@@ -69,7 +70,7 @@ pin_project! {
         unreadied: bool,
         // A store across the network answering (the in-process store answers at once), and
         // when to stop waiting for it (with max_wait).
-        asking: Option<(Pin<Box<dyn Future<Output = Result<Admission, BoxError>> + Send>>, Limits, u64, Option<Instant>)>,
+        asking: Option<(SyncFuture<Result<Admission, BoxError>>, Limits, u64, Option<Instant>)>,
         // Once admitted, until the response body ends.
         held: Option<Held<Reservation>>,
     }
@@ -102,8 +103,8 @@ where
             service: None,
             queued: None,
             cost: Cost {
-                tokens: 0,
                 input: 0,
+                output: 0,
             },
             started: Instant::now(),
             deadline: None,
@@ -193,7 +194,7 @@ where
                 StateProj::Admitting => {
                     let (answer, limits, charged) = match this.asking.as_mut() {
                         Some((asking, limits, charged, until)) => {
-                            let Poll::Ready(answer) = asking.as_mut().poll(cx) else {
+                            let Poll::Ready(answer) = asking.poll(cx) else {
                                 // max_wait bounds the wait for the store's answer too.
                                 let Some(deadline) = *until else {
                                     return Poll::Pending;
@@ -262,7 +263,8 @@ where
                                         deadline
                                             .max(now.checked_add(STORE_ROUND_TRIP).unwrap_or(now))
                                     });
-                                    *this.asking = Some((asking, limits, charged, until));
+                                    *this.asking =
+                                        Some((SyncFuture::new(asking), limits, charged, until));
                                     continue;
                                 }
                                 Begin::Woken => (None, Limits::default(), 0),

@@ -5,8 +5,10 @@
 //! within its [`Quota`] on the client side:
 //!
 //! - **Reserve before sending, all or nothing.** When a request is admitted, one request of the
-//!   model's rate, its estimated tokens (input from the messages, output from `max_tokens`) and
-//!   a concurrency permit are taken together. A request that is still waiting holds nothing and
+//!   model's rate, its estimated tokens and a concurrency permit are taken together. The input
+//!   is estimated from the messages; the output is the share of `max_tokens` the model's
+//!   answers have used so far ([`learn_output`](TokenBudget::learn_output); all of `max_tokens`
+//!   until the first answer reports its usage). A request that is still waiting holds nothing and
 //!   is charged nothing; dropping it leaves no trace.
 //! - **Wait, don't fail.** A request with no room waits — in arrival order per model — until it
 //!   has room ([`BudgetWait`](crate::BudgetWait) in the response says how long). With
@@ -22,10 +24,13 @@
 //!   below), an over-estimate is given back and an under-estimate is charged as debt to the next
 //!   requests. The reported input also teaches each model a correction for the estimator (a
 //!   moving mean of reported / estimated input), so that an estimator off by a steady factor —
-//!   ±50%, say — is charged as the server counts after a few answers, and sustained
-//!   throughput converges on the true TPM even when answers outlast the window (settling can
-//!   only give back what is still in it). A request the server refused (a 429, a 400) gets its tokens back; one cancelled
-//!   or cut after it was sent keeps its estimate, as the server billed it.
+//!   ±50%, say — is charged as the server counts after a few answers. The reported output
+//!   teaches the share of `max_tokens` answers use, in the same way. An over-estimate settled
+//!   after its charge left the window (answers often outlast a second) cannot come out of the
+//!   window any more; it is kept as credit against later debt (up to one window's worth), so
+//!   that sustained throughput converges on the true TPM. A request the server refused (a 429,
+//!   a 400) gets its tokens back; one cancelled or cut after it was sent keeps its estimate, as
+//!   the server billed it.
 //! - **A request bigger than a second's worth** waits for an empty window, then goes into debt;
 //!   it never fails and never waits forever.
 //! - **Adaptive.** When the configured quota is higher than what the account really has, the
@@ -173,6 +178,7 @@ pub(crate) struct Config {
     pub(crate) max_concurrency: Option<usize>,
     pub(crate) max_wait: Option<Duration>,
     pub(crate) default_output_tokens: u32,
+    pub(crate) learn_output: bool,
     pub(crate) estimator: DynEstimator,
     pub(crate) adaptive: bool,
     pub(crate) warm_up: Option<(f64, Duration)>,
@@ -191,6 +197,7 @@ impl fmt::Debug for Config {
             .field("max_concurrency", &self.max_concurrency)
             .field("max_wait", &self.max_wait)
             .field("default_output_tokens", &self.default_output_tokens)
+            .field("learn_output", &self.learn_output)
             .field("adaptive", &self.adaptive)
             .field("warm_up", &self.warm_up)
             .field("max_models", &self.max_models)
@@ -216,6 +223,9 @@ pub const DEFAULT_MAX_MODELS: usize = 1024;
 /// - [`max_concurrency`](Self::max_concurrency): unlimited;
 /// - [`max_wait`](Self::max_wait): unlimited (requests wait as long as their quota needs);
 /// - [`default_output_tokens`](Self::default_output_tokens): 1024;
+/// - [`learn_output`](Self::learn_output): on — the output charged is the share of
+///   `max_tokens` the model's answers have used, learned from their usage; `learn_output(false)`
+///   charges the whole of `max_tokens`, the conservative behaviour of earlier versions;
 /// - [`estimator`](Self::estimator): [`CharEstimator`];
 /// - [`adaptive`](Self::adaptive): on; [`warm_up`](Self::warm_up): off;
 /// - [`max_models`](Self::max_models): [`DEFAULT_MAX_MODELS`];
@@ -238,6 +248,7 @@ impl TokenBudget {
                 max_concurrency: None,
                 max_wait: None,
                 default_output_tokens: 1024,
+                learn_output: true,
                 estimator: DynEstimator(Arc::new(CharEstimator)),
                 adaptive: true,
                 warm_up: None,
@@ -291,6 +302,22 @@ impl TokenBudget {
     /// The output tokens charged for a request that sets no `max_tokens`.
     pub fn default_output_tokens(self, tokens: u32) -> Self {
         self.with(|c| c.default_output_tokens = tokens)
+    }
+
+    /// Whether the output charged for a request is learned from the answers (on by default) or
+    /// is the whole of its `max_tokens` (off).
+    ///
+    /// On, each model keeps a moving mean of `output tokens / max_tokens` over the usage its
+    /// answers report, starting at 1.0, and charges that share of a request's `max_tokens`
+    /// (or of [`default_output_tokens`](Self::default_output_tokens)). An answer longer than
+    /// that is charged as debt when its usage arrives and a shorter one given back, so the
+    /// budget still holds the quota over time; within one second, answers longer than the
+    /// mean can take the server over its per-second limit where the charge said they would
+    /// not. Off, no answer can ever be longer than what was charged, at the price of
+    /// throughput: where answers use 60% of `max_tokens`, the budget admits about a quarter
+    /// fewer tokens than the quota allows.
+    pub fn learn_output(self, learn: bool) -> Self {
+        self.with(|c| c.learn_output = learn)
     }
 
     /// How input tokens are estimated before sending; [`CharEstimator`] by default.
@@ -365,6 +392,53 @@ impl TokenBudget {
     pub fn tracked_models(&self) -> usize {
         self.shared.model_count()
     }
+
+    /// What `model` may still be sent now, for OpenAI-style `x-ratelimit-*` headers and
+    /// metrics: its quota, and the requests and tokens left in the current shaping window
+    /// (one [`burst`](Self::burst) long, a second by default) at the rates in force.
+    ///
+    /// A snapshot: another request may take the room a moment later.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_dashscope::{Quota, TokenBudget};
+    ///
+    /// // 120 requests and 60,000 tokens a minute: 2 requests and 1,000 tokens a second.
+    /// let budget = TokenBudget::new(Quota::per_minute(120, 60_000));
+    /// let room = budget.headroom("qwen-plus");
+    /// assert_eq!(room.quota, Quota::per_minute(120, 60_000));
+    /// assert_eq!(room.window, Duration::from_secs(1));
+    /// assert_eq!((room.requests, room.tokens), (Some(2), Some(1_000)));
+    /// ```
+    #[must_use]
+    pub fn headroom(&self, model: &str) -> Headroom {
+        let (quota, limits, requests_used, tokens_used) =
+            self.shared.headroom(&Key::new(None, model));
+        let left =
+            |limit: u64, used: u64| (limit != u64::MAX).then(|| limit.saturating_sub(used) / 1000);
+        Headroom {
+            quota,
+            window: limits.window,
+            requests: requests_used.and_then(|used| left(limits.requests, used)),
+            tokens: left(limits.tokens, tokens_used),
+        }
+    }
+}
+
+/// What a model may still be sent now: [`TokenBudget::headroom`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Headroom {
+    /// The model's quota, per minute.
+    pub quota: Quota,
+    /// The shaping window the numbers below are counted in ([`TokenBudget::burst`]).
+    pub window: Duration,
+    /// Whole requests left in the window now; `None` when requests are unlimited or the
+    /// [`BudgetStore`] cannot tell without a round trip.
+    pub requests: Option<u64>,
+    /// Whole tokens left in the window now (debt counts against it); `None` when tokens are
+    /// unlimited.
+    pub tokens: Option<u64>,
 }
 
 impl<S> Layer<S> for TokenBudget {
@@ -448,8 +522,8 @@ where
         };
         let output = chat.max_tokens().unwrap_or(config.default_output_tokens);
         let cost = Cost {
-            tokens: input.saturating_add(u64::from(output)),
             input,
+            output: u64::from(output),
         };
         let account = config
             .account
@@ -458,7 +532,11 @@ where
             .map(Arc::from);
         let key = Key {
             account,
-            model: Arc::from(chat.model().unwrap_or("")),
+            // The parse's own name, shared: no copy per request.
+            model: chat
+                .model_shared()
+                .cloned()
+                .unwrap_or_else(|| Arc::from("")),
         };
         ResponseFuture::admitting(service, request, self.shared.clone(), key, cost)
     }

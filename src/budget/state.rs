@@ -32,6 +32,16 @@ const BURST_RESTART: f64 = 0.25;
 const INPUT_LEARNING: f64 = 0.25;
 /// The learned input correction stays within `1/INPUT_RATIO_BOUND ..= INPUT_RATIO_BOUND`.
 const INPUT_RATIO_BOUND: f64 = 8.0;
+/// How far one answer's reported output moves a model's learned output share (an
+/// exponentially weighted mean of `reported output / output cap`). Answers vary much more than
+/// an estimator's error does, so it moves more slowly than the input correction.
+const OUTPUT_LEARNING: f64 = 0.1;
+/// The learned output share never goes below this (an answer can always be longer than the
+/// last ones were).
+const MIN_OUTPUT_SHARE: f64 = 0.05;
+/// The output share charged is the learned mean plus this many of the learned standard
+/// deviations: a margin for the seconds in which several answers run long.
+const OUTPUT_MARGIN: f64 = 1.0;
 
 /// Which budget a request is counted in.
 pub(crate) type Key = BudgetKey;
@@ -39,10 +49,10 @@ pub(crate) type Key = BudgetKey;
 /// What admitting a request takes.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Cost {
-    /// Input as estimated plus output expected.
-    pub(crate) tokens: u64,
-    /// The input part of `tokens`, as the estimator saw it.
+    /// The input, as the estimator saw it.
     pub(crate) input: u64,
+    /// The output cap: `max_tokens`, or the default output tokens.
+    pub(crate) output: u64,
 }
 
 pub(crate) struct Shared {
@@ -72,6 +82,15 @@ struct ModelState {
     /// What the estimator's input is multiplied by: learned from the usage responses report,
     /// so that an estimator that is off by a steady factor is charged as the server counts.
     input_ratio: f64,
+    /// The share of its output cap an answer is expected to use: learned from the usage
+    /// responses report; 1.0 (the whole cap) until the first answer.
+    output_share: f64,
+    /// The moving mean of the squared share, for its spread.
+    output_share_sq: f64,
+    /// Thousandths of tokens over-estimated by requests settled after their charge left the
+    /// window (so not given back there), set against later under-estimates' debt. At most one
+    /// window's token limit.
+    credit: u64,
 }
 
 /// What the first step of an admission says.
@@ -91,6 +110,11 @@ pub(crate) struct Reservation {
     pub(crate) tokens: u64,
     /// The input as the estimator saw it, to learn from the usage reported.
     pub(crate) input: u64,
+    /// The output cap, to learn the share of it answers use.
+    pub(crate) output: u64,
+    /// When the reservation was charged: a refund after a window has passed can no longer
+    /// come out of the window.
+    pub(crate) admitted_at: Instant,
     pub(crate) limits: Limits,
     pub(crate) at: Taken,
     /// Set when the request was sent with a usage slot of its own, to settle against.
@@ -200,7 +224,14 @@ impl Shared {
         let limits = state.limits(now, &self.config);
         // The estimator's input, corrected by what usage has taught about it.
         let input = (cost.input as f64 * state.input_ratio).round() as u64;
-        let charged = (cost.tokens - cost.input.min(cost.tokens)).saturating_add(input);
+        // The output expected: the cap times the share answers have used (the whole cap when
+        // the budget does not learn it).
+        let output = if self.config.learn_output {
+            (cost.output as f64 * state.expected_output_share()).ceil() as u64
+        } else {
+            cost.output
+        };
+        let charged = input.saturating_add(output);
         state.in_flight += 1;
         models.in_flight += 1;
         drop(models);
@@ -230,8 +261,10 @@ impl Shared {
             key: key.clone(),
             tokens: charged,
             input: cost.input,
+            output: cost.output,
             limits,
             at,
+            admitted_at: Instant::now(),
             usage: None,
             waited: Duration::ZERO,
         }
@@ -243,12 +276,47 @@ impl Shared {
     }
 
     /// Gives back or charges the difference between what was reserved and what was used.
-    fn settle(&self, key: &Key, reserved: u64, used: u64, at: Taken, limits: Limits) {
-        let delta = i64::try_from(used.saturating_mul(MILLI))
+    ///
+    /// A refund whose charge is still in the window comes out of the window. One settled after
+    /// the charge left it cannot (the window's seconds are past) and becomes credit instead,
+    /// set against later debt, so that over time the budget is charged what the server counted,
+    /// neither the larger of estimate and usage nor less.
+    fn settle(
+        &self,
+        key: &Key,
+        reserved: u64,
+        used: u64,
+        at: Taken,
+        limits: Limits,
+        admitted_at: Instant,
+    ) {
+        let mut delta = i64::try_from(used.saturating_mul(MILLI))
             .unwrap_or(i64::MAX)
             .saturating_sub(i64::try_from(reserved.saturating_mul(MILLI)).unwrap_or(i64::MAX));
         if delta == 0 {
             return;
+        }
+        let in_window = Instant::now().saturating_duration_since(admitted_at) < limits.window;
+        if !(delta < 0 && in_window) {
+            let mut models = self.lock();
+            if let Some(state) = models.map.get_mut(key) {
+                if delta < 0 {
+                    // Past the window: kept as credit, up to one window's limit.
+                    let cap = if limits.tokens == u64::MAX {
+                        0
+                    } else {
+                        limits.tokens
+                    };
+                    state.credit = state.credit.saturating_add(delta.unsigned_abs()).min(cap);
+                    return;
+                }
+                let offset = state.credit.min(delta.unsigned_abs());
+                state.credit -= offset;
+                delta -= i64::try_from(offset).unwrap_or(0);
+            }
+            if delta == 0 {
+                return;
+            }
         }
         self.store.adjust(key, limits, at, delta);
         if delta < 0 {
@@ -259,7 +327,7 @@ impl Shared {
         } else {
             tracing::debug!(
                 gen_ai.request.model = &*key.model,
-                dashscope.budget.debt_tokens = used - reserved,
+                dashscope.budget.debt_tokens = delta.unsigned_abs() / MILLI,
                 "TokenBudget: usage above the estimate, carried as debt"
             );
         }
@@ -278,6 +346,21 @@ impl Shared {
         let bound = INPUT_RATIO_BOUND;
         let seen = (reported as f64 / estimated as f64).clamp(1.0 / bound, bound);
         state.input_ratio += INPUT_LEARNING * (seen - state.input_ratio);
+    }
+
+    /// A response reported `reported` output tokens for a request whose output cap was `cap`:
+    /// the model's expected output share moves towards their ratio.
+    fn learn_output(&self, key: &Key, cap: u64, reported: u64) {
+        if !self.config.learn_output || cap == 0 {
+            return;
+        }
+        let mut models = self.lock();
+        let Some(state) = models.map.get_mut(key) else {
+            return;
+        };
+        let seen = (reported as f64 / cap as f64).clamp(MIN_OUTPUT_SHARE, 1.0);
+        state.output_share += OUTPUT_LEARNING * (seen - state.output_share);
+        state.output_share_sq += OUTPUT_LEARNING * (seen * seen - state.output_share_sq);
     }
 
     /// A request of `key` finished: its permit is free.
@@ -375,6 +458,28 @@ impl Shared {
         self.store.tokens_used(key, limits).div_ceil(MILLI)
     }
 
+    /// What `key` may still be sent in its window now: `(limits, requests used, tokens used)`
+    /// in thousandths; the quota's full limits for a model without state.
+    pub(crate) fn headroom(&self, key: &Key) -> (Quota, Limits, Option<u64>, u64) {
+        let now = Instant::now();
+        let (quota, limits, known) = {
+            let models = self.lock();
+            match models.map.get(key) {
+                Some(state) => (state.quota, state.limits(now, &self.config), true),
+                None => {
+                    let quota = self.quota_for(key);
+                    let fresh = ModelState::new(quota, now);
+                    (quota, fresh.limits(now, &self.config), false)
+                }
+            }
+        };
+        if !known {
+            return (quota, limits, Some(0), 0);
+        }
+        let requests = self.store.requests_used(key, limits);
+        (quota, limits, requests, self.store.tokens_used(key, limits))
+    }
+
     /// Models with state.
     pub(crate) fn model_count(&self) -> usize {
         self.lock().map.len()
@@ -450,7 +555,19 @@ impl ModelState {
             last_decrease: None,
             created: now,
             input_ratio: 1.0,
+            output_share: 1.0,
+            output_share_sq: 1.0,
+            credit: 0,
         }
+    }
+
+    /// The share of its output cap a request is charged: the learned mean plus a margin of
+    /// its spread, at most the whole cap.
+    fn expected_output_share(&self) -> f64 {
+        let spread = (self.output_share_sq - self.output_share * self.output_share)
+            .max(0.0)
+            .sqrt();
+        (self.output_share + OUTPUT_MARGIN * spread).min(1.0)
     }
 
     fn warm_up(&self, now: Instant, config: &Config) -> f64 {
@@ -514,12 +631,15 @@ impl Release for Reservation {
             );
             self.shared
                 .learn_input(&self.key, self.input, usage.input_tokens);
+            self.shared
+                .learn_output(&self.key, self.output, usage.output_tokens);
             self.shared.settle(
                 &self.key,
                 self.tokens,
                 usage.total_tokens,
                 self.at,
                 self.limits,
+                self.admitted_at,
             );
         }
         self.shared.finish(&self.key);
@@ -530,8 +650,14 @@ impl Reservation {
     /// The server refused the request before generating anything: its tokens come back (the
     /// request still counts against the request rate).
     pub(crate) fn refund_tokens(&mut self) {
-        self.shared
-            .settle(&self.key, self.tokens, 0, self.at, self.limits);
+        self.shared.settle(
+            &self.key,
+            self.tokens,
+            0,
+            self.at,
+            self.limits,
+            self.admitted_at,
+        );
         self.tokens = 0;
         self.usage = None;
     }

@@ -35,6 +35,9 @@
 //!   `event:error` with `:HTTP_STATUS/429` on an HTTP 200, a compatible `data: {"error":…}`, a
 //!   Responses-API `error` or `response.failed` — the call fails with the real status, code,
 //!   message and request id, so retry and fallback layers above can act on a streaming 429.
+//!   An event that opens an error object (`{"error":`) but is not valid JSON — cut short, or
+//!   nested past the parser's limit — is an error too (a
+//!   [`ServerError`](crate::ErrorClass::ServerError) whose advice says so), never output.
 //!   Otherwise the response is handed out and the bytes read so far are replayed first.
 //! - **An error after the first event** ends the body with `Err(DashScopeError)`, after every
 //!   byte up to the end of the error event has been yielded.
@@ -56,7 +59,8 @@
 //!
 //! The bytes the caller reads are exactly the bytes the server sent, in the same chunks. The
 //! scanner allocates nothing per chunk once warm and parses JSON only for events that look like
-//! errors (or carry usage, when a slot asks for it).
+//! errors (or carry usage, when a slot asks for it), keeping only the keys an error is read
+//! from: an error event or body costs about its own size, whatever it holds.
 //!
 //! # Example
 //!

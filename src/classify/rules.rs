@@ -179,6 +179,8 @@ pub(crate) fn error_from_fields_at(
     }
     if let Some(advice) = verdict.advice {
         err = err.with_advice(advice);
+    } else if fields.malformed {
+        err = err.with_advice(ADVICE_MALFORMED_ERROR_EVENT);
     }
     let mut retry_after = retry_after;
     if let Some(reset) = quota_reset(verdict.reset, message.unwrap_or(""), now) {
@@ -300,6 +302,8 @@ const ADVICE_ACCESS_DENIED: &str = "either this model's free quota is used up (b
      turn off \"use free tier only\") or the account or workspace has no access to it";
 const ADVICE_COUNT_LIMIT: &str = "a count limit of this feature is reached (e.g. stored voice \
      clones): delete unused items or ask for a higher limit; waiting will not help";
+const ADVICE_MALFORMED_ERROR_EVENT: &str = "the stream sent an error event that is not valid \
+JSON (cut short, or nested too deep), so its code and message are unknown: retry with backoff";
 const ADVICE_CLIENT_CAUSED_500: &str = "this 500 looks caused by the request (a malformed \
      message list or tool-call JSON): check it; one retry may help, more will not";
 

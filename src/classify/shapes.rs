@@ -9,9 +9,14 @@
 //! the other way round).
 //!
 //! Everything here runs on the failure path only, over a body already cut to the configured
-//! bound; nothing here panics on any input.
+//! bound; nothing here panics on any input. JSON is read into a tree of the few keys an error
+//! is read from ([`parse_error_object`]), never into a tree of the whole document, so reading a
+//! body costs about its own size whatever it holds.
 
-use serde_json::{Map, Value};
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
 
 /// Plain-text bodies longer than this are not kept as the message (they are HTML error pages
 /// and the like, not a message a person wants in a log line).
@@ -35,6 +40,8 @@ pub(crate) struct ErrorFields {
     pub(crate) trace_id: Option<String>,
     /// The body was short plain text (not JSON, not SSE), kept only as the message.
     pub(crate) plain_text: bool,
+    /// An event stream's error object that is not valid JSON: its fields could not be read.
+    pub(crate) malformed: bool,
 }
 
 /// A failed response's body, by shape.
@@ -85,9 +92,134 @@ fn parse_plain(body: &[u8]) -> ErrorFields {
 
 /// Parses one JSON error object in any of the JSON shapes. `None` when it is not a JSON object.
 fn parse_json(json: &[u8]) -> Option<ErrorFields> {
-    let value: Value = serde_json::from_slice(json).ok()?;
-    let top = value.as_object()?;
-    Some(fields_from_object(top))
+    let top = parse_error_object(json)?;
+    Some(fields_from_object(&top))
+}
+
+/// The keys [`fields_from_object`] and [`object_is_error`] read, at any of the levels they
+/// look at (the top, `error`, and `response` / `response.error` of a Responses-API failure).
+const ERROR_KEYS: [&str; 10] = [
+    "error",
+    "code",
+    "type",
+    "message",
+    "status_code",
+    "id",
+    "request_id",
+    "traceId",
+    "output",
+    "response",
+];
+
+/// How many objects deep the keys are looked for: the top, `response`, `error`.
+const ERROR_DEPTH: u8 = 3;
+
+/// Parses a JSON object keeping only what an error can be read from: the [`ERROR_KEYS`] of the
+/// top object and of the objects under them, up to [`ERROR_DEPTH`] levels. Every other value
+/// is skipped without being built, and a container that is kept but not looked into becomes an
+/// empty one of its kind (still non-null, still not text), so [`fields_from_object`] and
+/// [`object_is_error`] read the same as from the full tree. `None` when `json` is not one JSON
+/// object (or nests deeper than serde_json's limit).
+///
+/// A tree of the whole document would cost many times its size for one of tiny values
+/// (`[0,0,0,…]`: about 17 bytes per 2 bytes of input).
+pub(crate) fn parse_error_object(json: &[u8]) -> Option<Map<String, Value>> {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let value = Pick { depth: ERROR_DEPTH }.deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    match value {
+        Value::Object(map) => Some(map),
+        _ => None,
+    }
+}
+
+/// A JSON value with objects kept `depth` levels deep, and only their [`ERROR_KEYS`].
+struct Pick {
+    depth: u8,
+}
+
+impl<'de> DeserializeSeed<'de> for Pick {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Value, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Pick {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
+    }
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
+    }
+    fn visit_f64<E: de::Error>(self, n: f64) -> Result<Value, E> {
+        Ok(Number::from_f64(n).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        // No error field is read from an array: skip its elements, keep that it was one.
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Value::Array(Vec::new()))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut kept = Map::new();
+        while let Some(key) = map.next_key_seed(ErrorKey)? {
+            match key {
+                Some(key) if self.depth > 0 => {
+                    let value = map.next_value_seed(Pick {
+                        depth: self.depth - 1,
+                    })?;
+                    kept.insert(key.to_owned(), value);
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Value::Object(kept))
+    }
+}
+
+/// An object key: which of the [`ERROR_KEYS`] it is, if any, recognised without allocating.
+struct ErrorKey;
+
+impl<'de> DeserializeSeed<'de> for ErrorKey {
+    type Value = Option<&'static str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
+        de.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ErrorKey {
+    type Value = Option<&'static str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(ERROR_KEYS.iter().copied().find(|k| *k == key))
+    }
 }
 
 /// Reads the fields of one JSON error object: native flat, nested `error` (an object or a bare
@@ -124,6 +256,7 @@ pub(crate) fn fields_from_object(top: &Map<String, Value>) -> ErrorFields {
         id,
         trace_id: get("traceId").or_else(|| get_top("traceId")),
         plain_text: false,
+        malformed: false,
     }
 }
 
@@ -291,6 +424,66 @@ mod tests {
             r#"{"status_code":1.5}"#,
         ] {
             assert_eq!(fields(bad).body_status, None, "{bad}");
+        }
+    }
+
+    /// Arbitrary JSON whose objects use the keys errors are read from (and one other).
+    fn json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| Value::Number(n.into())),
+            (0u16..700).prop_map(|n| Value::Number(n.into())),
+            "[ a-z<>0-9:-]{0,12}".prop_map(Value::String),
+            "(5|50|503|4x9)".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(5, 48, 6, |inner| {
+            let key = prop::sample::select(
+                ERROR_KEYS
+                    .iter()
+                    .copied()
+                    .chain(["other", "chatcmpl"])
+                    .collect::<Vec<_>>(),
+            );
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec((key, inner), 0..6).prop_map(|entries| {
+                    Value::Object(
+                        entries
+                            .into_iter()
+                            .map(|(k, v)| (k.to_owned(), v))
+                            .collect(),
+                    )
+                }),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 1024, rng_seed: proptest::test_runner::RngSeed::Fixed(2026), ..proptest::prelude::ProptestConfig::default() })]
+
+        /// The picked tree reads exactly as the full one: same fields, same verdict, at the top
+        /// and under `response`.
+        #[test]
+        fn the_picked_tree_reads_as_the_full_tree(value in json()) {
+            let text = serde_json::to_vec(&value).unwrap();
+            let full: Value = serde_json::from_slice(&text).unwrap();
+            let picked = parse_error_object(&text);
+            proptest::prop_assert_eq!(picked.is_some(), full.is_object());
+            if let (Some(picked), Some(full)) = (picked, full.as_object()) {
+                proptest::prop_assert_eq!(
+                    format!("{:?}", fields_from_object(&picked)),
+                    format!("{:?}", fields_from_object(full))
+                );
+                proptest::prop_assert_eq!(object_is_error(&picked), object_is_error(full));
+                let inner = |top: &Map<String, Value>| {
+                    top.get("response").and_then(Value::as_object).map(|r| {
+                        (format!("{:?}", fields_from_object(r)), object_is_error(r))
+                    })
+                };
+                proptest::prop_assert_eq!(inner(&picked), inner(full));
+            }
         }
     }
 

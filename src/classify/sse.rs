@@ -12,7 +12,7 @@
 
 use memchr::memmem;
 
-use super::shapes::{ErrorFields, fields_from_object, object_is_error};
+use super::shapes::{ErrorFields, fields_from_object, object_is_error, parse_error_object};
 use super::usage::{Usage, UsageScanner};
 
 /// `HTTP_STATUS/429` → `429`.
@@ -315,10 +315,21 @@ impl SseScanner {
             memmem::find(data, b"\"error\"").is_some() || memmem::find(data, b"\"code\"").is_some();
         if failed || status_is_error || looks_like_error {
             let parsed = parse_candidate(data, kind == EventKind::ResponseFailed);
-            let is_error =
-                failed || status_is_error || parsed.as_ref().is_some_and(|(_, is_error)| *is_error);
+            // Data that opens an error object but is not valid JSON (cut short, or nested past
+            // the parser's limit) is a failure whose fields cannot be read, not output.
+            let is_error = failed
+                || status_is_error
+                || match &parsed {
+                    Some((_, is_error)) => *is_error,
+                    None => opens_error_object(data),
+                };
             if is_error {
-                let mut fields = parsed.map(|(fields, _)| fields).unwrap_or_default();
+                let mut fields = parsed
+                    .map(|(fields, _)| fields)
+                    .unwrap_or_else(|| ErrorFields {
+                        malformed: !failed && !status_is_error,
+                        ..ErrorFields::default()
+                    });
                 fields.status = status;
                 return Some(fields);
             }
@@ -393,9 +404,18 @@ fn json_type(data: &[u8]) -> Option<&[u8]> {
 
 /// Parses an error candidate: its fields, and whether the object really reports an error. For
 /// a Responses-API `response.failed`, the fields are those of its `response` object.
+/// Whether `data` begins an object whose first key is `"error"`: `{"error":`, whitespace allowed.
+fn opens_error_object(data: &[u8]) -> bool {
+    data.trim_ascii_start()
+        .strip_prefix(b"{")
+        .map(<[u8]>::trim_ascii_start)
+        .and_then(|rest| rest.strip_prefix(b"\"error\""))
+        .is_some_and(|rest| rest.trim_ascii_start().starts_with(b":"))
+}
+
 fn parse_candidate(data: &[u8], response_failed: bool) -> Option<(ErrorFields, bool)> {
-    let value: serde_json::Value = serde_json::from_slice(data).ok()?;
-    let top = value.as_object()?;
+    let value = parse_error_object(data)?;
+    let top = &value;
     let top = if response_failed {
         top.get("response")
             .and_then(serde_json::Value::as_object)

@@ -16,7 +16,7 @@ use tower::Service;
 
 use super::cooldown::{Access, Health, Probe};
 use super::rewrite::{ModelSpans, find_model, rewrite};
-use super::{Config, FallbackAvailable, MAX_CHAIN, ServedModel};
+use super::{Config, FallbackAvailable, FallbackProbe, MAX_CHAIN, ServedModel};
 use crate::body::ReplayBody;
 use crate::error::{BoxError, DashScopeError, ErrorClass, into_dashscope_error};
 use crate::guard::Held;
@@ -323,8 +323,15 @@ impl<B> Run<B> {
 
     /// Marks an attempt's request for a retry layer below.
     fn mark(&self, req: &mut Request<B>) {
-        if self.config.hands_off && self.has_more() {
+        if !self.has_more() {
+            return;
+        }
+        if self.config.hands_off {
             req.extensions_mut().insert(FallbackAvailable);
+        }
+        if self.probe.is_some() {
+            // A probe's failure is an answer: the model is still down. Not retried below.
+            req.extensions_mut().insert(FallbackProbe);
         }
     }
 

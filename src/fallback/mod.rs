@@ -49,8 +49,10 @@
 //!   it. When every model of the chain is cooling, the request waits for the first to come back,
 //!   up to [`max_wait`](FallbackModel::max_wait) from the call, instead of failing at once. After a
 //!   cooldown, one request at a time probes the model (half-open); its success puts the model
-//!   back in rotation. State is shared by every clone of the layer and bounded by the models
-//!   configured.
+//!   back in rotation; its failure goes to the next model at once (the probe carries
+//!   [`FallbackProbe`], which a [`RetryWithJitter`](crate::RetryWithJitter) below honours by
+//!   not retrying it) and cools the model again. State is shared by every clone of the layer
+//!   and bounded by the models configured.
 //! - **What the caller learns.** [`ServedModel`] in the response's extensions: the model that
 //!   answered. The body is that model's own (its `model` and `usage` are the truth; nothing is
 //!   relabelled). When the chain is exhausted the last failure is returned, its
@@ -122,7 +124,8 @@
 //! - **Fallback outside retry** (recommended: `FallbackModel → RetryWithJitter → TokenBudget →
 //!   … → ClassifyDashScopeError`). Server errors and timeouts are retried on the primary with
 //!   backoff first, then the chain moves on — right when failures are brief and the primary is
-//!   the model you want. Rate limits switch at once, without sleeping a backoff: each attempt
+//!   the model you want; a model's half-open probe after its cooldown is not retried
+//!   ([`FallbackProbe`]). Rate limits switch at once, without sleeping a backoff: each attempt
 //!   that has a model after it carries [`FallbackAvailable`] in its extensions, and
 //!   [`RetryWithJitter`](crate::RetryWithJitter) hands rate-limited failures of such a request
 //!   straight back (unless they are plan-wide, which no other model fixes), so the next model
@@ -182,6 +185,18 @@ pub const MAX_CHAIN: usize = 64;
 /// Insert it yourself to get the same behaviour from a fallback of your own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct FallbackAvailable;
+
+/// Put into a request's extensions by [`FallbackModel`] when the attempt is the one half-open
+/// probe of a model whose cooldown has passed and another model of the chain is left: it tells
+/// a [`RetryWithJitter`](crate::RetryWithJitter) below to hand every failure of this attempt
+/// straight back rather than retry it on the same model with a backoff. A probe only asks
+/// whether the model is back; when it is not, the next model answers now and the cooldown is
+/// renewed at once, so the model is probed again a cooldown later (not a cooldown plus a
+/// backoff). A plan-wide failure ([`DashScopeError::is_plan_wide`]) is still retried.
+///
+/// Insert it yourself to get the same behaviour from a fallback of your own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct FallbackProbe;
 
 /// The default rule for switching models: `true` for rate limits of every kind,
 /// [`Unavailable`](ErrorClass::Unavailable), [`ServerError`](ErrorClass::ServerError),

@@ -55,6 +55,9 @@ pin_project! {
         // The request carries `FallbackAvailable`: rate-limited failures go straight back to
         // the fallback above, which has another model for them.
         hand_off: bool,
+        // The request carries `FallbackProbe`: every failure goes straight back to the
+        // fallback above, which probes a model after its cooldown.
+        probe: bool,
         started: Instant,
         previous_delay: Duration,
         config: Config,
@@ -121,6 +124,7 @@ where
         future: S::Future,
         spare: Option<Request<B>>,
         hand_off: bool,
+        probe: bool,
         config: Config,
         shared: Arc<Shared>,
     ) -> Self {
@@ -133,6 +137,7 @@ where
             ticket: None,
             attempts: 1,
             hand_off,
+            probe,
             started: Instant::now(),
             previous_delay: config.base_delay,
             config,
@@ -165,13 +170,17 @@ where
                     let scheduled = failure
                         .filter(|failure| this.shared.retries(failure))
                         .filter(|failure| {
-                            let handed_off = *this.hand_off
-                                && matches!(failure.class(), ErrorClass::RateLimited(_))
-                                && !result.as_ref().is_err_and(DashScopeError::is_plan_wide);
+                            let plan_wide =
+                                result.as_ref().is_err_and(DashScopeError::is_plan_wide);
+                            let rate_limited =
+                                matches!(failure.class(), ErrorClass::RateLimited(_));
+                            let handed_off =
+                                !plan_wide && (*this.probe || (*this.hand_off && rate_limited));
                             if handed_off {
                                 tracing::debug!(
                                     attempt = *this.attempts,
-                                    "not retrying: a fallback model takes rate-limited requests"
+                                    dashscope.fallback.probe = *this.probe,
+                                    "not retrying: a fallback model takes the request"
                                 );
                             }
                             !handed_off

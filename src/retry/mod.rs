@@ -43,8 +43,11 @@
 //!   after it — has its rate-limited failures handed straight back, without a backoff, so the
 //!   next model answers now; a plan-wide limit
 //!   ([`DashScopeError::is_plan_wide`]) is still retried, since no other model fixes it. Other
-//!   failures are retried as usual. See [`fallback`](crate::fallback#order-with-retry) for both
-//!   orders of the two layers.
+//!   failures are retried as usual, except on a fallback's half-open probe of a model after its
+//!   cooldown: a request carrying [`FallbackProbe`](crate::fallback::FallbackProbe) has every
+//!   failure (but a plan-wide one) handed straight back, so the next model answers now and the
+//!   probed model's cooldown is renewed without a backoff in between. See
+//!   [`fallback`](crate::fallback#order-with-retry) for both orders of the two layers.
 //! - **Replay.** Each attempt sends a copy of the request (method, URI, headers, extensions and
 //!   a clone of the body; see [`ReplayBody`]) and readies the inner service again first. A
 //!   request whose body cannot be cloned is sent once. A response dropped for a retry has its
@@ -446,16 +449,18 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         self.shared.budget_deposit();
         let spare = clone_request(&req);
-        let hand_off = req
-            .extensions()
+        let extensions = req.extensions();
+        let hand_off = extensions
             .get::<crate::fallback::FallbackAvailable>()
             .is_some();
+        let probe = extensions.get::<crate::fallback::FallbackProbe>().is_some();
         let future = inner.call(req);
         ResponseFuture::new(
             inner,
             future,
             spare,
             hand_off,
+            probe,
             self.config,
             self.shared.clone(),
         )
