@@ -2,7 +2,7 @@
 //! in flight, against the bare simulator.
 //!
 //! ```text
-//! cargo run --release --example memory_per_request
+//! cargo run --example memory_per_request
 //! ```
 //!
 //! For N = 100, 1,000 and 10,000 concurrent requests, each on a task of its own, to
@@ -16,7 +16,9 @@
 //!   minus those with none, over N.
 //!
 //! Both include what any caller pays: the task, the request and its body, the simulator's side.
-//! The stack's own cost is the difference between the two columns. The quotas are set so that
+//! The stack's own cost is the difference between the two columns. A second table puts each
+//! layer alone over the classifier (N = 1,000), to show where the stack's bytes go; the layers'
+//! futures nest, so the stack costs a little more than the sum of its layers. The quotas are set so that
 //! nothing waits or fails: every request is admitted at once and answered.
 
 #[path = "support/peak_alloc.rs"]
@@ -28,7 +30,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_dashscope::mock::{MockDashScope, ModelConfig};
 use tower_dashscope::{
     BoxError, ClassifyDashScopeError, FallbackModel, Quota, Region, RegionRouter, RetryWithJitter,
@@ -119,16 +121,49 @@ async fn bare(n: usize) -> (usize, usize) {
 
 async fn stack(n: usize) -> (usize, usize) {
     let mock = simulator();
-    let budget = TokenBudget::new(Quota::per_minute(u32::MAX, u32::MAX));
     let service = ServiceBuilder::new()
         .layer(FallbackModel::new(["qwen-plus", "qwen-flash"]))
         .layer(RetryWithJitter::new().seed(1))
-        .layer(budget)
+        .layer(budget())
         .layer(RegionRouter::new(Region::Singapore, KEY))
         .layer(WaitTimeoutHeader::new(Duration::from_secs(30)))
         .layer(ClassifyDashScopeError::new())
         .service(mock.clone());
     measure(service, &mock, n).await
+}
+
+/// A budget that never makes a request wait.
+fn budget() -> TokenBudget {
+    TokenBudget::new(Quota::per_minute(u32::MAX, u32::MAX))
+}
+
+/// One layer over the classifier (the layers above it need its typed errors), `n` requests:
+/// bytes held per request.
+async fn one_layer(layer: &str, n: usize) -> usize {
+    let mock = simulator();
+    let classify = ClassifyDashScopeError::new().layer(mock.clone());
+    let (held, _) = match layer {
+        "ClassifyDashScopeError" => measure(classify, &mock, n).await,
+        "WaitTimeoutHeader" => {
+            let layer = WaitTimeoutHeader::new(Duration::from_secs(30));
+            measure(layer.layer(classify), &mock, n).await
+        }
+        "RegionRouter" => {
+            let layer = RegionRouter::new(Region::Singapore, KEY);
+            measure(layer.layer(classify), &mock, n).await
+        }
+        "TokenBudget" => measure(budget().layer(classify), &mock, n).await,
+        "RetryWithJitter" => {
+            let layer = RetryWithJitter::new().seed(1);
+            measure(layer.layer(classify), &mock, n).await
+        }
+        "FallbackModel" => {
+            let layer = FallbackModel::new(["qwen-plus", "qwen-flash"]);
+            measure(layer.layer(classify), &mock, n).await
+        }
+        _ => unreachable!(),
+    };
+    held
 }
 
 fn main() {
@@ -150,6 +185,39 @@ fn main() {
         println!(
             "| {n:>6} | {bare_held:>10} | {bare_peak:>10} | {stack_held:>11} | {stack_peak:>11} | {:>14} |",
             format!("{:+} held", stack_held as isize - bare_held as isize)
+        );
+    }
+
+    let n = 1_000;
+    let (bare_held, _) = runtime.block_on(bare(n));
+    println!();
+    println!("each layer alone over ClassifyDashScopeError, N = {n}: bytes held per request");
+    println!();
+    println!(
+        "| {:<24} | {:>6} | {:>13} |",
+        "layer", "held", "over classify"
+    );
+    println!("|:-------------------------|-------:|--------------:|");
+    println!(
+        "| {:<24} | {bare_held:>6} | {:>13} |",
+        "(bare simulator)", ""
+    );
+    let classify = runtime.block_on(one_layer("ClassifyDashScopeError", n));
+    println!(
+        "| {:<24} | {classify:>6} | {:>13} |",
+        "ClassifyDashScopeError", ""
+    );
+    for layer in [
+        "WaitTimeoutHeader",
+        "RegionRouter",
+        "TokenBudget",
+        "RetryWithJitter",
+        "FallbackModel",
+    ] {
+        let held = runtime.block_on(one_layer(layer, n));
+        println!(
+            "| {layer:<24} | {held:>6} | {:>+13} |",
+            held as isize - classify as isize
         );
     }
 }
