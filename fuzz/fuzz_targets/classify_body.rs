@@ -1,15 +1,22 @@
 //! The error-body classifier: any status, content type and body gives a typed error, never a
 //! panic, and its message is bounded by the body.
 //!
-//! Input: byte 0 picks the status, byte 1 the content type, byte 2 the `x-request-id` header;
-//! the rest is the body.
+//! Then the same response through `ClassifyDashScopeError`, its body cut into pieces, gives the
+//! same error.
+//!
+//! Input: byte 0 picks the status, byte 1 the content type (and the largest piece), byte 2 the
+//! `x-request-id` header (and the pieces' seed); the rest is the body.
 #![no_main]
 
 use std::time::{Duration, SystemTime};
 
+use http::Request;
 use http::{HeaderMap, HeaderValue, StatusCode};
+use http_body_util::Full;
 use libfuzzer_sys::fuzz_target;
+use tower_dashscope::ClassifyDashScopeError;
 use tower_dashscope::classify::classify_response_at;
+use tower_dashscope_fuzz::{chunks, send_status};
 
 const STATUSES: [u16; 16] = [
     400, 401, 403, 404, 408, 409, 413, 422, 429, 500, 502, 503, 504, 520, 200, 418,
@@ -57,4 +64,30 @@ fuzz_target!(|data: &[u8]| {
     let _ = err.is_retryable();
     let _ = err.retry_after();
     let _ = err.status();
+
+    // Through the layer, the body cut into pieces: the same error (for a body within the
+    // layer's read limit, and but for a reset time, which is measured from the real clock).
+    if status.is_success() {
+        return;
+    }
+    let content_type = CONTENT_TYPES[usize::from(*c) % CONTENT_TYPES.len()];
+    let mut plain = headers.clone();
+    plain.remove("content-type");
+    let pieces = chunks(body, u64::from(*r) + 1, usize::from(*c % 64) + 1, 512);
+    let seen = send_status(
+        ClassifyDashScopeError::new(),
+        Request::new(Full::default()),
+        status,
+        plain,
+        content_type,
+        pieces,
+    );
+    let layered = seen
+        .call_error
+        .expect("a non-2xx response is the call's error");
+    assert_eq!(layered.class(), err.class());
+    assert_eq!(layered.status(), err.status());
+    assert_eq!(layered.code(), err.code());
+    assert_eq!(layered.message(), err.message());
+    assert_eq!(layered.request_id(), err.request_id());
 });

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full};
 use tower::{Layer, ServiceExt, service_fn};
@@ -96,12 +96,34 @@ pub fn send(
     content_type: Option<&'static str>,
     chunks: Vec<Bytes>,
 ) -> Seen {
+    send_status(
+        layer,
+        request,
+        http::StatusCode::OK,
+        HeaderMap::new(),
+        content_type,
+        chunks,
+    )
+}
+
+/// One request through `layer` to a client that answers `status` with `headers` and `chunks`.
+pub fn send_status(
+    layer: ClassifyDashScopeError,
+    request: Request<Full<Bytes>>,
+    status: http::StatusCode,
+    headers: HeaderMap,
+    content_type: Option<&'static str>,
+    chunks: Vec<Bytes>,
+) -> Seen {
     let slot = request.extensions().get::<UsageSlot>().cloned();
     let body = std::sync::Mutex::new(Some(ChunkedBody(chunks.into())));
     let client = service_fn(move |_req: Request<Full<Bytes>>| {
         let body = body.lock().unwrap().take().expect("called once");
+        let headers = headers.clone();
         async move {
             let mut response = Response::new(body);
+            *response.status_mut() = status;
+            *response.headers_mut() = headers;
             if let Some(content_type) = content_type {
                 response
                     .headers_mut()
