@@ -23,6 +23,10 @@
 //! - [`RegionRouter`] sends each request to its region's, plan's and API's base URL with that
 //!   endpoint's key, refuses key/plan mismatches locally, and fails over between regions only
 //!   where resending can help.
+//! - [`RecommendedStack`] composes all six in the recommended order from one configuration
+//!   (region and key, quotas, fallback chains, retry settings) and names the service it makes,
+//!   [`RecommendedService`]; [`ServiceBuilderExt`] adds one method per layer to
+//!   [`tower::ServiceBuilder`] for stacks of your own.
 //! - `mock::MockDashScope` (feature `mock`, on by default) is a DashScope simulator — quotas, error bodies,
 //!   streams and scripted faults — for tests, benchmarks and demos.
 //!
@@ -77,6 +81,7 @@
 pub mod api;
 pub mod body;
 pub mod budget;
+pub mod builder;
 pub mod classify;
 mod error;
 mod extensions;
@@ -92,10 +97,12 @@ pub mod request;
 pub mod retry;
 mod retry_after;
 pub mod router;
+pub mod stack;
 pub mod wait_timeout;
 
 pub use api::{Api, Region};
 pub use budget::{Quota, TokenBudget, TokenBudgetService};
+pub use builder::ServiceBuilderExt;
 pub use classify::{ClassifyDashScopeError, ClassifyDashScopeErrorService};
 pub use error::{
     BoxError, DashScopeError, Delivery, ErrorClass, QuotaReset, QuotaScope, RateLimitKind,
@@ -105,6 +112,7 @@ pub use fallback::{FallbackModel, FallbackModelService};
 pub use retry::{RetryWithJitter, RetryWithJitterService};
 pub use retry_after::{MAX_RETRY_AFTER, RETRY_AFTER_MS, parse_retry_after, parse_retry_after_at};
 pub use router::{RegionRouter, RegionRouterService};
+pub use stack::{RecommendedService, RecommendedStack};
 pub use wait_timeout::{WaitTimeoutHeader, WaitTimeoutHeaderService};
 
 // The README's examples use the simulator.

@@ -772,3 +772,39 @@ async fn waiting_for_quota_does_not_hold_the_inner_services_readiness() {
     assert!(response.extensions().get::<BudgetWait>().is_some());
     assert_eq!(server.arrivals().len(), 3);
 }
+
+#[tokio::test(start_paused = true)]
+async fn headroom_counts_down_in_the_window_and_comes_back_after_it() {
+    let server = Server::new(9);
+    // 180 requests and 6,000 tokens a minute: 3 requests and 100 tokens a second.
+    let budget = TokenBudget::new(Quota::per_minute(180, 6_000))
+        .model("unlimited", Quota::per_minute(0, 0))
+        .adaptive(false);
+    let service = ServiceBuilder::new()
+        .layer(budget.clone())
+        .layer(ClassifyDashScopeError::new())
+        .service(server.service());
+
+    let room = budget.headroom("m");
+    assert_eq!(room.quota, Quota::per_minute(180, 6_000));
+    assert_eq!(room.window, Duration::from_secs(1));
+    assert_eq!((room.requests, room.tokens), (Some(3), Some(100)));
+
+    // Used 1 + 9 tokens (the estimate of 1 + 50 is settled when the body is read).
+    send_and_read(service.clone(), chat("m", 50)).await.unwrap();
+    let room = budget.headroom("m");
+    assert_eq!((room.requests, room.tokens), (Some(2), Some(90)));
+    // Another model's room is its own.
+    assert_eq!(budget.headroom("other").requests, Some(3));
+    assert_eq!(
+        (
+            budget.headroom("unlimited").requests,
+            budget.headroom("unlimited").tokens
+        ),
+        (None, None)
+    );
+
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let room = budget.headroom("m");
+    assert_eq!((room.requests, room.tokens), (Some(3), Some(100)));
+}

@@ -127,3 +127,37 @@ async fn the_recommended_stack_reports_what_each_layer_did() {
         "sent at once"
     );
 }
+
+/// The one-call stack and the `ServiceBuilder` extension, as other code relies on them.
+#[test]
+fn the_recommended_stack_and_service_builder_ext_have_their_shapes() {
+    use tower_dashscope::{RecommendedService, RecommendedStack, ServiceBuilderExt};
+
+    let stack = RecommendedStack::new(Region::Singapore, "sk-contract")
+        .failover(Region::Virginia, "sk-contract-us")
+        .api(Api::OpenAiCompatible)
+        .quota(Quota::per_minute(600, 1_000_000))
+        .model_quota("qwen-max", Quota::per_minute(60, 100_000))
+        .max_concurrency(8)
+        .fallback(["qwen-max", "qwen-plus"])
+        .retry(RetryWithJitter::new().max_attempts(3))
+        .budget(TokenBudget::new(Quota::per_minute(600, 1_000_000)))
+        .fallback_layer(FallbackModel::new(["qwen-plus", "qwen-flash"]))
+        .router(RegionRouter::new(Region::Singapore, "sk-contract"))
+        .wait_timeout(Duration::from_secs(5))
+        .classify(ClassifyDashScopeError::new());
+    let _ = format!("{:?}", stack.clone());
+    let inner = service_fn(|_req: Request<Full<Bytes>>| async {
+        Ok::<_, BoxError>(Response::new(Full::<Bytes>::default()))
+    });
+    let _service: RecommendedService<_> = ServiceBuilder::new()
+        .recommended_stack(stack)
+        .service(inner);
+    let _builder = ServiceBuilder::new()
+        .fallback_model(FallbackModel::new(["qwen-plus"]))
+        .retry_with_jitter(RetryWithJitter::new())
+        .token_budget(TokenBudget::new(Quota::per_minute(0, 0)))
+        .region_router(RegionRouter::new(Region::Singapore, "sk-contract"))
+        .wait_timeout_header(Duration::from_secs(5))
+        .classify_dashscope_error();
+}

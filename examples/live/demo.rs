@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
-use http::{HeaderValue, Request, Response, StatusCode, Uri};
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -20,7 +20,10 @@ use tower_dashscope::{
     Usage, UsageSlot, WaitTimeoutHeader,
 };
 
-const DEFAULT_MODEL: &str = "qwen-flash";
+#[path = "../support/dashscope_env.rs"]
+mod dashscope_env;
+
+use dashscope_env::{DEFAULT_MODEL, env, is_loopback, parse_base_url, parse_region, redact};
 
 /// What the environment asks for. Holds the key only inside `authorization`, marked sensitive.
 struct LiveConfig {
@@ -31,67 +34,6 @@ struct LiveConfig {
     model: String,
     authorization: HeaderValue,
     key_kind: &'static str,
-}
-
-/// A variable's value, trimmed; `None` when unset or blank.
-fn env(name: &str) -> Result<Option<String>, String> {
-    match std::env::var(name) {
-        Ok(value) if value.trim().is_empty() => Ok(None),
-        Ok(value) => Ok(Some(value.trim().to_owned())),
-        Err(std::env::VarError::NotPresent) => Ok(None),
-        Err(std::env::VarError::NotUnicode(_)) => Err(format!("{name} is not valid UTF-8")),
-    }
-}
-
-/// `DASHSCOPE_REGION`: a region id or name (the crate's `Region` parses both); Singapore by
-/// default.
-fn parse_region(value: Option<&str>) -> Result<Region, String> {
-    let Some(value) = value else {
-        return Ok(Region::Singapore);
-    };
-    match value.parse::<Region>() {
-        Ok(Region::Custom(_)) | Err(_) => Err(format!(
-            "DASHSCOPE_REGION `{value}` is not a DashScope region. Accepted (any case): singapore / \
-             ap-southeast-1, beijing / cn-beijing, virginia / us-east-1, hongkong / cn-hongkong \
-             (default singapore). For another host, set DASHSCOPE_BASE_URL."
-        )),
-        Ok(region) => Ok(region),
-    }
-}
-
-/// `DASHSCOPE_BASE_URL`: scheme and host (`http(s)://host[:port]`), checked by `Region::custom`.
-/// Returns it without a trailing slash.
-fn parse_base_url(value: &str) -> Result<String, String> {
-    const EXPECTED: &str = "expected e.g. https://dashscope-intl.aliyuncs.com or \
-                            http://127.0.0.1:8080 (scheme and host only; the demo adds the paths)";
-    // Never echo credentials: a value with user info is refused without being shown.
-    if value.contains('@') {
-        return Err(format!(
-            "DASHSCOPE_BASE_URL must not contain user info (`user:password@`); the key goes in \
-             DASHSCOPE_API_KEY; {EXPECTED}"
-        ));
-    }
-    match Region::custom(value) {
-        Ok(Region::Custom(base)) if base.prefix().is_empty() => {
-            Ok(format!("{}://{}", base.scheme(), base.authority()))
-        }
-        Ok(_) => Err(format!(
-            "DASHSCOPE_BASE_URL `{value}` has a path; {EXPECTED}"
-        )),
-        Err(err) => Err(format!("DASHSCOPE_BASE_URL `{value}`: {err}; {EXPECTED}")),
-    }
-}
-
-fn is_loopback(base: &str) -> bool {
-    let Ok(uri) = base.parse::<Uri>() else {
-        return false;
-    };
-    let host = uri.host().unwrap_or_default();
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl LiveConfig {
@@ -128,16 +70,6 @@ impl LiveConfig {
             authorization,
             key_kind,
         })
-    }
-}
-
-/// `text` with every occurrence of the key replaced, for anything printed that came from outside.
-/// (A "key" of a few characters is no secret, and replacing it would garble the text.)
-fn redact(text: &str, key: &str) -> String {
-    if key.len() < 8 {
-        text.to_owned()
-    } else {
-        text.replace(key, "<DASHSCOPE_API_KEY>")
     }
 }
 

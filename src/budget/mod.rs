@@ -364,6 +364,53 @@ impl TokenBudget {
     pub fn tracked_models(&self) -> usize {
         self.shared.model_count()
     }
+
+    /// What `model` may still be sent now, for OpenAI-style `x-ratelimit-*` headers and
+    /// metrics: its quota, and the requests and tokens left in the current shaping window
+    /// (one [`burst`](Self::burst) long, a second by default) at the rates in force.
+    ///
+    /// A snapshot: another request may take the room a moment later.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_dashscope::{Quota, TokenBudget};
+    ///
+    /// // 120 requests and 60,000 tokens a minute: 2 requests and 1,000 tokens a second.
+    /// let budget = TokenBudget::new(Quota::per_minute(120, 60_000));
+    /// let room = budget.headroom("qwen-plus");
+    /// assert_eq!(room.quota, Quota::per_minute(120, 60_000));
+    /// assert_eq!(room.window, Duration::from_secs(1));
+    /// assert_eq!((room.requests, room.tokens), (Some(2), Some(1_000)));
+    /// ```
+    #[must_use]
+    pub fn headroom(&self, model: &str) -> Headroom {
+        let (quota, limits, requests_used, tokens_used) =
+            self.shared.headroom(&Key::new(None, model));
+        let left =
+            |limit: u64, used: u64| (limit != u64::MAX).then(|| limit.saturating_sub(used) / 1000);
+        Headroom {
+            quota,
+            window: limits.window,
+            requests: requests_used.and_then(|used| left(limits.requests, used)),
+            tokens: left(limits.tokens, tokens_used),
+        }
+    }
+}
+
+/// What a model may still be sent now: [`TokenBudget::headroom`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Headroom {
+    /// The model's quota, per minute.
+    pub quota: Quota,
+    /// The shaping window the numbers below are counted in ([`TokenBudget::burst`]).
+    pub window: Duration,
+    /// Whole requests left in the window now; `None` when requests are unlimited or the
+    /// [`BudgetStore`] cannot tell without a round trip.
+    pub requests: Option<u64>,
+    /// Whole tokens left in the window now (debt counts against it); `None` when tokens are
+    /// unlimited.
+    pub tokens: Option<u64>,
 }
 
 impl<S> Layer<S> for TokenBudget {

@@ -372,6 +372,28 @@ impl Shared {
         self.store.tokens_used(key, limits).div_ceil(MILLI)
     }
 
+    /// What `key` may still be sent in its window now: `(limits, requests used, tokens used)`
+    /// in thousandths; the quota's full limits for a model without state.
+    pub(crate) fn headroom(&self, key: &Key) -> (Quota, Limits, Option<u64>, u64) {
+        let now = Instant::now();
+        let (quota, limits, known) = {
+            let models = self.lock();
+            match models.map.get(key) {
+                Some(state) => (state.quota, state.limits(now, &self.config), true),
+                None => {
+                    let quota = self.quota_for(key);
+                    let fresh = ModelState::new(quota, now);
+                    (quota, fresh.limits(now, &self.config), false)
+                }
+            }
+        };
+        if !known {
+            return (quota, limits, Some(0), 0);
+        }
+        let requests = self.store.requests_used(key, limits);
+        (quota, limits, requests, self.store.tokens_used(key, limits))
+    }
+
     /// Models with state.
     pub(crate) fn model_count(&self) -> usize {
         self.lock().map.len()

@@ -143,6 +143,14 @@ pub trait BudgetStore: Send + Sync + 'static {
     /// The thousandths of a token counted against `key` now (in the window and owed).
     fn tokens_used(&self, key: &BudgetKey, limits: Limits) -> u64;
 
+    /// The thousandths of a request counted against `key`'s request window now, if the store
+    /// can tell without a round trip; `None` (the default) when it cannot. For
+    /// [`TokenBudget::headroom`](super::TokenBudget::headroom) only; admission never uses it.
+    fn requests_used(&self, key: &BudgetKey, limits: Limits) -> Option<u64> {
+        let _ = (key, limits);
+        None
+    }
+
     /// Forgets `key`: the process no longer tracks it, and its windows are idle.
     fn forget(&self, key: &BudgetKey);
 
@@ -248,6 +256,13 @@ impl BudgetStore for LocalStore {
             return 0;
         }
         self.with(key, limits, |w, _| w.tokens.used())
+    }
+
+    fn requests_used(&self, key: &BudgetKey, limits: Limits) -> Option<u64> {
+        if !self.lock().contains_key(key) {
+            return Some(0);
+        }
+        Some(self.with(key, limits, |w, _| w.requests.used()))
     }
 
     fn forget(&self, key: &BudgetKey) {
