@@ -33,7 +33,7 @@ impl Body for ChunkedBody {
 thread_local! {
     static RUNTIME: RefCell<tokio::runtime::Runtime> = RefCell::new(
         tokio::runtime::Builder::new_current_thread()
-            .enable_time()
+            .enable_all()
             .build()
             .expect("a current-thread runtime"),
     );
