@@ -7,7 +7,7 @@
 //!
 //! For N = 100, 1,000 and 10,000 concurrent requests, each on a task of its own, to
 //! `MockDashScope` (in process, paused time, a 10 s time to first token so that all N are in
-//! flight at once) either directly ("bare") or through the full stack (FallbackModel ->
+//! flight at once) either directly ("bare") or through `RecommendedStack` (FallbackModel ->
 //! RetryWithJitter -> TokenBudget -> RegionRouter -> WaitTimeoutHeader ->
 //! ClassifyDashScopeError), a counting global allocator gives:
 //!
@@ -30,11 +30,11 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
-use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 use tower_dashscope::mock::{MockDashScope, ModelConfig};
 use tower_dashscope::{
-    BoxError, ClassifyDashScopeError, FallbackModel, Quota, Region, RegionRouter, RetryWithJitter,
-    TokenBudget, WaitTimeoutHeader,
+    BoxError, ClassifyDashScopeError, FallbackModel, Quota, RecommendedStack, Region, RegionRouter,
+    RetryWithJitter, TokenBudget, WaitTimeoutHeader,
 };
 
 const KEY: &str = "sk-memory";
@@ -121,14 +121,11 @@ async fn bare(n: usize) -> (usize, usize) {
 
 async fn stack(n: usize) -> (usize, usize) {
     let mock = simulator();
-    let service = ServiceBuilder::new()
-        .layer(FallbackModel::new(["qwen-plus", "qwen-flash"]))
-        .layer(RetryWithJitter::new().seed(1))
-        .layer(budget())
-        .layer(RegionRouter::new(Region::Singapore, KEY))
-        .layer(WaitTimeoutHeader::new(Duration::from_secs(30)))
-        .layer(ClassifyDashScopeError::new())
-        .service(mock.clone());
+    let service = RecommendedStack::new(Region::Singapore, KEY)
+        .fallback(["qwen-plus", "qwen-flash"])
+        .retry(RetryWithJitter::new().seed(1))
+        .budget(budget())
+        .layer(mock.clone());
     measure(service, &mock, n).await
 }
 

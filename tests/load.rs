@@ -1,4 +1,4 @@
-//! Load: 10,000 concurrent requests through the full recommended stack (FallbackModel ->
+//! Load: 10,000 concurrent requests through `RecommendedStack` (FallbackModel ->
 //! RetryWithJitter -> TokenBudget -> RegionRouter -> WaitTimeoutHeader -> ClassifyDashScopeError)
 //! over the in-process simulator with quotas and faults, in paused time.
 //!
@@ -14,19 +14,19 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Full};
-use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_dashscope::body::ReplayBody;
 use tower_dashscope::mock::{Fault, MidStreamError, MockBody, MockDashScope, ModelConfig};
 use tower_dashscope::{
-    BoxError, ClassifyDashScopeError, DashScopeError, ErrorClass, FallbackModel, Quota, Region,
-    RegionRouter, RetryWithJitter, TokenBudget, WaitTimeoutHeader,
+    BoxError, ClassifyDashScopeError, DashScopeError, ErrorClass, FallbackModel, Quota,
+    RecommendedStack, Region, RetryWithJitter, TokenBudget,
 };
 
 const REQUESTS: u32 = 10_000;
 const MARKER: &str = "x-load-marker";
 const KEY: &str = "sk-load-test";
 
-/// The recommended order, composed by hand (until `RecommendedStack` lands on main).
+/// The recommended stack, with `budget` (a clone is kept to check its permits come back).
 fn recommended<S>(
     budget: TokenBudget,
     inner: S,
@@ -45,19 +45,19 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    ServiceBuilder::new()
-        .layer(
-            // The first-byte timeout runs from the call, budget wait included: 10,000 requests
-            // at 400 a second queue for 25 s, so it must be longer than that.
+    RecommendedStack::new(Region::Singapore, KEY)
+        .failover(Region::Beijing, KEY)
+        // The first-byte timeout runs from the call, budget wait included: 10,000 requests
+        // at 400 a second queue for 25 s, so it must be longer than that.
+        .fallback_layer(
             FallbackModel::new(["qwen-plus", "qwen-flash"])
                 .first_byte_timeout(Duration::from_secs(60)),
         )
-        .layer(RetryWithJitter::new().seed(1))
-        .layer(budget)
-        .layer(RegionRouter::new(Region::Singapore, KEY).failover(Region::Beijing, KEY))
-        .layer(WaitTimeoutHeader::new(Duration::from_secs(5)))
-        .layer(ClassifyDashScopeError::new().idle_timeout(Duration::from_secs(30)))
-        .service(inner)
+        .retry(RetryWithJitter::new().seed(1))
+        .budget(budget)
+        .wait_timeout(Duration::from_secs(5))
+        .classify(ClassifyDashScopeError::new().idle_timeout(Duration::from_secs(30)))
+        .layer(inner)
 }
 
 fn simulator() -> MockDashScope {
