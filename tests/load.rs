@@ -252,3 +252,158 @@ async fn ten_thousand_concurrent_requests_all_end_once() {
     assert_eq!(budget.in_flight(), 0);
     assert_eq!(mock.stats().in_flight, 0);
 }
+
+// ---- The same through the gateway, over loopback ----
+
+#[allow(dead_code)]
+#[path = "../examples/axum_gateway/mod.rs"]
+mod gateway;
+
+/// Requests sent to the gateway, and how many at once (loopback sockets, in real time).
+const GATEWAY_REQUESTS: usize = 1_000;
+const GATEWAY_CONCURRENCY: usize = 100;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_over_loopback_answers_every_request_once() {
+    use http_body_util::BodyExt as _;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use serde_json::Value;
+
+    let mock = MockDashScope::builder()
+        .model(
+            "qwen-plus",
+            ModelConfig::new()
+                .latency(Duration::from_millis(5), 0.0)
+                .error_rate(0.05)
+                .fault_rate(Fault::EmptyThrottle, 0.01),
+        )
+        .model(
+            "qwen-flash",
+            ModelConfig::new().latency(Duration::from_millis(5), 0.0),
+        )
+        .api_key(KEY)
+        .seed(3)
+        .build();
+    let server = mock.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+max_body_bytes = 4096
+
+[[upstreams]]
+base_url = "http://{}"
+api_key_env = "LOAD_KEY"
+
+[models]
+"qwen-plus" = {{ rpm = 1_000_000, tpm = 100_000_000 }}
+"qwen-flash" = {{ rpm = 1_000_000, tpm = 100_000_000 }}
+
+[fallbacks]
+"qwen-plus" = ["qwen-flash"]
+
+[timeouts]
+first_byte = "5s"
+idle = "5s"
+total = "20s"
+
+[retry]
+max_attempts = 2
+base_delay = "10ms"
+max_delay = "20ms"
+"#,
+        server.local_addr()
+    );
+    let config = gateway::config::parse(&text, "load.toml").unwrap();
+    let upstreams =
+        gateway::app::resolve_upstreams(&config, |name| (name == "LOAD_KEY").then(|| KEY.into()))
+            .await
+            .unwrap();
+    let gateway = gateway::app::Gateway::new(config, &upstreams.resolved).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(gateway.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let permits = Arc::new(tokio::sync::Semaphore::new(GATEWAY_CONCURRENCY));
+    let tasks: Vec<_> = (0..GATEWAY_REQUESTS)
+        .map(|i| {
+            let client = client.clone();
+            let permits = permits.clone();
+            tokio::spawn(async move {
+                let _permit = permits.acquire_owned().await.unwrap();
+                let stream = i % 4 == 1;
+                let body = format!(
+                    r#"{{"model":"qwen-plus","stream":{stream},"max_tokens":4,"messages":[{{"role":"user","content":"req-{i}"}}]}}"#
+                );
+                let request = Request::post(format!("http://{addr}/v1/chat/completions"))
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(body)))
+                    .unwrap();
+                let response = client.request(request).await.expect("the gateway answers");
+                let status = response.status();
+                let bytes = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .expect("the body is read")
+                    .to_bytes();
+                if status.is_success() && stream {
+                    let text = std::str::from_utf8(&bytes).unwrap();
+                    assert!(
+                        text.trim_end().ends_with("data: [DONE]") || text.contains("\"error\""),
+                        "a stream that ends neither with [DONE] nor with an error event: {text}"
+                    );
+                } else {
+                    let value: Value = serde_json::from_slice(&bytes).expect("a JSON answer");
+                    if status.is_success() {
+                        assert!(value["choices"].is_array(), "{value}");
+                    } else {
+                        assert!(value["error"]["message"].is_string(), "{value}");
+                    }
+                }
+                (i, status)
+            })
+        })
+        .collect();
+
+    let statuses = tokio::time::timeout(Duration::from_secs(120), async {
+        let mut statuses = HashMap::new();
+        for task in tasks {
+            let (i, status) = task.await.expect("a request task panicked");
+            assert!(
+                statuses.insert(i, status).is_none(),
+                "request {i} ended twice"
+            );
+        }
+        statuses
+    })
+    .await
+    .expect("not every request through the gateway ended within 120 s");
+
+    assert_eq!(statuses.len(), GATEWAY_REQUESTS);
+    let ok = statuses.values().filter(|s| s.is_success()).count();
+    let mut tally: HashMap<u16, usize> = HashMap::new();
+    for status in statuses.values() {
+        *tally.entry(status.as_u16()).or_default() += 1;
+    }
+    println!(
+        "gateway: {tally:?}; simulator saw {} requests",
+        mock.stats().requests
+    );
+    assert!(ok >= GATEWAY_REQUESTS * 9 / 10, "{tally:?}");
+    // Two attempts a model, two models: no request is sent more often than that.
+    assert!(mock.stats().requests <= 4 * GATEWAY_REQUESTS as u64);
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), serving)
+        .await
+        .expect("the gateway drains in time")
+        .unwrap()
+        .unwrap();
+    drop(upstreams);
+}
