@@ -101,7 +101,7 @@ fuzz_target!(|data: &[u8]| {
     let mut request = Request::builder().method(method.clone()).uri(path);
     if flags & 4 == 4 {
         let declared = if flags & 8 == 8 {
-            body.len() / 2 + LIMIT
+            LIMIT + 1 + body.len()
         } else {
             body.len()
         };
