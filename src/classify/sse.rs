@@ -182,7 +182,15 @@ impl SseScanner {
         while let Some(newline) = memchr::memchr(b'\n', &piece[start..]) {
             let end = start + newline;
             let found = if self.line.is_empty() && !self.line_overflow {
-                self.line(&piece[start..end])
+                let line = &piece[start..end];
+                if line.len() > self.max_event_size {
+                    // The same limit as for a line that spans pieces, so that the verdict
+                    // does not depend on where the stream was split.
+                    self.data_overflow = true;
+                    None
+                } else {
+                    self.line(line)
+                }
             } else {
                 self.push_line_part(&piece[start..end]);
                 let line = std::mem::take(&mut self.line);
@@ -543,6 +551,37 @@ mod tests {
         assert!(scanner.feed(b.as_bytes()).is_none());
         assert!(scanner.uninspected());
         assert!(scanner.line.capacity() <= 64);
+    }
+
+    /// Found by the `sse_chunks` fuzz target: a line longer than the limit was inspected when
+    /// it arrived in one piece and not when it spanned pieces, so whether a stream was reported
+    /// truncated (or an error found) depended on where the network split it.
+    #[test]
+    fn a_line_over_the_limit_is_uninspected_wherever_the_pieces_split() {
+        // A comment line, and a data line whose value fits the limit but whose line does not.
+        let comment = format!(":{}\n\n", "c".repeat(80));
+        let data = format!("data:{{\"error\":{{\"code\":\"{}\"}}}}\n\n", "x".repeat(40));
+        assert!(data.find('\n').unwrap() > 64 && data.find('\n').unwrap() - 5 < 64);
+        for body in [comment, data] {
+            let expect = {
+                let mut scanner = SseScanner::new(64, false);
+                let found = scanner.feed(body.as_bytes()).is_some() || scanner.finish().is_some();
+                (found, scanner.uninspected(), scanner.events())
+            };
+            for cut in 0..=body.len() {
+                let mut scanner = SseScanner::new(64, false);
+                let (a, b) = body.split_at(cut);
+                let found = scanner.feed(a.as_bytes()).is_some()
+                    || scanner.feed(b.as_bytes()).is_some()
+                    || scanner.finish().is_some();
+                assert_eq!(
+                    (found, scanner.uninspected(), scanner.events()),
+                    expect,
+                    "cut {cut} of {body:?}"
+                );
+            }
+            assert_eq!(expect, (false, true, 1), "{body:?}");
+        }
     }
 
     #[test]
