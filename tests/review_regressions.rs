@@ -217,3 +217,162 @@ fn the_telemetry_table_lists_every_event_of_the_source() {
         stale.join("\n")
     );
 }
+
+mod probe {
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use http_body_util::Full;
+    use tower::{Layer, ServiceExt, service_fn};
+    use tower_dashscope::fallback::FallbackProbe;
+    use tower_dashscope::{
+        Attempts, BoxError, DashScopeError, ErrorClass, FallbackModel, RetryWithJitter, ServedModel,
+    };
+
+    /// What the stand-in server does next for a model: a status, or a connection error.
+    #[derive(Clone, Copy, Debug)]
+    enum Next {
+        Status(u16),
+        Connection,
+    }
+
+    fn chat(model: &str) -> Request<Full<Bytes>> {
+        Request::post("/compatible-mode/v1/chat/completions")
+            .body(Full::from(format!(
+                r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#
+            )))
+            .unwrap()
+    }
+
+    /// FallbackModel(a → b) over RetryWithJitter over a server scripted per model (`b` always
+    /// answers); returns the client and, per call, (model, carried FallbackProbe).
+    #[allow(clippy::type_complexity)]
+    fn client(
+        script_a: Vec<Next>,
+        fallback: FallbackModel,
+    ) -> (
+        impl tower::Service<
+            Request<Full<Bytes>>,
+            Response = Response<impl http_body::Body>,
+            Error = DashScopeError,
+            Future = impl Send,
+        > + Clone,
+        Arc<Mutex<Vec<(String, bool)>>>,
+    ) {
+        let script = Arc::new(Mutex::new(VecDeque::from(script_a)));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let server = service_fn(move |req: Request<Full<Bytes>>| {
+            let script = script.clone();
+            let log = log.clone();
+            async move {
+                let probe = req.extensions().get::<FallbackProbe>().is_some();
+                let body = http_body_util::BodyExt::collect(req.into_body())
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                let model = if body.windows(11).any(|w| w == br#""model":"a""#) {
+                    "a"
+                } else {
+                    "b"
+                }
+                .to_owned();
+                log.lock().unwrap().push((model.clone(), probe));
+                let next = if model == "a" {
+                    script
+                        .lock()
+                        .unwrap()
+                        .pop_front()
+                        .unwrap_or(Next::Status(200))
+                } else {
+                    Next::Status(200)
+                };
+                match next {
+                    Next::Connection => Err::<Response<Full<Bytes>>, BoxError>(Box::new(
+                        DashScopeError::new(ErrorClass::Connection),
+                    )),
+                    Next::Status(status) => Ok(Response::builder()
+                        .status(status)
+                        .body(Full::from(r#"{"choices":[]}"#))
+                        .unwrap()),
+                }
+            }
+        });
+        let retry = RetryWithJitter::new().max_attempts(2).seed(1);
+        let service = fallback.layer(retry.layer(server));
+        (service, seen)
+    }
+
+    /// A half-open probe that fails in a way the fallback does not switch on (a connection
+    /// error) is retried as any other request, not handed back to a fallback that would then
+    /// return it to the caller untried.
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_failure_the_fallback_does_not_switch_on_is_retried() {
+        let fallback = FallbackModel::new(["a", "b"]).cooldown(Duration::from_secs(10));
+        let (client, seen) = client(
+            vec![Next::Status(503), Next::Status(503), Next::Connection],
+            fallback,
+        );
+        // `a` fails twice (retried once), cools down; `b` answers.
+        let response = client.clone().oneshot(chat("a")).await.unwrap();
+        assert_eq!(response.extensions().get::<ServedModel>().unwrap().0, "b");
+        tokio::time::advance(Duration::from_secs(11)).await;
+        seen.lock().unwrap().clear();
+        // The probe of `a`: a connection error, then an answer on the retry.
+        let response = client.oneshot(chat("a")).await.unwrap();
+        assert_eq!(response.extensions().get::<ServedModel>().unwrap().0, "a");
+        assert_eq!(response.extensions().get::<Attempts>(), Some(&Attempts(2)));
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(seen.iter().all(|(model, _)| model == "a"), "{seen:?}");
+    }
+
+    /// With a switching rule of the caller's, which the retry cannot see, a probe's failure the
+    /// rule does not switch on is retried, not lost.
+    #[tokio::test(start_paused = true)]
+    async fn with_a_custom_switch_rule_a_probe_is_retried_as_usual() {
+        // Switches on rate limits only: a 503 is retried on the same model and never switches.
+        let fallback = FallbackModel::new(["a", "b"])
+            .cooldown(Duration::from_secs(10))
+            .switch_if(|err| matches!(err.class(), ErrorClass::RateLimited(_)));
+        let (client, _seen) = client(
+            vec![Next::Status(429), Next::Status(503), Next::Status(200)],
+            fallback,
+        );
+        // `a` is throttled (handed straight back): it cools down, `b` answers.
+        let response = client.clone().oneshot(chat("a")).await.unwrap();
+        assert_eq!(response.extensions().get::<ServedModel>().unwrap().0, "b");
+        tokio::time::advance(Duration::from_secs(11)).await;
+        // The probe of `a`: a 503 the rule does not switch on, then an answer on the retry.
+        let response = client.oneshot(chat("a")).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.extensions().get::<ServedModel>().unwrap().0, "a");
+        assert_eq!(response.extensions().get::<Attempts>(), Some(&Attempts(2)));
+    }
+
+    /// A probe's failure the fallback does switch on is still handed straight back: the next
+    /// model answers without a backoff on the probed one.
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_failure_the_fallback_switches_on_goes_to_the_next_model_at_once() {
+        let fallback = FallbackModel::new(["a", "b"]).cooldown(Duration::from_secs(10));
+        let (client, seen) = client(
+            vec![Next::Status(503), Next::Status(503), Next::Status(503)],
+            fallback,
+        );
+        client.clone().oneshot(chat("a")).await.unwrap();
+        tokio::time::advance(Duration::from_secs(11)).await;
+        seen.lock().unwrap().clear();
+        let response = client.oneshot(chat("a")).await.unwrap();
+        assert_eq!(response.extensions().get::<ServedModel>().unwrap().0, "b");
+        let seen = seen.lock().unwrap().clone();
+        // One probe of `a` (marked), then `b` (not marked: it is no probe).
+        assert_eq!(
+            seen,
+            [("a".to_owned(), true), ("b".to_owned(), false)],
+            "{seen:?}"
+        );
+    }
+}
