@@ -130,9 +130,12 @@ fn source_events() -> Vec<SourceEvent> {
     events
 }
 
+/// One row of the `# Events` table: levels, target, message alternatives, fields column.
+type Row = (Vec<String>, String, Vec<String>, String);
+
 /// The rows of the `# Events` table of `src/telemetry.rs`: levels, target, message
 /// alternatives (`a / b`, a trailing `…` and a parenthetical dropped), fields column.
-fn table_rows() -> (String, Vec<(Vec<String>, String, Vec<String>, String)>) {
+fn table_rows() -> (String, Vec<Row>) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/telemetry.rs");
     let text = std::fs::read_to_string(path).unwrap();
     let events = text
