@@ -116,6 +116,8 @@
 //! | WARN | `budget` | giving up: the budget store failed / did not answer within max_wait … | `gen_ai.request.model`, `error.type`, `error` or `wait_ms` |
 //! | WARN | `budget` | TokenBudget: every tracked model is busy … | `gen_ai.request.model`, `max_models` |
 //! | WARN, INFO | `budget::redis` | TokenBudget: the budget in Redis is unavailable … / Redis answers again | `server.address`, `error`, `retry_every_ms`, `replicas`, `prefix` |
+//! | WARN | `budget::redis` | TokenBudget: too many settles are waiting for Redis; this one is dropped … / a settle for the Redis budget was made outside a tokio runtime … | `gen_ai.request.model`, `max_pending_settles` |
+//! | DEBUG | `budget::redis` | TokenBudget: a settle could not be sent to Redis and is dropped | `gen_ai.request.model`, `error` |
 //! | INFO | `fallback` | fallback: model cooling down | `gen_ai.request.model`, `error.type`, `cooldown_ms`, `renewed` |
 //! | INFO | `fallback` | fallback: switching model | `gen_ai.request.model`, `dashscope.fallback.model`, `error.type` |
 //! | DEBUG | `fallback` | fallback: served by a fallback model | `gen_ai.request.model`, `gen_ai.response.model` |
@@ -123,6 +125,7 @@
 //! | DEBUG | `fallback` | fallback: every model left is cooling down; waiting … | `wait_ms` |
 //! | DEBUG | `fallback` | fallback: probing the model after its cooldown / probe failed | `gen_ai.request.model` |
 //! | INFO | `fallback` | fallback: probe answered; the model is back in rotation | `gen_ai.request.model` |
+//! | WARN | `fallback` | fallback: chain longer than [`MAX_CHAIN`](crate::fallback::MAX_CHAIN) models; ignoring the rest (when the layer is built) | `gen_ai.request.model` |
 //! | DEBUG | `fallback` | fallback: skipping a model whose context window cannot take the request | `gen_ai.request.model`, `dashscope.context_window`, `dashscope.request_tokens` |
 //! | WARN | `fallback` | giving up: no fallback model left to try | `gen_ai.request.model`, `error.type`, `dashscope.fallback.tried` |
 //! | WARN | `fallback` | giving up: no fallback model's declared context window fits the request | `gen_ai.request.model`, `dashscope.request_tokens` |

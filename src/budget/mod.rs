@@ -397,7 +397,9 @@ impl TokenBudget {
     /// metrics: its quota, and the requests and tokens left in the current shaping window
     /// (one [`burst`](Self::burst) long, a second by default) at the rates in force.
     ///
-    /// A snapshot: another request may take the room a moment later.
+    /// A snapshot: another request may take the room a moment later. With
+    /// [`account`](Self::account), these are the numbers of the requests counted in no
+    /// account.
     ///
     /// ```
     /// use std::time::Duration;

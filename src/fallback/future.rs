@@ -329,8 +329,10 @@ impl<B> Run<B> {
         if self.config.hands_off {
             req.extensions_mut().insert(FallbackAvailable);
         }
-        if self.probe.is_some() {
-            // A probe's failure is an answer: the model is still down. Not retried below.
+        if self.probe.is_some() && self.config.switch_if.is_none() {
+            // A probe's failure is an answer: the model is still down. Not retried below
+            // when it is one the default rule switches on; with a rule of the caller's, which
+            // a retry below cannot see, the probe is retried as any request.
             req.extensions_mut().insert(FallbackProbe);
         }
     }

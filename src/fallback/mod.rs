@@ -51,7 +51,7 @@
 //!   cooldown, one request at a time probes the model (half-open); its success puts the model
 //!   back in rotation; its failure goes to the next model at once (the probe carries
 //!   [`FallbackProbe`], which a [`RetryWithJitter`](crate::RetryWithJitter) below honours by
-//!   not retrying it) and cools the model again. State is shared by every clone of the layer
+//!   not retrying a failure the default rule switches on) and cools the model again. State is shared by every clone of the layer
 //!   and bounded by the models configured.
 //! - **What the caller learns.** [`ServedModel`] in the response's extensions: the model that
 //!   answered. The body is that model's own (its `model` and `usage` are the truth; nothing is
@@ -188,11 +188,14 @@ pub struct FallbackAvailable;
 
 /// Put into a request's extensions by [`FallbackModel`] when the attempt is the one half-open
 /// probe of a model whose cooldown has passed and another model of the chain is left: it tells
-/// a [`RetryWithJitter`](crate::RetryWithJitter) below to hand every failure of this attempt
-/// straight back rather than retry it on the same model with a backoff. A probe only asks
-/// whether the model is back; when it is not, the next model answers now and the cooldown is
-/// renewed at once, so the model is probed again a cooldown later (not a cooldown plus a
-/// backoff). A plan-wide failure ([`DashScopeError::is_plan_wide`]) is still retried.
+/// a [`RetryWithJitter`](crate::RetryWithJitter) below to hand a failure of this attempt that
+/// [`default_switch`] switches on straight back rather than retry it on the same model with a
+/// backoff. A probe only asks whether the model is back; when it is not, the next model
+/// answers now and the cooldown is renewed at once, so the model is probed again a cooldown
+/// later (not a cooldown plus a backoff). Other failures (a connection error, a plan-wide
+/// limit) are retried as usual, since the fallback would not switch on them. A
+/// [`FallbackModel`] with a [`switch_if`](FallbackModel::switch_if) rule of its own, which the
+/// retry cannot see, does not mark its probes.
 ///
 /// Insert it yourself to get the same behaviour from a fallback of your own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

@@ -20,7 +20,7 @@ use super::throttle::Queued;
 use super::{Config, ReplayBody, Shared, clone_request};
 use crate::error::{BoxError, DashScopeError, ErrorClass, into_dashscope_error};
 use crate::extensions::Attempts;
-use crate::fallback::FallbackAvailable;
+use crate::fallback::{FallbackAvailable, default_switch};
 use crate::guard::{Ending, Held, Release};
 use crate::headers::{REQUEST_ID, X_REQUEST_ID};
 use crate::outcome::{Failure, failure_of};
@@ -174,8 +174,16 @@ where
                                 result.as_ref().is_err_and(DashScopeError::is_plan_wide);
                             let rate_limited =
                                 matches!(failure.class(), ErrorClass::RateLimited(_));
+                            // A probe's failure goes back only when the fallback switches on
+                            // it (its default rule): another one, a connection error say, would
+                            // come back to the caller untried.
+                            let probe_switches = *this.probe
+                                && match &result {
+                                    Err(err) => default_switch(err),
+                                    Ok(_) => default_switch(&DashScopeError::new(failure.class())),
+                                };
                             let handed_off =
-                                !plan_wide && (*this.probe || (*this.hand_off && rate_limited));
+                                !plan_wide && (probe_switches || (*this.hand_off && rate_limited));
                             if handed_off {
                                 tracing::debug!(
                                     attempt = *this.attempts,

@@ -45,7 +45,8 @@
 //!   ([`DashScopeError::is_plan_wide`]) is still retried, since no other model fixes it. Other
 //!   failures are retried as usual, except on a fallback's half-open probe of a model after its
 //!   cooldown: a request carrying [`FallbackProbe`](crate::fallback::FallbackProbe) has every
-//!   failure (but a plan-wide one) handed straight back, so the next model answers now and the
+//!   failure that [`default_switch`](crate::fallback::default_switch) switches on handed
+//!   straight back, so the next model answers now and the
 //!   probed model's cooldown is renewed without a backoff in between. See
 //!   [`fallback`](crate::fallback#order-with-retry) for both orders of the two layers.
 //! - **Replay.** Each attempt sends a copy of the request (method, URI, headers, extensions and
