@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::Request;
 use http_body_util::Full;
 use tokio_test::task;
 use tower::{Layer, ServiceExt};
@@ -25,29 +25,11 @@ mod inner;
 #[path = "support/stack.rs"]
 mod stack;
 
-use inner::{End, Inner, TestBody, chat, drain, ok_json, refused, response, sse};
+use inner::{
+    End, Inner, PLUS, TestBody, chat, drain, model_of, ok_json, refused, sse, throttled,
+    unavailable,
+};
 use stack::Layers;
-
-const PLUS: &str =
-    r#"{"model":"qwen-plus","messages":[{"role":"user","content":"hi"}],"max_tokens":10}"#;
-
-fn throttled() -> Response<TestBody> {
-    response(
-        429,
-        &[],
-        TestBody::full(
-            r#"{"code":"Throttling.RateQuota","message":"Requests rate limit exceeded"}"#,
-        ),
-    )
-}
-
-fn unavailable() -> Response<TestBody> {
-    response(
-        503,
-        &[],
-        TestBody::full(r#"{"code":"ServiceUnavailable","message":"busy"}"#),
-    )
-}
 
 /// `future`'s output; a future still pending after ten minutes of (paused) time is a hang, and
 /// fails the test instead of hanging it.
@@ -55,13 +37,6 @@ async fn within<F: std::future::Future>(future: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(600), future)
         .await
         .expect("hung: a dropped request left something taken")
-}
-
-fn model_of(req: &Request<Full<Bytes>>) -> String {
-    use tower_dashscope::body::ReplayBody;
-    let body = req.body().bytes().unwrap();
-    let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    value["model"].as_str().unwrap_or_default().to_owned()
 }
 
 fn is_primary(req: &Request<Full<Bytes>>) -> bool {

@@ -25,37 +25,11 @@ mod inner;
 #[path = "support/stack.rs"]
 mod stack;
 
-use inner::{Inner, Strict, TestBody, chat, drain, ok_json, refused, response};
+use inner::{
+    Inner, PLUS, Strict, TestBody, chat, drain, model_of, ok_json, refused, response, throttled,
+    unavailable,
+};
 use stack::{Layers, Stack, recommended};
-
-const PLUS: &str =
-    r#"{"model":"qwen-plus","messages":[{"role":"user","content":"hi"}],"max_tokens":10}"#;
-
-fn throttled() -> Response<TestBody> {
-    response(
-        429,
-        &[],
-        TestBody::full(
-            r#"{"code":"Throttling.RateQuota","message":"Requests rate limit exceeded"}"#,
-        ),
-    )
-}
-
-fn unavailable() -> Response<TestBody> {
-    response(
-        503,
-        &[],
-        TestBody::full(r#"{"code":"ServiceUnavailable","message":"busy"}"#),
-    )
-}
-
-/// The model a request asked for, read from its body.
-fn model_of(req: &Request<Full<Bytes>>) -> String {
-    use tower_dashscope::body::ReplayBody;
-    let body = req.body().bytes().unwrap();
-    let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    value["model"].as_str().unwrap_or_default().to_owned()
-}
 
 fn host_of(req: &Request<Full<Bytes>>) -> String {
     req.uri().host().unwrap_or_default().to_owned()

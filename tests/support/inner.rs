@@ -122,6 +122,38 @@ pub fn ok_json() -> Response<TestBody> {
     )
 }
 
+/// A non-streaming chat body for `qwen-plus` asking for ten tokens.
+pub const PLUS: &str =
+    r#"{"model":"qwen-plus","messages":[{"role":"user","content":"hi"}],"max_tokens":10}"#;
+
+/// A 429 with DashScope's rate-quota code.
+pub fn throttled() -> Response<TestBody> {
+    response(
+        429,
+        &[],
+        TestBody::full(
+            r#"{"code":"Throttling.RateQuota","message":"Requests rate limit exceeded"}"#,
+        ),
+    )
+}
+
+/// A 503 with DashScope's `ServiceUnavailable` code.
+pub fn unavailable() -> Response<TestBody> {
+    response(
+        503,
+        &[],
+        TestBody::full(r#"{"code":"ServiceUnavailable","message":"busy"}"#),
+    )
+}
+
+/// The model a request asked for, read from its body.
+pub fn model_of(req: &Request<Full<Bytes>>) -> String {
+    use tower_dashscope::body::ReplayBody;
+    let body = req.body().bytes().unwrap();
+    let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    value["model"].as_str().unwrap_or_default().to_owned()
+}
+
 /// An event-stream response of `body`.
 pub fn sse(body: TestBody) -> Response<TestBody> {
     response(200, &[("content-type", b"text/event-stream")], body)
