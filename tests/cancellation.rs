@@ -8,6 +8,8 @@
 //! can hang one forever, time is paused and advanced by hand, and the future is polled by hand
 //! (`tokio_test::task`), so what has been called and what is pending is known at each step.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,12 +26,16 @@ use tower_dashscope::{
 mod inner;
 #[path = "support/stack.rs"]
 mod stack;
+#[path = "support/store.rs"]
+mod store;
 
 use inner::{
     End, Inner, PLUS, TestBody, chat, drain, model_of, ok_json, refused, sse, throttled,
     unavailable,
 };
 use stack::Layers;
+use store::ScriptedStore;
+use tower_dashscope::budget::{BudgetStore as _, StoreFuture};
 
 /// `future`'s output; a future still pending after ten minutes of (paused) time is a hang, and
 /// fails the test instead of hanging it.
@@ -193,68 +199,31 @@ async fn dropping_a_stack_request_waiting_for_the_budget_takes_nothing() {
     assert!(waited < Duration::from_millis(100), "{waited:?}");
 }
 
-/// A budget store that, while `slow` is set, never answers (a Redis that hangs).
-#[derive(Debug, Default)]
-struct HangingStore {
-    local: tower_dashscope::budget::LocalStore,
-    slow: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl tower_dashscope::budget::BudgetStore for HangingStore {
-    fn try_take(
-        &self,
-        key: &tower_dashscope::budget::BudgetKey,
-        limits: tower_dashscope::budget::Limits,
-        tokens: u64,
-    ) -> tower_dashscope::budget::StoreFuture<
-        Result<tower_dashscope::budget::Admission, tower_dashscope::BoxError>,
-    > {
-        if self.slow.load(std::sync::atomic::Ordering::SeqCst) {
-            tower_dashscope::budget::StoreFuture::Pending(Box::pin(std::future::pending()))
+/// A budget store that, while `slow` is set, never answers (a Redis that hangs), and the flag.
+fn hanging_store() -> (ScriptedStore, Arc<AtomicBool>) {
+    let slow = Arc::new(AtomicBool::new(false));
+    let flag = slow.clone();
+    let store = ScriptedStore::new(Arc::default(), move |local, key, limits, tokens| {
+        if flag.load(Ordering::SeqCst) {
+            StoreFuture::Pending(Box::pin(std::future::pending()))
         } else {
-            self.local.try_take(key, limits, tokens)
+            local.try_take(key, limits, tokens)
         }
-    }
-    fn adjust(
-        &self,
-        key: &tower_dashscope::budget::BudgetKey,
-        limits: tower_dashscope::budget::Limits,
-        taken: tower_dashscope::budget::Taken,
-        delta: i64,
-    ) {
-        self.local.adjust(key, limits, taken, delta);
-    }
-    fn tokens_used(
-        &self,
-        key: &tower_dashscope::budget::BudgetKey,
-        limits: tower_dashscope::budget::Limits,
-    ) -> u64 {
-        self.local.tokens_used(key, limits)
-    }
-    fn forget(&self, key: &tower_dashscope::budget::BudgetKey) {
-        self.local.forget(key);
-    }
-    fn is_idle(
-        &self,
-        key: &tower_dashscope::budget::BudgetKey,
-        limits: tower_dashscope::budget::Limits,
-    ) -> bool {
-        self.local.is_idle(key, limits)
-    }
+    });
+    (store, slow)
 }
 
 /// Dropped while the budget asks a shared store that does not answer: the permit held for the
 /// answer comes back, and the next request (the store answering again) is admitted at once.
 #[tokio::test(start_paused = true)]
 async fn dropping_a_request_while_the_budget_asks_its_store_returns_the_permit() {
-    let store = HangingStore::default();
-    let slow = store.slow.clone();
+    let (store, slow) = hanging_store();
     let budget = TokenBudget::new(Quota::per_minute(600, 1_000_000))
         .max_concurrency(1)
         .store(store);
     let inner = Inner::ok();
     let service = budget.layer(inner.clone());
-    slow.store(true, std::sync::atomic::Ordering::SeqCst);
+    slow.store(true, Ordering::SeqCst);
     let mut asking = task::spawn(service.clone().oneshot(chat(PLUS)));
     assert!(asking.poll().is_pending());
     tokio::time::advance(Duration::from_secs(5)).await;
@@ -268,7 +237,7 @@ async fn dropping_a_request_while_the_budget_asks_its_store_returns_the_permit()
     drop(asking);
     assert_eq!(budget.in_flight(), 0);
 
-    slow.store(false, std::sync::atomic::Ordering::SeqCst);
+    slow.store(false, Ordering::SeqCst);
     let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
     assert!(response.extensions().get::<BudgetWait>().is_none());
     drop(response);
