@@ -45,6 +45,38 @@ async fn within<F: std::future::Future>(future: F) -> F::Output {
         .expect("hung: a dropped request left something taken")
 }
 
+/// A request of [`PLUS`] through a clone of `service`, which must answer (within [`within`]).
+async fn send<S>(service: &S) -> S::Response
+where
+    S: tower::Service<Request<Full<Bytes>>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    within(service.clone().oneshot(chat(PLUS))).await.unwrap()
+}
+
+/// `response` was served by `model`.
+#[track_caller]
+fn assert_model<B>(response: &http::Response<B>, model: &str) {
+    assert_eq!(
+        response.extensions().get::<ServedModel>(),
+        Some(&ServedModel(model.into()))
+    );
+}
+
+/// `response` was served from `region`.
+#[track_caller]
+fn assert_region<B>(response: &http::Response<B>, region: Region) {
+    assert_eq!(
+        response.extensions().get::<ServedRegion>(),
+        Some(&ServedRegion(region))
+    );
+}
+
+/// A budget with room for everything here but one request at a time.
+fn one_at_a_time() -> TokenBudget {
+    TokenBudget::new(Quota::per_minute(600, 1_000_000)).max_concurrency(1)
+}
+
 fn is_primary(req: &Request<Full<Bytes>>) -> bool {
     req.uri()
         .host()
@@ -156,7 +188,7 @@ async fn dropping_a_request_waiting_for_a_permit_or_under_way_returns_the_permit
         "sent: billed as estimated"
     );
 
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
+    let response = send(&service).await;
     assert!(response.extensions().get::<BudgetWait>().is_none());
     drop(response);
     assert_eq!(budget.in_flight(), 0);
@@ -190,7 +222,7 @@ async fn dropping_a_stack_request_waiting_for_the_budget_takes_nothing() {
     assert_eq!(layers.budget.tokens_in_window("qwen-plus"), one);
 
     tokio::time::advance(Duration::from_millis(500)).await;
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
+    let response = send(&service).await;
     // Its turn is the dropped request's: at about 1 s, a few ms from now.
     let waited = response
         .extensions()
@@ -238,7 +270,7 @@ async fn dropping_a_request_while_the_budget_asks_its_store_returns_the_permit()
     assert_eq!(budget.in_flight(), 0);
 
     slow.store(false, Ordering::SeqCst);
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
+    let response = send(&service).await;
     assert!(response.extensions().get::<BudgetWait>().is_none());
     drop(response);
     assert_eq!(budget.in_flight(), 0);
@@ -283,7 +315,7 @@ async fn dropping_a_request_during_its_backoff_refunds_the_retry_budget() {
 #[tokio::test(start_paused = true)]
 async fn dropping_a_stack_request_during_its_backoff_holds_no_permit() {
     let layers = Layers {
-        budget: TokenBudget::new(Quota::per_minute(600, 1_000_000)).max_concurrency(1),
+        budget: one_at_a_time(),
         ..Layers::default()
     };
     let inner = Inner::new(|n, _| if n == 0 { unavailable() } else { ok_json() });
@@ -297,7 +329,7 @@ async fn dropping_a_stack_request_during_its_backoff_holds_no_permit() {
         "the failed attempt's permit is back"
     );
     // Another request gets the one permit while the first sleeps.
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
+    let response = send(&service).await;
     assert_eq!(response.extensions().get::<Attempts>(), Some(&Attempts(1)));
     drop(response);
     drop(request);
@@ -314,7 +346,7 @@ async fn dropping_a_stack_request_during_its_backoff_holds_no_permit() {
 async fn dropping_a_stream_waiting_for_its_first_event_returns_the_permit() {
     let silent = || Inner::new(|_, _| sse(TestBody::new(["data: {\"choi"], End::Never)));
 
-    let budget = TokenBudget::new(Quota::per_minute(600, 1_000_000)).max_concurrency(1);
+    let budget = one_at_a_time();
     let inner = silent();
     let service = budget.layer(ClassifyDashScopeError::new().layer(inner.clone()));
     let mut request = task::spawn(service.clone().oneshot(stream_request()));
@@ -325,7 +357,7 @@ async fn dropping_a_stream_waiting_for_its_first_event_returns_the_permit() {
     assert_eq!(budget.in_flight(), 0);
 
     let layers = Layers {
-        budget: TokenBudget::new(Quota::per_minute(600, 1_000_000)).max_concurrency(1),
+        budget: one_at_a_time(),
         ..Layers::default()
     };
     let inner = silent();
@@ -372,11 +404,8 @@ async fn dropping_a_request_waiting_for_a_cooled_model_leaves_no_probe_taken() {
     drop(waiting);
 
     tokio::time::advance(Duration::from_secs(5)).await;
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
-    assert_eq!(
-        response.extensions().get::<ServedModel>(),
-        Some(&ServedModel("qwen-plus".into()))
-    );
+    let response = send(&service).await;
+    assert_model(&response, "qwen-plus");
     assert_eq!(inner.calls(), 3);
 }
 
@@ -394,11 +423,8 @@ async fn dropping_a_fallback_probe_lets_the_next_request_probe() {
         _ => Some(Ok(ok_json())),
     });
     let service = fallback.layer(ClassifyDashScopeError::new().layer(inner.clone()));
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
-    assert_eq!(
-        response.extensions().get::<ServedModel>(),
-        Some(&ServedModel("qwen-flash".into()))
-    );
+    let response = send(&service).await;
+    assert_model(&response, "qwen-flash");
     assert_eq!(inner.calls(), 2);
 
     tokio::time::advance(Duration::from_secs(10)).await;
@@ -407,21 +433,15 @@ async fn dropping_a_fallback_probe_lets_the_next_request_probe() {
     assert_eq!(inner.calls(), 3);
     assert_eq!(last_model(&inner), "qwen-plus", "the probe");
     // While the probe is under way, others skip qwen-plus.
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
-    assert_eq!(
-        response.extensions().get::<ServedModel>(),
-        Some(&ServedModel("qwen-flash".into()))
-    );
+    let response = send(&service).await;
+    assert_model(&response, "qwen-flash");
     drop(probe);
 
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
-    assert_eq!(
-        response.extensions().get::<ServedModel>(),
-        Some(&ServedModel("qwen-plus".into()))
-    );
+    let response = send(&service).await;
+    assert_model(&response, "qwen-plus");
     assert_eq!(last_model(&inner), "qwen-plus");
     // Healthy again: the next goes straight to it.
-    within(service.clone().oneshot(chat(PLUS))).await.unwrap();
+    send(&service).await;
     assert_eq!(last_model(&inner), "qwen-plus");
 }
 
@@ -432,7 +452,7 @@ async fn dropping_a_request_waiting_for_its_first_byte_cools_nothing_and_returns
     let layers = Layers {
         fallback: FallbackModel::new(["qwen-plus", "qwen-flash"])
             .first_byte_timeout(Duration::from_secs(5)),
-        budget: TokenBudget::new(Quota::per_minute(600, 1_000_000)).max_concurrency(1),
+        budget: one_at_a_time(),
         ..Layers::default()
     };
     let inner = Inner::hanging(|n, _| (n != 0).then(|| Ok(ok_json())));
@@ -446,11 +466,8 @@ async fn dropping_a_request_waiting_for_its_first_byte_cools_nothing_and_returns
     drop(request);
     assert_eq!(layers.budget.in_flight(), 0);
 
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
-    assert_eq!(
-        response.extensions().get::<ServedModel>(),
-        Some(&ServedModel("qwen-plus".into()))
-    );
+    let response = send(&service).await;
+    assert_model(&response, "qwen-plus");
     drop(response);
     assert_eq!(layers.budget.in_flight(), 0);
 }
@@ -464,7 +481,7 @@ async fn dropping_a_request_after_a_first_byte_timeout_switched_it() {
             .first_byte_timeout(Duration::from_secs(5))
             .cooldown(Duration::from_secs(10)),
         retry: RetryWithJitter::new().seed(1).max_attempts(1),
-        budget: TokenBudget::new(Quota::per_minute(600, 1_000_000)).max_concurrency(1),
+        budget: one_at_a_time(),
         ..Layers::default()
     };
     // Everything hangs but the fourth call on.
@@ -485,18 +502,12 @@ async fn dropping_a_request_after_a_first_byte_timeout_switched_it() {
     assert_eq!(layers.budget.in_flight(), 0);
 
     // qwen-plus cools for 10 s, then the probe finds it well.
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
-    assert_eq!(
-        response.extensions().get::<ServedModel>(),
-        Some(&ServedModel("qwen-flash".into()))
-    );
+    let response = send(&service).await;
+    assert_model(&response, "qwen-flash");
     drop(response);
     tokio::time::advance(Duration::from_secs(10)).await;
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
-    assert_eq!(
-        response.extensions().get::<ServedModel>(),
-        Some(&ServedModel("qwen-plus".into()))
-    );
+    let response = send(&service).await;
+    assert_model(&response, "qwen-plus");
     drop(response);
     assert_eq!(layers.budget.in_flight(), 0);
 }
@@ -510,7 +521,7 @@ async fn dropping_a_stack_request_waiting_for_a_cooled_model() {
             .cooldown(Duration::from_secs(10))
             .max_wait(Duration::from_secs(30)),
         retry: RetryWithJitter::new().seed(1).max_attempts(1),
-        budget: TokenBudget::new(Quota::per_minute(600, 1_000_000)).max_concurrency(1),
+        budget: one_at_a_time(),
         ..Layers::default()
     };
     let inner = Inner::new(|n, _| if n < 2 { throttled() } else { ok_json() });
@@ -526,11 +537,8 @@ async fn dropping_a_stack_request_waiting_for_a_cooled_model() {
     drop(waiting);
     assert_eq!(layers.budget.in_flight(), 0);
     tokio::time::advance(Duration::from_secs(10)).await;
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
-    assert_eq!(
-        response.extensions().get::<ServedModel>(),
-        Some(&ServedModel("qwen-plus".into()))
-    );
+    let response = send(&service).await;
+    assert_model(&response, "qwen-plus");
 }
 
 // ------------------------------------------------------------------------------------------
@@ -549,7 +557,7 @@ fn router() -> RegionRouter {
 async fn dropping_a_request_during_its_failover() {
     let layers = Layers {
         router: router(),
-        budget: TokenBudget::new(Quota::per_minute(600, 1_000_000)).max_concurrency(1),
+        budget: one_at_a_time(),
         ..Layers::default()
     };
     // The primary refuses once; Virginia hangs once; then everything answers.
@@ -573,18 +581,12 @@ async fn dropping_a_request_during_its_failover() {
     );
 
     // Cooling: Virginia first. After the cooldown: the primary's probe, which succeeds.
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
-    assert_eq!(
-        response.extensions().get::<ServedRegion>(),
-        Some(&ServedRegion(Region::Virginia))
-    );
+    let response = send(&service).await;
+    assert_region(&response, Region::Virginia);
     drop(response);
     tokio::time::advance(Duration::from_secs(10)).await;
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
-    assert_eq!(
-        response.extensions().get::<ServedRegion>(),
-        Some(&ServedRegion(Region::Singapore))
-    );
+    let response = send(&service).await;
+    assert_region(&response, Region::Singapore);
     assert!(layers.router.is_healthy(0));
     drop(response);
     assert_eq!(layers.budget.in_flight(), 0);
@@ -602,11 +604,8 @@ async fn dropping_a_router_probe_lets_the_next_request_probe() {
         _ => Some(Ok(ok_json())),
     });
     let service = router.layer(ClassifyDashScopeError::new().layer(inner.clone()));
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
-    assert_eq!(
-        response.extensions().get::<ServedRegion>(),
-        Some(&ServedRegion(Region::Virginia))
-    );
+    let response = send(&service).await;
+    assert_region(&response, Region::Virginia);
     assert!(!router.is_healthy(0));
 
     tokio::time::advance(Duration::from_secs(10)).await;
@@ -618,18 +617,12 @@ async fn dropping_a_router_probe_lets_the_next_request_probe() {
         "the probe"
     );
     // While it is under way, others go to Virginia.
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
-    assert_eq!(
-        response.extensions().get::<ServedRegion>(),
-        Some(&ServedRegion(Region::Virginia))
-    );
+    let response = send(&service).await;
+    assert_region(&response, Region::Virginia);
     drop(probe);
 
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
-    assert_eq!(
-        response.extensions().get::<ServedRegion>(),
-        Some(&ServedRegion(Region::Singapore))
-    );
+    let response = send(&service).await;
+    assert_region(&response, Region::Singapore);
     assert!(router.is_healthy(0));
 }
 
@@ -645,13 +638,10 @@ async fn a_failed_router_probe_cools_the_primary_again() {
         }
     });
     let service = router.layer(inner.clone());
-    within(service.clone().oneshot(chat(PLUS))).await.unwrap();
+    send(&service).await;
     tokio::time::advance(Duration::from_secs(10)).await;
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
-    assert_eq!(
-        response.extensions().get::<ServedRegion>(),
-        Some(&ServedRegion(Region::Virginia))
-    );
+    let response = send(&service).await;
+    assert_region(&response, Region::Virginia);
     assert!(!router.is_healthy(0));
     // Without a failover left, the primary's refusal is the caller's typed error.
     let alone = RegionRouter::new(Region::Singapore, "sk-test-0000");
@@ -671,7 +661,7 @@ async fn a_failed_router_probe_cools_the_primary_again() {
 async fn dropping_a_stream_body_midway_returns_the_permit() {
     use http_body_util::BodyExt;
     let layers = Layers {
-        budget: TokenBudget::new(Quota::per_minute(600, 1_000_000)).max_concurrency(1),
+        budget: one_at_a_time(),
         ..Layers::default()
     };
     let inner = Inner::new(|_, _| {
