@@ -15,14 +15,14 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use tower_dashscope::mock::{Fault, MidStreamError, MockDashScope, MockServer, ModelConfig};
 
 #[allow(dead_code)]
 #[path = "../examples/axum_gateway/mod.rs"]
 mod gateway;
+#[path = "support/gateway.rs"]
+mod harness;
 
-use gateway::app::{self, Gateway};
 use gateway::config;
 
 /// The longest any step of a test may take before it fails instead of hanging.
@@ -45,32 +45,12 @@ struct Harness {
 /// and `[[upstreams]]`, which point at the simulator).
 async fn start(mock: MockDashScope, models_etc: &str) -> Harness {
     let server = mock.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-max_body_bytes = 4096
-
-[[upstreams]]
-base_url = "http://{}"
-api_key_env = "{KEY_VAR}"
-
-{models_etc}
-"#,
-        server.local_addr()
-    );
-    let config = config::parse(&text, "test.toml").unwrap();
-    let upstreams =
-        app::resolve_upstreams(&config, |name| (name == KEY_VAR).then(|| KEY.to_owned()))
-            .await
-            .unwrap();
-    let gateway = Gateway::new(config, &upstreams.resolved).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let config = harness::config(server.local_addr(), KEY_VAR, models_etc);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(gateway.serve(listener, async move {
+    let harness::Served { addr, task } = harness::serve(config, KEY_VAR, KEY, async move {
         let _ = stopped.await;
-    }));
+    })
+    .await;
     Harness {
         addr,
         stop: Some(stop),
