@@ -87,11 +87,7 @@ impl Harness {
 
     async fn stop(mut self) {
         self.stop.take().unwrap().send(()).unwrap();
-        tokio::time::timeout(BOUND, &mut self.task)
-            .await
-            .expect("the gateway stops in time")
-            .unwrap()
-            .unwrap();
+        stopped(&mut self.task).await;
     }
 }
 
@@ -103,6 +99,42 @@ async fn read(response: http::Response<Incoming>) -> (StatusCode, HeaderMap, Byt
         .expect("the body is read")
         .to_bytes();
     (parts.status, parts.headers, bytes)
+}
+
+/// The next frame of `body`, which must come in time and without an error.
+async fn next_frame(body: &mut Incoming) -> http_body::Frame<Bytes> {
+    tokio::time::timeout(BOUND, body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+}
+
+/// The rest of `body`, which must end in time and without an error.
+async fn rest(body: Incoming) -> Bytes {
+    tokio::time::timeout(BOUND, body.collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes()
+}
+
+/// Waits for the gateway's task, which must end in time and cleanly.
+async fn stopped(task: &mut tokio::task::JoinHandle<std::io::Result<()>>) {
+    tokio::time::timeout(BOUND, task)
+        .await
+        .expect("the gateway stops in time")
+        .unwrap()
+        .unwrap();
+}
+
+/// The simulator with qwen-max and qwen-plus as configured, taking [`KEY`].
+fn two_models(max: ModelConfig, plus: ModelConfig) -> MockDashScope {
+    MockDashScope::builder()
+        .model("qwen-max", max)
+        .model("qwen-plus", plus)
+        .api_key(KEY)
+        .build()
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -175,14 +207,10 @@ max_delay = "20ms"
 
 #[tokio::test]
 async fn a_model_that_is_down_falls_back_and_the_headers_say_so() {
-    let mock = MockDashScope::builder()
-        .model(
-            "qwen-max",
-            ModelConfig::new().outage(Duration::ZERO..Duration::from_secs(3600)),
-        )
-        .model("qwen-plus", ModelConfig::new())
-        .api_key(KEY)
-        .build();
+    let mock = two_models(
+        ModelConfig::new().outage(Duration::ZERO..Duration::from_secs(3600)),
+        ModelConfig::new(),
+    );
     let gw = start(mock, TWO_MODELS).await;
 
     // Asked through an alias: qwen-max is down, qwen-plus answers.
@@ -254,15 +282,11 @@ async fn a_model_that_is_down_falls_back_and_the_headers_say_so() {
 
 #[tokio::test]
 async fn a_stream_is_relayed_chunk_by_chunk_and_carries_its_usage() {
-    let mock = MockDashScope::builder()
-        // Twenty tokens a second: the chunks are apart.
-        .model(
-            "qwen-max",
-            ModelConfig::new().latency(Duration::from_millis(10), 20.0),
-        )
-        .model("qwen-plus", ModelConfig::new())
-        .api_key(KEY)
-        .build();
+    // Twenty tokens a second: the chunks are apart.
+    let mock = two_models(
+        ModelConfig::new().latency(Duration::from_millis(10), 20.0),
+        ModelConfig::new(),
+    );
     let gw = start(mock, TWO_MODELS).await;
 
     let response = gw.post(stream("qwen-max", 6).to_string()).await;
@@ -277,20 +301,10 @@ async fn a_stream_is_relayed_chunk_by_chunk_and_carries_its_usage() {
     );
     let mut body = response.into_body();
     // The first chunk arrives alone, before the answer is complete.
-    let first = tokio::time::timeout(BOUND, body.frame())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap()
-        .into_data()
-        .unwrap();
+    let first = next_frame(&mut body).await.into_data().unwrap();
     let first = data_events(&first);
     assert!(!first.is_empty() && !first.contains(&"[DONE]".to_owned()));
-    let rest = tokio::time::timeout(BOUND, body.collect())
-        .await
-        .unwrap()
-        .unwrap()
-        .to_bytes();
+    let rest = rest(body).await;
     let mut events = first;
     events.extend(data_events(&rest));
     assert_eq!(events.last().unwrap(), "[DONE]");
@@ -387,11 +401,10 @@ total = "20s"
 
 #[tokio::test]
 async fn a_stream_that_dies_before_its_first_byte_falls_back() {
-    let mock = MockDashScope::builder()
-        .model("qwen-max", ModelConfig::new().fault(Fault::NoFirstByte))
-        .model("qwen-plus", ModelConfig::new())
-        .api_key(KEY)
-        .build();
+    let mock = two_models(
+        ModelConfig::new().fault(Fault::NoFirstByte),
+        ModelConfig::new(),
+    );
     let config = TWO_MODELS.replace("first_byte = \"2s\"", "first_byte = \"300ms\"");
     let gw = start(mock, &config).await;
     let (status, headers, body) = gw.post_json(stream("qwen-max", 4)).await;
@@ -408,11 +421,7 @@ async fn a_stream_that_dies_before_its_first_byte_falls_back() {
 
 #[tokio::test]
 async fn bad_input_gets_413_400_and_404_with_openai_shaped_bodies() {
-    let mock = MockDashScope::builder()
-        .model("qwen-max", ModelConfig::new())
-        .model("qwen-plus", ModelConfig::new())
-        .api_key(KEY)
-        .build();
+    let mock = two_models(ModelConfig::new(), ModelConfig::new());
     let gw = start(mock, TWO_MODELS).await;
 
     // Over max_body_bytes (4096), declared...
@@ -491,17 +500,13 @@ impl http_body::Body for Chunks {
 
 #[tokio::test]
 async fn upstream_errors_keep_their_status_and_retry_after() {
-    let mock = MockDashScope::builder()
-        // One request a minute, and a gateway-style Retry-After on 429s.
-        .model(
-            "qwen-max",
-            ModelConfig::new()
-                .rpm(1)
-                .retry_after(Duration::from_millis(2_500)),
-        )
-        .model("qwen-plus", ModelConfig::new().context_window(50))
-        .api_key(KEY)
-        .build();
+    // One request a minute, and a gateway-style Retry-After on 429s.
+    let mock = two_models(
+        ModelConfig::new()
+            .rpm(1)
+            .retry_after(Duration::from_millis(2_500)),
+        ModelConfig::new().context_window(50),
+    );
     // No client-side quota and no fallback: the simulator's 429 reaches the caller.
     let models = r#"
 [models]
@@ -530,38 +535,22 @@ max_attempts = 1
 
 #[tokio::test]
 async fn graceful_shutdown_drains_a_stream_in_flight() {
-    let mock = MockDashScope::builder()
-        .model(
-            "qwen-max",
-            ModelConfig::new().latency(Duration::from_millis(10), 20.0),
-        )
-        .model("qwen-plus", ModelConfig::new())
-        .api_key(KEY)
-        .build();
+    let mock = two_models(
+        ModelConfig::new().latency(Duration::from_millis(10), 20.0),
+        ModelConfig::new(),
+    );
     let mut gw = start(mock, TWO_MODELS).await;
     let response = gw.post(stream("qwen-max", 8).to_string()).await;
     assert_eq!(response.status(), StatusCode::OK);
     let mut body = response.into_body();
-    let first = tokio::time::timeout(BOUND, body.frame())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let first = next_frame(&mut body).await;
     assert!(first.is_data());
 
     // Shut down while the stream is under way: it still ends whole.
     gw.stop.take().unwrap().send(()).unwrap();
-    let rest = tokio::time::timeout(BOUND, body.collect())
-        .await
-        .unwrap()
-        .unwrap()
-        .to_bytes();
+    let rest = rest(body).await;
     assert_eq!(data_events(&rest).last().unwrap(), "[DONE]");
-    tokio::time::timeout(BOUND, &mut gw.task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    stopped(&mut gw.task).await;
 }
 
 /// What openai-python's `Stream` does with an event stream: split events on blank lines, join
@@ -639,17 +628,13 @@ fn python_sdk_request(url: &str, model: &str) -> Request<Full<Bytes>> {
 
 #[tokio::test]
 async fn a_python_sdk_style_client_streams_and_raises_on_a_broken_stream() {
-    let mock = MockDashScope::builder()
-        .model("qwen-max", ModelConfig::new())
-        .model(
-            "qwen-plus",
-            ModelConfig::new().fault(Fault::ErrorMidStream {
-                after_tokens: 2,
-                error: MidStreamError::DataInspection,
-            }),
-        )
-        .api_key(KEY)
-        .build();
+    let mock = two_models(
+        ModelConfig::new(),
+        ModelConfig::new().fault(Fault::ErrorMidStream {
+            after_tokens: 2,
+            error: MidStreamError::DataInspection,
+        }),
+    );
     let models = r#"
 [models]
 "qwen-max" = {}
