@@ -79,12 +79,7 @@ async fn part_one() -> Result<(), String> {
     println!("Part 1: the six layers by hand, to {}", endpoint.describe());
     let chain = std::iter::once(endpoint.model.clone()).chain(endpoint.fallback.clone());
     // HTTPS (rustls, ring, webpki roots) for DashScope; plain HTTP for the loopback simulator.
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-        .map_err(|err| format!("cannot set up TLS: {err}"))?
-        .https_or_http()
-        .enable_http1()
-        .build();
+    let connector = chat_demo::dashscope_env::https_connector()?;
     let http_client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector);
     // In live mode, the router of `endpoint.stack()` carries the region and its key.
     let router: RegionRouter = endpoint.stack().router_ref().clone();

@@ -19,7 +19,7 @@ use tower_dashscope::{
 };
 
 #[path = "dashscope_env.rs"]
-mod dashscope_env;
+pub mod dashscope_env;
 #[path = "logging.rs"]
 mod logging;
 
@@ -221,6 +221,27 @@ where
         );
     }
     Ok(())
+}
+
+/// The two calls of the client examples: [`chat_once`], then [`chat_streaming`], each failure
+/// printed with the key redacted. Whether both succeeded.
+pub async fn chat_both<S, B>(client: S, endpoint: &Endpoint) -> bool
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>, Error = DashScopeError> + Clone,
+    B: http_body::Body<Data = Bytes, Error = DashScopeError> + Unpin,
+{
+    let mut failed = false;
+    println!("\n1. one answer in one piece (asks for {})", endpoint.model);
+    if let Err(err) = chat_once(client.clone(), endpoint).await {
+        println!("  failed: {}", redact(&err.to_string(), endpoint.key()));
+        failed = true;
+    }
+    println!("\n2. a streamed answer, token by token");
+    if let Err(err) = chat_streaming(client, endpoint).await {
+        println!("\n  failed: {}", redact(&err.to_string(), endpoint.key()));
+        failed = true;
+    }
+    !failed
 }
 
 /// A streamed answer, each token printed as it arrives.
