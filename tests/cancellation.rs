@@ -54,6 +54,17 @@ where
     within(service.clone().oneshot(chat(PLUS))).await.unwrap()
 }
 
+/// A request of [`PLUS`] through a clone of `service`, polled once by hand: it must be pending.
+#[track_caller]
+fn pending<S>(service: &S) -> task::Spawn<tower::util::Oneshot<S, Request<Full<Bytes>>>>
+where
+    S: tower::Service<Request<Full<Bytes>>> + Clone,
+{
+    let mut request = task::spawn(service.clone().oneshot(chat(PLUS)));
+    assert!(request.poll().is_pending());
+    request
+}
+
 /// `response` was served by `model`.
 #[track_caller]
 fn assert_model<B>(response: &http::Response<B>, model: &str) {
@@ -166,15 +177,13 @@ async fn dropping_a_request_waiting_for_a_permit_or_under_way_returns_the_permit
     let inner = Inner::hanging(|n, _| (n != 0).then(|| Ok(ok_json())));
     let service = budget.layer(inner.clone());
 
-    let mut first = task::spawn(service.clone().oneshot(chat(PLUS)));
-    assert!(first.poll().is_pending());
+    let first = pending(&service);
     assert_eq!(inner.calls(), 1, "sent, and the answer never comes");
     assert_eq!(budget.in_flight(), 1);
     let charged = budget.tokens_in_window("qwen-plus");
     assert!(charged > 0);
 
-    let mut second = task::spawn(service.clone().oneshot(chat(PLUS)));
-    assert!(second.poll().is_pending());
+    let second = pending(&service);
     assert_eq!(inner.calls(), 1, "waits for the permit");
     drop(second);
     assert_eq!(budget.in_flight(), 1);
@@ -212,8 +221,7 @@ async fn dropping_a_stack_request_waiting_for_the_budget_takes_nothing() {
     .await;
     let one = layers.budget.tokens_in_window("qwen-plus");
 
-    let mut waiting = task::spawn(service.clone().oneshot(chat(PLUS)));
-    assert!(waiting.poll().is_pending());
+    let mut waiting = pending(&service);
     tokio::time::advance(Duration::from_millis(500)).await;
     assert!(waiting.poll().is_pending());
     assert_eq!(inner.calls(), 1);
@@ -256,8 +264,7 @@ async fn dropping_a_request_while_the_budget_asks_its_store_returns_the_permit()
     let inner = Inner::ok();
     let service = budget.layer(inner.clone());
     slow.store(true, Ordering::SeqCst);
-    let mut asking = task::spawn(service.clone().oneshot(chat(PLUS)));
-    assert!(asking.poll().is_pending());
+    let mut asking = pending(&service);
     tokio::time::advance(Duration::from_secs(5)).await;
     assert!(asking.poll().is_pending());
     assert_eq!(inner.calls(), 0);
@@ -293,8 +300,7 @@ async fn dropping_a_request_during_its_backoff_refunds_the_retry_budget() {
     let inner = Inner::new(|_, _| unavailable());
     let service = retry.layer(ClassifyDashScopeError::new().layer(inner.clone()));
     for n in 1..=10 {
-        let mut request = task::spawn(service.clone().oneshot(chat(PLUS)));
-        assert!(request.poll().is_pending());
+        let request = pending(&service);
         assert_eq!(inner.calls(), n, "one attempt, then the backoff");
         drop(request);
     }
@@ -320,8 +326,7 @@ async fn dropping_a_stack_request_during_its_backoff_holds_no_permit() {
     };
     let inner = Inner::new(|n, _| if n == 0 { unavailable() } else { ok_json() });
     let service = layers.over(inner.clone());
-    let mut request = task::spawn(service.clone().oneshot(chat(PLUS)));
-    assert!(request.poll().is_pending());
+    let request = pending(&service);
     assert_eq!(inner.calls(), 1);
     assert_eq!(
         layers.budget.in_flight(),
@@ -396,8 +401,7 @@ async fn dropping_a_request_waiting_for_a_cooled_model_leaves_no_probe_taken() {
         .unwrap_err();
     assert!(matches!(err.class(), ErrorClass::RateLimited(_)));
     assert_eq!(inner.calls(), 2, "both models throttled and cooling");
-    let mut waiting = task::spawn(service.clone().oneshot(chat(PLUS)));
-    assert!(waiting.poll().is_pending());
+    let mut waiting = pending(&service);
     assert_eq!(inner.calls(), 2, "waiting for a model to come back");
     tokio::time::advance(Duration::from_secs(5)).await;
     assert!(waiting.poll().is_pending());
@@ -428,8 +432,7 @@ async fn dropping_a_fallback_probe_lets_the_next_request_probe() {
     assert_eq!(inner.calls(), 2);
 
     tokio::time::advance(Duration::from_secs(10)).await;
-    let mut probe = task::spawn(service.clone().oneshot(chat(PLUS)));
-    assert!(probe.poll().is_pending());
+    let probe = pending(&service);
     assert_eq!(inner.calls(), 3);
     assert_eq!(last_model(&inner), "qwen-plus", "the probe");
     // While the probe is under way, others skip qwen-plus.
@@ -457,8 +460,7 @@ async fn dropping_a_request_waiting_for_its_first_byte_cools_nothing_and_returns
     };
     let inner = Inner::hanging(|n, _| (n != 0).then(|| Ok(ok_json())));
     let service = layers.over(inner.clone());
-    let mut request = task::spawn(service.clone().oneshot(chat(PLUS)));
-    assert!(request.poll().is_pending());
+    let mut request = pending(&service);
     tokio::time::advance(Duration::from_secs(3)).await;
     assert!(request.poll().is_pending());
     assert_eq!(inner.calls(), 1);
@@ -466,9 +468,7 @@ async fn dropping_a_request_waiting_for_its_first_byte_cools_nothing_and_returns
     drop(request);
     assert_eq!(layers.budget.in_flight(), 0);
 
-    let response = send(&service).await;
-    assert_model(&response, "qwen-plus");
-    drop(response);
+    assert_model(&send(&service).await, "qwen-plus");
     assert_eq!(layers.budget.in_flight(), 0);
 }
 
@@ -487,8 +487,7 @@ async fn dropping_a_request_after_a_first_byte_timeout_switched_it() {
     // Everything hangs but the fourth call on.
     let inner = Inner::hanging(|n, _| (n >= 2).then(|| Ok(ok_json())));
     let service = layers.over(inner.clone());
-    let mut request = task::spawn(service.clone().oneshot(chat(PLUS)));
-    assert!(request.poll().is_pending());
+    let mut request = pending(&service);
     tokio::time::advance(Duration::from_secs(5)).await;
     assert!(request.poll().is_pending());
     assert_eq!(
@@ -502,13 +501,9 @@ async fn dropping_a_request_after_a_first_byte_timeout_switched_it() {
     assert_eq!(layers.budget.in_flight(), 0);
 
     // qwen-plus cools for 10 s, then the probe finds it well.
-    let response = send(&service).await;
-    assert_model(&response, "qwen-flash");
-    drop(response);
+    assert_model(&send(&service).await, "qwen-flash");
     tokio::time::advance(Duration::from_secs(10)).await;
-    let response = send(&service).await;
-    assert_model(&response, "qwen-plus");
-    drop(response);
+    assert_model(&send(&service).await, "qwen-plus");
     assert_eq!(layers.budget.in_flight(), 0);
 }
 
@@ -530,8 +525,7 @@ async fn dropping_a_stack_request_waiting_for_a_cooled_model() {
         .await
         .unwrap_err();
     assert_eq!(inner.calls(), 2);
-    let mut waiting = task::spawn(service.clone().oneshot(chat(PLUS)));
-    assert!(waiting.poll().is_pending());
+    let waiting = pending(&service);
     assert_eq!(inner.calls(), 2);
     assert_eq!(layers.budget.in_flight(), 0);
     drop(waiting);
@@ -567,8 +561,7 @@ async fn dropping_a_request_during_its_failover() {
         _ => Some(Ok(ok_json())),
     });
     let service = layers.over(inner.clone());
-    let mut request = task::spawn(service.clone().oneshot(chat(PLUS)));
-    assert!(request.poll().is_pending());
+    let request = pending(&service);
     assert_eq!(inner.calls(), 2, "failed over to Virginia, which is silent");
     assert!(!is_primary(inner.seen.lock().unwrap().last().unwrap()));
     assert_eq!(layers.budget.in_flight(), 1);
@@ -581,9 +574,7 @@ async fn dropping_a_request_during_its_failover() {
     );
 
     // Cooling: Virginia first. After the cooldown: the primary's probe, which succeeds.
-    let response = send(&service).await;
-    assert_region(&response, Region::Virginia);
-    drop(response);
+    assert_region(&send(&service).await, Region::Virginia);
     tokio::time::advance(Duration::from_secs(10)).await;
     let response = send(&service).await;
     assert_region(&response, Region::Singapore);
@@ -609,8 +600,7 @@ async fn dropping_a_router_probe_lets_the_next_request_probe() {
     assert!(!router.is_healthy(0));
 
     tokio::time::advance(Duration::from_secs(10)).await;
-    let mut probe = task::spawn(service.clone().oneshot(chat(PLUS)));
-    assert!(probe.poll().is_pending());
+    let probe = pending(&service);
     assert_eq!(inner.calls(), 3);
     assert!(
         is_primary(inner.seen.lock().unwrap().last().unwrap()),
