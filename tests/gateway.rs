@@ -81,6 +81,12 @@ impl Harness {
         self.send(request).await
     }
 
+    /// A GET of `path`, read to its end.
+    async fn get(&self, path: &str) -> (StatusCode, HeaderMap, Bytes) {
+        let request = Request::get(self.url(path)).body(Full::default()).unwrap();
+        read(self.send(request).await).await
+    }
+
     async fn post_json(&self, body: Value) -> (StatusCode, HeaderMap, Bytes) {
         read(self.post(body.to_string()).await).await
     }
@@ -257,15 +263,7 @@ async fn a_model_that_is_down_falls_back_and_the_headers_say_so() {
     assert_eq!(stats.model("qwen-plus").unwrap().total.succeeded, 1);
 
     // /v1/models lists each model with its fallbacks, and the aliases.
-    let (status, _, body) = read(
-        gw.send(
-            Request::get(gw.url("/v1/models"))
-                .body(Full::default())
-                .unwrap(),
-        )
-        .await,
-    )
-    .await;
+    let (status, _, body) = gw.get("/v1/models").await;
     assert_eq!(status, StatusCode::OK);
     let list: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(list["object"], "list");
@@ -465,15 +463,7 @@ async fn bad_input_gets_413_400_and_404_with_openai_shaped_bodies() {
             .contains("qwen-max")
     );
 
-    let (status, _, body) = read(
-        gw.send(
-            Request::get(gw.url("/v1/embeddings"))
-                .body(Full::default())
-                .unwrap(),
-        )
-        .await,
-    )
-    .await;
+    let (status, _, body) = gw.get("/v1/embeddings").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_openai_error(&body, "unknown_url");
 
