@@ -19,7 +19,7 @@ use tokio_test::task;
 use tower::{Layer, ServiceExt};
 use tower_dashscope::{
     Attempts, BudgetWait, ClassifyDashScopeError, ErrorClass, FallbackModel, Quota, Region,
-    RegionRouter, RetryWithJitter, ServedModel, ServedRegion, TokenBudget,
+    RegionRouter, RetryWithJitter, TokenBudget,
 };
 
 #[path = "support/inner.rs"]
@@ -30,8 +30,8 @@ mod stack;
 mod store;
 
 use inner::{
-    End, Inner, PLUS, TestBody, chat, drain, model_of, ok_json, refused, sse, throttled,
-    unavailable,
+    End, Inner, PLUS, TestBody, assert_model, assert_region, chat, drain, is_primary, model_of,
+    ok_json, refuse_primary, refused, sse, throttled, unavailable,
 };
 use stack::Layers;
 use store::ScriptedStore;
@@ -65,34 +65,9 @@ where
     request
 }
 
-/// `response` was served by `model`.
-#[track_caller]
-fn assert_model<B>(response: &http::Response<B>, model: &str) {
-    assert_eq!(
-        response.extensions().get::<ServedModel>(),
-        Some(&ServedModel(model.into()))
-    );
-}
-
-/// `response` was served from `region`.
-#[track_caller]
-fn assert_region<B>(response: &http::Response<B>, region: Region) {
-    assert_eq!(
-        response.extensions().get::<ServedRegion>(),
-        Some(&ServedRegion(region))
-    );
-}
-
 /// A budget with room for everything here but one request at a time.
 fn one_at_a_time() -> TokenBudget {
     TokenBudget::new(Quota::per_minute(600, 1_000_000)).max_concurrency(1)
-}
-
-fn is_primary(req: &Request<Full<Bytes>>) -> bool {
-    req.uri()
-        .host()
-        .unwrap_or_default()
-        .contains("dashscope-intl")
 }
 
 fn last_model(inner: &Inner) -> String {
@@ -620,13 +595,7 @@ async fn dropping_a_router_probe_lets_the_next_request_probe() {
 #[tokio::test(start_paused = true)]
 async fn a_failed_router_probe_cools_the_primary_again() {
     let router = router();
-    let inner = Inner::fallible(|_, req| {
-        if is_primary(req) {
-            Err(refused())
-        } else {
-            Ok(ok_json())
-        }
-    });
+    let inner = Inner::fallible(refuse_primary);
     let service = router.layer(inner.clone());
     send(&service).await;
     tokio::time::advance(Duration::from_secs(10)).await;
