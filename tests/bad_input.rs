@@ -45,6 +45,20 @@ where
     service.oneshot(request).await
 }
 
+/// Calls `service` with `request`, which must answer, and reads the body to its end: the bytes
+/// it yielded and the error it ended with, if any.
+async fn call_and_drain<S, B>(
+    service: S,
+    request: Request<Full<Bytes>>,
+) -> (usize, Option<B::Error>)
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>, Error = DashScopeError>,
+    B: http_body::Body<Data = Bytes>,
+{
+    let response = call(service, request).await.unwrap();
+    drain(response.into_body()).await
+}
+
 // ------------------------------------------------------------------------------------------
 // Request bodies
 // ------------------------------------------------------------------------------------------
@@ -262,11 +276,8 @@ async fn a_100_mib_body_goes_through_the_stack_uncopied_in_bounded_memory() {
     });
     let layers = Layers::default();
     let service = layers.over(inner.clone());
-    let level = peak_alloc::current();
-    peak_alloc::reset_peak();
-    let response = call(service, chat(big.clone())).await.unwrap();
-    let (bytes, err) = drain(response.into_body()).await;
-    let peak = peak_alloc::peak_since_reset(level);
+    let ((bytes, err), peak) =
+        peak_alloc::measure_async(|| call_and_drain(service, chat(big.clone()))).await;
     assert!(err.is_none());
     assert!(bytes > 0);
     assert_eq!(inner.calls(), 2, "the 503 was retried");
@@ -300,11 +311,11 @@ async fn a_100_mib_body_goes_through_each_layer_uncopied() {
     where
         S: Service<Request<Full<Bytes>>, Response = Response<B>, Error = DashScopeError>,
     {
-        let level = peak_alloc::current();
-        peak_alloc::reset_peak();
-        let response = call(service, chat(big.clone())).await.unwrap();
-        drop(response);
-        let peak = peak_alloc::peak_since_reset(level);
+        let ((), peak) = peak_alloc::measure_async(|| async {
+            let response = call(service, chat(big.clone())).await.unwrap();
+            drop(response);
+        })
+        .await;
         assert_eq!(
             inner.body(0).as_ptr(),
             big.as_ptr(),
@@ -744,12 +755,12 @@ async fn malformed_error_bodies_are_typed_errors_in_bounded_memory() {
             let body = std::sync::Mutex::new(Some(body));
             let inner =
                 Inner::new(move |_, _| response(status, &[], body.lock().unwrap().take().unwrap()));
-            let level = peak_alloc::current();
-            peak_alloc::reset_peak();
-            let err = call(ClassifyDashScopeError::new().layer(inner), chat("{}"))
-                .await
-                .unwrap_err();
-            let peak = peak_alloc::peak_since_reset(level);
+            let (err, peak) = peak_alloc::measure_async(|| async {
+                call(ClassifyDashScopeError::new().layer(inner), chat("{}"))
+                    .await
+                    .unwrap_err()
+            })
+            .await;
             if case.starts_with("sse") {
                 // The frame's own `:HTTP_STATUS/429` is the status that counts.
                 assert!(
@@ -799,15 +810,15 @@ async fn malformed_error_bodies_through_the_stack_end_in_typed_errors() {
             None => response(503, &[], TestBody::full("")),
         });
         let layers = Layers::default();
-        let level = peak_alloc::current();
-        peak_alloc::reset_peak();
-        let err = call(
-            layers.over(inner.clone()),
-            chat(r#"{"model":"qwen-plus","messages":[]}"#),
-        )
-        .await
-        .unwrap_err();
-        let peak = peak_alloc::peak_since_reset(level);
+        let (err, peak) = peak_alloc::measure_async(|| async {
+            call(
+                layers.over(inner.clone()),
+                chat(r#"{"model":"qwen-plus","messages":[]}"#),
+            )
+            .await
+            .unwrap_err()
+        })
+        .await;
         assert!(
             matches!(
                 err.class(),
@@ -985,28 +996,22 @@ async fn a_10_mib_line_passes_through_in_bounded_memory() {
             n
         };
         let inner = Inner::new(move |_, _| sse(ten_mib_line(first)));
-        let level = peak_alloc::current();
-        peak_alloc::reset_peak();
-        let response = call(
-            ClassifyDashScopeError::new().layer(inner.clone()),
-            stream_request(),
-        )
-        .await
-        .unwrap();
-        let (bytes, err) = drain(response.into_body()).await;
-        let peak = peak_alloc::peak_since_reset(level);
+        let ((bytes, err), peak) = peak_alloc::measure_async(|| {
+            call_and_drain(
+                ClassifyDashScopeError::new().layer(inner.clone()),
+                stream_request(),
+            )
+        })
+        .await;
         assert!(err.is_none(), "first {first}: {err:?}");
         assert_eq!(bytes, expected, "first {first}");
         assert!(peak < 3 * MIB, "classify, first {first}: held {peak} bytes");
 
         let layers = Layers::default();
-        let level = peak_alloc::current();
-        peak_alloc::reset_peak();
-        let response = call(layers.over(inner.clone()), stream_request())
-            .await
-            .unwrap();
-        let (bytes, err) = drain(response.into_body()).await;
-        let peak = peak_alloc::peak_since_reset(level);
+        let ((bytes, err), peak) = peak_alloc::measure_async(|| {
+            call_and_drain(layers.over(inner.clone()), stream_request())
+        })
+        .await;
         assert!(err.is_none(), "stack, first {first}: {err:?}");
         assert_eq!(bytes, expected, "stack, first {first}");
         assert!(peak < 3 * MIB, "stack, first {first}: held {peak} bytes");
@@ -1022,11 +1027,9 @@ async fn a_10_mib_line_without_an_end_is_bounded_and_typed() {
             sse(TestBody::new([EVENT, "data: {\"choices\":"], end)
                 .repeat(Bytes::from_static(&A64K), 160))
         });
-        let level = peak_alloc::current();
-        peak_alloc::reset_peak();
-        let response = call(recommended(inner), stream_request()).await.unwrap();
-        let (bytes, err) = drain(response.into_body()).await;
-        let peak = peak_alloc::peak_since_reset(level);
+        let ((bytes, err), peak) =
+            peak_alloc::measure_async(|| call_and_drain(recommended(inner), stream_request()))
+                .await;
         assert_eq!(bytes, EVENT.len() + 17 + 10 * MIB, "{end:?}");
         assert!(peak < 3 * MIB, "{end:?}: held {peak} bytes");
         // Cut inside an event, cleanly or not: the output is incomplete, and says so.
@@ -1055,10 +1058,8 @@ async fn a_100_mib_streaming_body_is_refused_at_the_buffer_limit() {
     let request = Request::post("/compatible-mode/v1/chat/completions")
         .body(body)
         .unwrap();
-    let level = peak_alloc::current();
-    peak_alloc::reset_peak();
-    let err = service.oneshot(request).await.unwrap_err();
-    let peak = peak_alloc::peak_since_reset(level);
+    let (err, peak) =
+        peak_alloc::measure_async(|| async { service.oneshot(request).await.unwrap_err() }).await;
     assert_eq!(err.class(), ErrorClass::PayloadTooLarge);
     assert!(err.to_string().contains("limit"), "{err}");
     assert_eq!(inner.calls(), 0);
@@ -1157,14 +1158,13 @@ async fn malformed_error_events_in_a_stream_are_typed_or_passed_through() {
             };
             let expected = drain(make_body()).await.0;
             let inner = Inner::new(move |_, _| sse(make_body()));
-            let level = peak_alloc::current();
-            peak_alloc::reset_peak();
-            let outcome = call(ClassifyDashScopeError::new().layer(inner), stream_request()).await;
-            let (bytes, err) = match outcome {
-                Ok(response) => drain(response.into_body()).await,
-                Err(err) => (expected, Some(err)),
-            };
-            let peak = peak_alloc::peak_since_reset(level);
+            let ((bytes, err), peak) = peak_alloc::measure_async(|| async {
+                match call(ClassifyDashScopeError::new().layer(inner), stream_request()).await {
+                    Ok(response) => drain(response.into_body()).await,
+                    Err(err) => (expected, Some(err)),
+                }
+            })
+            .await;
             assert_eq!(bytes, expected, "{case}, after a good event: {after_good}");
             if let Some(err) = &err {
                 assert!(
@@ -1216,11 +1216,11 @@ async fn retry_alone_is_not_held_by_a_failed_responses_body() {
         let retry = RetryWithJitter::new()
             .seed(1)
             .max_delay(Duration::from_secs(2));
-        let level = peak_alloc::current();
-        peak_alloc::reset_peak();
         let start = Instant::now();
-        let response = call(retry.layer(inner.clone()), chat("{}")).await.unwrap();
-        let peak = peak_alloc::peak_since_reset(level);
+        let (response, peak) = peak_alloc::measure_async(|| async {
+            call(retry.layer(inner.clone()), chat("{}")).await.unwrap()
+        })
+        .await;
         assert_eq!(response.status(), 200, "{case}");
         assert_eq!(inner.calls(), 2, "{case}");
         assert!(
@@ -1255,14 +1255,13 @@ async fn a_1_mib_error_event_of_tiny_values_is_read_in_bounded_memory() {
             };
             let body = std::sync::Mutex::new(Some(body));
             let inner = Inner::new(move |_, _| sse(body.lock().unwrap().take().unwrap()));
-            let level = peak_alloc::current();
-            peak_alloc::reset_peak();
-            let err = match call(ClassifyDashScopeError::new().layer(inner), stream_request()).await
-            {
-                Ok(response) => drain(response.into_body()).await.1.expect("an error event"),
-                Err(err) => err,
-            };
-            let peak = peak_alloc::peak_since_reset(level);
+            let (err, peak) = peak_alloc::measure_async(|| async {
+                match call(ClassifyDashScopeError::new().layer(inner), stream_request()).await {
+                    Ok(response) => drain(response.into_body()).await.1.expect("an error event"),
+                    Err(err) => err,
+                }
+            })
+            .await;
             assert_eq!(
                 err.class(),
                 ErrorClass::RateLimited(RateLimitKind::Requests),
@@ -1389,13 +1388,13 @@ async fn a_15_mib_body_of_tiny_values_is_parsed_in_bounded_memory() {
             budget: TokenBudget::new(Quota::per_minute(600, u32::MAX)),
             ..Layers::default()
         };
-        let level = peak_alloc::current();
-        peak_alloc::reset_peak();
-        let response = call(layers.over(inner.clone()), chat(body.clone()))
-            .await
-            .unwrap();
-        drop(response);
-        let peak = peak_alloc::peak_since_reset(level);
+        let ((), peak) = peak_alloc::measure_async(|| async {
+            let response = call(layers.over(inner.clone()), chat(body.clone()))
+                .await
+                .unwrap();
+            drop(response);
+        })
+        .await;
         assert_eq!(inner.calls(), 2, "{name}");
         assert!(
             inner.body(1).starts_with(br#"{"model":"qwen-flash""#),
