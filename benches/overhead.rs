@@ -105,10 +105,7 @@ fn allocations(probe: &mut dyn Probe, body: &Bytes) -> f64 {
 
 fn overhead(c: &mut Criterion) {
     // The budget's and the rate limit's clocks are tokio's: give them a runtime context.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let runtime = workload::runtime();
     let _guard = runtime.enter();
     let body = chat_body();
     assert!((2000..=2100).contains(&body.len()), "{}", body.len());

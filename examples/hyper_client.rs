@@ -26,22 +26,14 @@ use tower_dashscope::ServiceBuilderExt;
 #[path = "support/chat_demo.rs"]
 mod chat_demo;
 
-use chat_demo::{Endpoint, chat_both, init_tracing};
+use chat_demo::chat_both;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_tracing();
-    let endpoint = match Endpoint::from_env().await {
+    let endpoint = match chat_demo::start("hyper-util Client under the recommended stack").await {
         Ok(endpoint) => endpoint,
-        Err(message) => {
-            eprintln!("error: {message}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    println!(
-        "hyper-util Client under the recommended stack, to {}",
-        endpoint.describe()
-    );
 
     // HTTPS with ring and the webpki roots; plain HTTP for the loopback simulator.
     let connector = match chat_demo::dashscope_env::https_connector() {

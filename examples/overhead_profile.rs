@@ -55,10 +55,7 @@ fn main() -> ExitCode {
         }
     };
     // The budget's and the rate limit's clocks are tokio's.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("a runtime");
+    let runtime = workload::runtime();
     let _guard = runtime.enter();
     let body = chat_body();
     match which.as_str() {

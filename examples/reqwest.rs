@@ -33,7 +33,7 @@ use tower_dashscope::{BoxError, ClassifyDashScopeError, ServiceBuilderExt};
 #[path = "support/chat_demo.rs"]
 mod chat_demo;
 
-use chat_demo::{Endpoint, chat_both, init_tracing};
+use chat_demo::chat_both;
 
 /// `client` as a tower service: what the layers need below them.
 fn reqwest_service(
@@ -59,18 +59,10 @@ fn reqwest_service(
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_tracing();
-    let endpoint = match Endpoint::from_env().await {
+    let endpoint = match chat_demo::start("reqwest under the recommended stack").await {
         Ok(endpoint) => endpoint,
-        Err(message) => {
-            eprintln!("error: {message}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    println!(
-        "reqwest under the recommended stack, to {}",
-        endpoint.describe()
-    );
 
     let reqwest_client = match reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))

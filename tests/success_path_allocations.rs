@@ -196,10 +196,7 @@ fn parsing_a_chat_request_does_not_allocate_per_key() {
 #[test]
 fn the_recommended_stack_allocates_a_bounded_amount_per_request() {
     // The budget's clock is tokio's.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let runtime = workload::runtime();
     let _guard = runtime.enter();
     let body = chat_body();
     let mut bare = inner();
@@ -265,10 +262,7 @@ fn the_full_stack_success_path_logs_nothing_at_info_and_allocates_nothing_for_it
     mod capture;
 
     // The budget's clock is tokio's.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let runtime = workload::runtime();
     let _runtime = runtime.enter();
     let mut stack = recommended(service_fn(|_req: Request<Full<Bytes>>| async {
         Ok::<_, BoxError>(Response::new(Full::new(Bytes::from_static(

@@ -26,6 +26,15 @@ use tower_dashscope::{
 #[path = "always_once.rs"]
 mod always_once;
 
+/// A current-thread runtime with time, for the budget's and the rate limit's clocks (tokio's):
+/// enter it before building the stacks.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime")
+}
+
 /// The key the router sets (and tower's equivalent sets as a header).
 pub const KEY: &str = "sk-bench-0000";
 

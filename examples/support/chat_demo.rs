@@ -193,6 +193,23 @@ pub fn report<B>(response: &Response<B>) -> String {
     )
 }
 
+/// The start of a client example: logging set up, the endpoint read from the environment (or
+/// the simulator started), and `what` printed with where it goes. On a bad environment, the
+/// message is printed and the exit code (2) returned.
+pub async fn start(what: &str) -> Result<Endpoint, std::process::ExitCode> {
+    init_tracing();
+    match Endpoint::from_env().await {
+        Ok(endpoint) => {
+            println!("{what}, to {}", endpoint.describe());
+            Ok(endpoint)
+        }
+        Err(message) => {
+            eprintln!("error: {message}");
+            Err(std::process::ExitCode::from(2))
+        }
+    }
+}
+
 /// One answer in one piece: prints what the layers did and the answer's text.
 pub async fn chat_once<S, B>(client: S, endpoint: &Endpoint) -> Result<(), DashScopeError>
 where
