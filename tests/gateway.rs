@@ -189,27 +189,18 @@ fn assert_openai_error(body: &[u8], code: &str) -> Value {
     value
 }
 
-const TWO_MODELS: &str = r#"
-[models]
-"qwen-max" = { rpm = 600, tpm = 100_000 }
-"qwen-plus" = { rpm = 1_200, tpm = 200_000 }
-
+/// The configuration most tests use: qwen-max (also asked for as gpt-4o) falls back to qwen-plus.
+fn two_models_config() -> String {
+    harness::models_etc(
+        r#"
 [aliases]
 "gpt-4o" = "qwen-max"
 
 [fallbacks]
 "*" = ["qwen-plus"]
-
-[timeouts]
-first_byte = "2s"
-idle = "500ms"
-total = "20s"
-
-[retry]
-max_attempts = 2
-base_delay = "10ms"
-max_delay = "20ms"
-"#;
+"#,
+    )
+}
 
 #[tokio::test]
 async fn a_model_that_is_down_falls_back_and_the_headers_say_so() {
@@ -217,7 +208,7 @@ async fn a_model_that_is_down_falls_back_and_the_headers_say_so() {
         ModelConfig::new().outage(Duration::ZERO..Duration::from_secs(3600)),
         ModelConfig::new(),
     );
-    let gw = start(mock, TWO_MODELS).await;
+    let gw = start(mock, &two_models_config()).await;
 
     // Asked through an alias: qwen-max is down, qwen-plus answers.
     let (status, headers, body) = gw.post_json(chat("gpt-4o", 8)).await;
@@ -285,7 +276,7 @@ async fn a_stream_is_relayed_chunk_by_chunk_and_carries_its_usage() {
         ModelConfig::new().latency(Duration::from_millis(10), 20.0),
         ModelConfig::new(),
     );
-    let gw = start(mock, TWO_MODELS).await;
+    let gw = start(mock, &two_models_config()).await;
 
     let response = gw.post(stream("qwen-max", 6).to_string()).await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -403,7 +394,7 @@ async fn a_stream_that_dies_before_its_first_byte_falls_back() {
         ModelConfig::new().fault(Fault::NoFirstByte),
         ModelConfig::new(),
     );
-    let config = TWO_MODELS.replace("first_byte = \"2s\"", "first_byte = \"300ms\"");
+    let config = two_models_config().replace("first_byte = \"2s\"", "first_byte = \"300ms\"");
     let gw = start(mock, &config).await;
     let (status, headers, body) = gw.post_json(stream("qwen-max", 4)).await;
     assert_eq!(status, StatusCode::OK);
@@ -420,7 +411,7 @@ async fn a_stream_that_dies_before_its_first_byte_falls_back() {
 #[tokio::test]
 async fn bad_input_gets_413_400_and_404_with_openai_shaped_bodies() {
     let mock = two_models(ModelConfig::new(), ModelConfig::new());
-    let gw = start(mock, TWO_MODELS).await;
+    let gw = start(mock, &two_models_config()).await;
 
     // Over max_body_bytes (4096), declared...
     let mut big = chat("qwen-max", 4);
@@ -529,7 +520,7 @@ async fn graceful_shutdown_drains_a_stream_in_flight() {
         ModelConfig::new().latency(Duration::from_millis(10), 20.0),
         ModelConfig::new(),
     );
-    let mut gw = start(mock, TWO_MODELS).await;
+    let mut gw = start(mock, &two_models_config()).await;
     let response = gw.post(stream("qwen-max", 8).to_string()).await;
     assert_eq!(response.status(), StatusCode::OK);
     let mut body = response.into_body();

@@ -37,23 +37,10 @@ const KEY_VAR: &str = "GATEWAY_SECRETS_TEST_KEY";
 const MARK: &str = "secret-";
 const BOUND: Duration = Duration::from_secs(30);
 
-const MODELS: &str = r#"
-[models]
-"qwen-max" = { rpm = 600, tpm = 100_000 }
-"qwen-plus" = { rpm = 1_200, tpm = 200_000 }
-
+/// qwen-max falls back to qwen-plus.
+const FALLBACKS: &str = r#"
 [fallbacks]
 "qwen-max" = ["qwen-plus"]
-
-[timeouts]
-first_byte = "2s"
-idle = "500ms"
-total = "20s"
-
-[retry]
-max_attempts = 2
-base_delay = "10ms"
-max_delay = "20ms"
 "#;
 
 /// Starts `mock` on loopback and a gateway in front of it; returns the gateway's address and
@@ -63,7 +50,11 @@ async fn start(
     out: &mut String,
 ) -> (std::net::SocketAddr, tower_dashscope::mock::MockServer) {
     let server = mock.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let config = harness::config(server.local_addr(), KEY_VAR, MODELS);
+    let config = harness::config(
+        server.local_addr(),
+        KEY_VAR,
+        &harness::models_etc(FALLBACKS),
+    );
     let _ = writeln!(out, "config: {config:?}");
     let harness::Served { addr, .. } =
         harness::serve(config, KEY_VAR, KEY, std::future::pending::<()>()).await;

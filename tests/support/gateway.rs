@@ -20,6 +20,29 @@ pub struct Served {
     pub task: JoinHandle<std::io::Result<()>>,
 }
 
+/// The tests' models, timeouts and retry around `routing` (the `[aliases]` and `[fallbacks]`
+/// of a test): qwen-max at 600 RPM and 100,000 TPM, qwen-plus at 1,200 and 200,000; a first byte
+/// in 2 s, no stream silent for 500 ms, 20 s in all; two attempts, 10 to 20 ms apart.
+pub fn models_etc(routing: &str) -> String {
+    format!(
+        r#"
+[models]
+"qwen-max" = {{ rpm = 600, tpm = 100_000 }}
+"qwen-plus" = {{ rpm = 1_200, tpm = 200_000 }}
+{routing}
+[timeouts]
+first_byte = "2s"
+idle = "500ms"
+total = "20s"
+
+[retry]
+max_attempts = 2
+base_delay = "10ms"
+max_delay = "20ms"
+"#
+    )
+}
+
 /// The configuration of a gateway on loopback (bodies up to 4,096 bytes) with one upstream,
 /// `upstream`, whose key is in the environment variable `key_var`; `models_etc` is everything
 /// but `[server]` and `[[upstreams]]`.
