@@ -29,7 +29,7 @@ mod peak_alloc;
 #[path = "support/stack.rs"]
 mod stack;
 
-use inner::{End, Inner, TestBody, chat, drain, ok_json, response, sse};
+use inner::{End, Inner, TestBody, chat, drain, ok_json, response, sse, throttled, unavailable};
 use stack::{Layers, recommended};
 
 const MIB: usize = 1024 * 1024;
@@ -155,15 +155,7 @@ async fn unreadable_request_bodies_pass_the_stack_untouched() {
 #[tokio::test(start_paused = true)]
 async fn unreadable_request_bodies_are_never_rewritten_on_a_failure() {
     for (case, body) in unreadable_bodies() {
-        let inner = Inner::new(|_, _| {
-            response(
-                429,
-                &[],
-                TestBody::full(
-                    r#"{"code":"Throttling.RateQuota","message":"Requests rate limit exceeded"}"#,
-                ),
-            )
-        });
+        let inner = Inner::new(|_, _| throttled());
         let service = FallbackModel::new(["qwen-plus", "qwen-flash"])
             .layer(ClassifyDashScopeError::new().layer(inner.clone()));
         let err = call(service, chat(body.clone())).await.unwrap_err();
@@ -225,15 +217,7 @@ async fn model_of_the_wrong_type_passes_untouched_and_is_never_rewritten() {
 
         // Through the stack: a 429 on every attempt; retried (the budget counts each attempt
         // under no model), never rewritten, and the typed 429 in the end.
-        let inner = Inner::new(|_, _| {
-            response(
-                429,
-                &[],
-                TestBody::full(
-                    r#"{"code":"Throttling.RateQuota","message":"Requests rate limit exceeded"}"#,
-                ),
-            )
-        });
+        let inner = Inner::new(|_, _| throttled());
         let layers = Layers::default();
         let err = call(layers.over(inner.clone()), chat(body.clone()))
             .await
@@ -263,17 +247,7 @@ async fn a_100_mib_body_goes_through_the_stack_uncopied_in_bounded_memory() {
     big.extend_from_slice(br#""}]}"#);
     let big = Bytes::from(big);
 
-    let inner = Inner::new(|n, _| {
-        if n == 0 {
-            response(
-                503,
-                &[],
-                TestBody::full(r#"{"code":"ServiceUnavailable","message":"busy"}"#),
-            )
-        } else {
-            ok_json()
-        }
-    });
+    let inner = Inner::new(|n, _| if n == 0 { unavailable() } else { ok_json() });
     let layers = Layers::default();
     let service = layers.over(inner.clone());
     let ((bytes, err), peak) =
@@ -1373,13 +1347,7 @@ async fn a_15_mib_body_of_tiny_values_is_parsed_in_bounded_memory() {
                 .unwrap()
                 .starts_with(br#"{"model":"qwen-plus""#)
             {
-                response(
-                    429,
-                    &[],
-                    TestBody::full(
-                        r#"{"code":"Throttling.RateQuota","message":"Requests rate limit exceeded"}"#,
-                    ),
-                )
+                throttled()
             } else {
                 ok_json()
             }
