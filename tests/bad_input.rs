@@ -829,10 +829,7 @@ async fn a_stream_that_never_ends_times_out_when_idle() {
     let classify = ClassifyDashScopeError::new().idle_timeout(Duration::from_secs(30));
     let script = |_, _: &Request<Full<Bytes>>| sse(TestBody::new([EVENT], End::Never));
 
-    let response = call(classify.layer(Inner::new(script)), stream_request())
-        .await
-        .unwrap();
-    let (bytes, err) = drain(response.into_body()).await;
+    let (bytes, err) = call_and_drain(classify.layer(Inner::new(script)), stream_request()).await;
     assert_eq!(bytes, EVENT.len());
     assert_eq!(err.expect("a typed error").class(), ErrorClass::Timeout);
 
@@ -841,10 +838,7 @@ async fn a_stream_that_never_ends_times_out_when_idle() {
         ..Layers::default()
     };
     let start = Instant::now();
-    let response = call(layers.over(Inner::new(script)), stream_request())
-        .await
-        .unwrap();
-    let (bytes, err) = drain(response.into_body()).await;
+    let (bytes, err) = call_and_drain(layers.over(Inner::new(script)), stream_request()).await;
     assert_eq!(bytes, EVENT.len());
     assert_eq!(err.expect("a typed error").class(), ErrorClass::Timeout);
     assert_eq!(start.elapsed(), Duration::from_secs(30));
@@ -882,13 +876,11 @@ async fn a_stream_that_ends_midway_is_interrupted() {
         let script = move |_, _: &Request<Full<Bytes>>| {
             sse(TestBody::new([EVENT, EVENT, "data: {\"choi"], end))
         };
-        let response = call(
+        let (bytes, err) = call_and_drain(
             ClassifyDashScopeError::new().layer(Inner::new(script)),
             stream_request(),
         )
-        .await
-        .unwrap();
-        let (bytes, err) = drain(response.into_body()).await;
+        .await;
         assert_eq!(bytes, 2 * EVENT.len() + 12, "{end:?}");
         assert_eq!(
             err.expect("a typed error").class(),
@@ -936,10 +928,7 @@ async fn a_stream_cut_before_its_first_event_is_retried_whole() {
     assert_eq!(err.class(), ErrorClass::Connection);
     assert!(err.is_retryable());
 
-    let response = call(recommended(inner.clone()), stream_request())
-        .await
-        .unwrap();
-    let (bytes, err) = drain(response.into_body()).await;
+    let (bytes, err) = call_and_drain(recommended(inner.clone()), stream_request()).await;
     assert!(err.is_none());
     assert_eq!(bytes, EVENT.len() + DONE.len());
 }
@@ -1288,10 +1277,8 @@ async fn a_malformed_error_object_event_is_a_typed_error() {
         let inner = Inner::new(move |_, _| {
             sse(TestBody::new([EVENT.to_owned(), later.clone()], End::Done))
         });
-        let response = call(ClassifyDashScopeError::new().layer(inner), stream_request())
-            .await
-            .unwrap();
-        let (bytes, err) = drain(response.into_body()).await;
+        let (bytes, err) =
+            call_and_drain(ClassifyDashScopeError::new().layer(inner), stream_request()).await;
         assert_eq!(bytes, EVENT.len() + event.len(), "{case}");
         assert!(err.expect(case).is_retryable(), "{case}");
     }
