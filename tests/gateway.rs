@@ -143,6 +143,11 @@ fn two_models(max: ModelConfig, plus: ModelConfig) -> MockDashScope {
         .build()
 }
 
+/// A model at twenty tokens a second: a stream's chunks come apart.
+fn paced() -> ModelConfig {
+    ModelConfig::new().latency(Duration::from_millis(10), 20.0)
+}
+
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -271,11 +276,7 @@ async fn a_model_that_is_down_falls_back_and_the_headers_say_so() {
 
 #[tokio::test]
 async fn a_stream_is_relayed_chunk_by_chunk_and_carries_its_usage() {
-    // Twenty tokens a second: the chunks are apart.
-    let mock = two_models(
-        ModelConfig::new().latency(Duration::from_millis(10), 20.0),
-        ModelConfig::new(),
-    );
+    let mock = two_models(paced(), ModelConfig::new());
     let gw = start(mock, &two_models_config()).await;
 
     let response = gw.post(stream("qwen-max", 6).to_string()).await;
@@ -516,10 +517,7 @@ max_attempts = 1
 
 #[tokio::test]
 async fn graceful_shutdown_drains_a_stream_in_flight() {
-    let mock = two_models(
-        ModelConfig::new().latency(Duration::from_millis(10), 20.0),
-        ModelConfig::new(),
-    );
+    let mock = two_models(paced(), ModelConfig::new());
     let mut gw = start(mock, &two_models_config()).await;
     let response = gw.post(stream("qwen-max", 8).to_string()).await;
     assert_eq!(response.status(), StatusCode::OK);
