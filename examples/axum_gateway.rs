@@ -29,10 +29,11 @@ use std::process::ExitCode;
 
 #[path = "axum_gateway/mod.rs"]
 mod gateway;
+#[path = "support/logging.rs"]
+mod logging;
 
 use gateway::app::{Gateway, resolve_upstreams};
 use gateway::config::{self, Config, Target};
-use tracing_subscriber::EnvFilter;
 
 /// The documented example configuration, used when no file is given.
 const EXAMPLE: &str = include_str!("axum_gateway/gateway.toml");
@@ -49,14 +50,8 @@ The format: docs/gateway.md.";
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("tower_dashscope=info,axum_gateway=info"));
     // Logs on stderr (stdout has the address), coloured only on a terminal.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    logging::init_or("tower_dashscope=info,axum_gateway=info");
 
     let mut check_only = false;
     let mut path = None;

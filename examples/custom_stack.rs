@@ -79,12 +79,7 @@ async fn part_one() -> Result<(), String> {
     println!("Part 1: the six layers by hand, to {}", endpoint.describe());
     let chain = std::iter::once(endpoint.model.clone()).chain(endpoint.fallback.clone());
     // HTTPS (rustls, ring, webpki roots) for DashScope; plain HTTP for the loopback simulator.
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-        .map_err(|err| format!("cannot set up TLS: {err}"))?
-        .https_or_http()
-        .enable_http1()
-        .build();
+    let connector = chat_demo::dashscope_env::https_connector()?;
     let http_client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector);
     // In live mode, the router of `endpoint.stack()` carries the region and its key.
     let router: RegionRouter = endpoint.stack().router_ref().clone();
@@ -109,13 +104,6 @@ async fn part_one() -> Result<(), String> {
     chat_once(client, &endpoint)
         .await
         .map_err(|err| redact(&err.to_string(), endpoint.key()))
-}
-
-/// What the server saw for one run.
-struct Seen {
-    ok: u32,
-    failed: u32,
-    throttled: u64,
 }
 
 /// `count` chat requests, one every `gap`, each on its own task; the bodies read to the end.
@@ -161,11 +149,20 @@ fn compat(model: &'static str) -> Request<Full<Bytes>> {
         .expect("a valid request")
 }
 
-fn print(what: &str, seen: &Seen) {
+/// One run's line: how its requests ended (`ok`, `failed`), and the 429s `mock` sent.
+fn print(what: &str, (ok, failed): (u32, u32), mock: &MockDashScope) {
     println!(
-        "  {what:<50} {:>3} ok {:>3} failed   the server sent {:>3} 429s",
-        seen.ok, seen.failed, seen.throttled
+        "  {what:<50} {ok:>3} ok {failed:>3} failed   the server sent {:>3} 429s",
+        mock.stats().throttled()
     );
+}
+
+/// The server for runs 1 and 3: qwen-plus at 60 requests a minute.
+fn plus_at_60_rpm() -> MockDashScope {
+    MockDashScope::builder()
+        .model("qwen-plus", ModelConfig::new().rpm(60))
+        .seed(7)
+        .build()
 }
 
 async fn part_two() {
@@ -179,12 +176,9 @@ async fn part_two() {
     //    told 120 (another service shares the account, or the quota was cut).
     println!("1. TokenBudget inside or outside RetryWithJitter (quota told 120/min, real 60/min):");
     for inside in [true, false] {
-        let mock = MockDashScope::builder()
-            .model("qwen-plus", ModelConfig::new().rpm(60))
-            .seed(7)
-            .build();
+        let mock = plus_at_60_rpm();
         let budget = TokenBudget::new(Quota::per_minute(120, 0));
-        let (ok, failed) = if inside {
+        let outcome = if inside {
             let service = ServiceBuilder::new()
                 .retry_with_jitter(retry())
                 .token_budget(budget)
@@ -205,17 +199,15 @@ async fn part_two() {
             })
             .await
         };
-        let seen = Seen {
-            ok,
-            failed,
-            throttled: mock.stats().throttled(),
-        };
-        let what = if inside {
-            "retry -> budget (recommended)"
-        } else {
-            "budget -> retry (retries skip the budget)"
-        };
-        print(what, &seen);
+        print(
+            if inside {
+                "retry -> budget (recommended)"
+            } else {
+                "budget -> retry (retries skip the budget)"
+            },
+            outcome,
+            &mock,
+        );
     }
 
     // 2. The budget and the fallback. qwen-max is down; every request asks for it and falls
@@ -233,7 +225,7 @@ async fn part_two() {
         let budget =
             TokenBudget::new(Quota::per_minute(0, 0)).model("qwen-plus", Quota::per_minute(60, 0));
         let fallback = FallbackModel::new(["qwen-max", "qwen-plus"]);
-        let (ok, failed) = if inside {
+        let outcome = if inside {
             let service = ServiceBuilder::new()
                 .fallback_model(fallback)
                 .retry_with_jitter(retry().max_attempts(2))
@@ -256,17 +248,15 @@ async fn part_two() {
             })
             .await
         };
-        let seen = Seen {
-            ok,
-            failed,
-            throttled: mock.stats().throttled(),
-        };
-        let what = if inside {
-            "fallback -> budget (recommended)"
-        } else {
-            "budget -> fallback (counts qwen-max, sends plus)"
-        };
-        print(what, &seen);
+        print(
+            if inside {
+                "fallback -> budget (recommended)"
+            } else {
+                "budget -> fallback (counts qwen-max, sends plus)"
+            },
+            outcome,
+            &mock,
+        );
     }
 
     // 3. The classifier and the retry. Native streaming requests; the server answers a 429 the
@@ -283,11 +273,8 @@ async fn part_two() {
             .expect("a valid request")
     }
     for inside in [true, false] {
-        let mock = MockDashScope::builder()
-            .model("qwen-plus", ModelConfig::new().rpm(60))
-            .seed(7)
-            .build();
-        let (ok, failed) = if inside {
+        let mock = plus_at_60_rpm();
+        let outcome = if inside {
             let service = ServiceBuilder::new()
                 .retry_with_jitter(retry())
                 .classify_dashscope_error()
@@ -300,16 +287,14 @@ async fn part_two() {
                 .service(mock.clone());
             drive(service, 40, Duration::from_millis(800), native_stream).await
         };
-        let seen = Seen {
-            ok,
-            failed,
-            throttled: mock.stats().throttled(),
-        };
-        let what = if inside {
-            "retry -> classify (recommended)"
-        } else {
-            "classify -> retry (a 429 in a 200: not retried)"
-        };
-        print(what, &seen);
+        print(
+            if inside {
+                "retry -> classify (recommended)"
+            } else {
+                "classify -> retry (a 429 in a 200: not retried)"
+            },
+            outcome,
+            &mock,
+        );
     }
 }

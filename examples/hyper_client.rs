@@ -26,31 +26,20 @@ use tower_dashscope::ServiceBuilderExt;
 #[path = "support/chat_demo.rs"]
 mod chat_demo;
 
-use chat_demo::{Endpoint, chat_once, chat_streaming, init_tracing, redact};
+use chat_demo::chat_both;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_tracing();
-    let endpoint = match Endpoint::from_env().await {
+    let endpoint = match chat_demo::start("hyper-util Client under the recommended stack").await {
         Ok(endpoint) => endpoint,
+        Err(code) => return code,
+    };
+
+    // HTTPS with ring and the webpki roots; plain HTTP for the loopback simulator.
+    let connector = match chat_demo::dashscope_env::https_connector() {
+        Ok(connector) => connector,
         Err(message) => {
             eprintln!("error: {message}");
-            return ExitCode::from(2);
-        }
-    };
-    println!(
-        "hyper-util Client under the recommended stack, to {}",
-        endpoint.describe()
-    );
-
-    // HTTPS with ring and the webpki roots, chosen here rather than through rustls' process-wide
-    // default; `https_or_http` so that the loopback simulator's `http://` works too.
-    let connector = match hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-    {
-        Ok(builder) => builder.https_or_http().enable_http1().build(),
-        Err(err) => {
-            eprintln!("error: cannot set up TLS: {err}");
             return ExitCode::FAILURE;
         }
     };
@@ -66,17 +55,7 @@ async fn main() -> ExitCode {
         .timeout(Duration::from_secs(60))
         .service(http_client);
 
-    let mut failed = false;
-    println!("\n1. one answer in one piece (asks for {})", endpoint.model);
-    if let Err(err) = chat_once(client.clone(), &endpoint).await {
-        println!("  failed: {}", redact(&err.to_string(), endpoint.key()));
-        failed = true;
-    }
-    println!("\n2. a streamed answer, token by token");
-    if let Err(err) = chat_streaming(client.clone(), &endpoint).await {
-        println!("\n  failed: {}", redact(&err.to_string(), endpoint.key()));
-        failed = true;
-    }
+    let failed = !chat_both(client, &endpoint).await;
     if let Some((mock, _server)) = &endpoint.simulator {
         let stats = mock.stats();
         println!(

@@ -33,7 +33,7 @@ use tower_dashscope::{BoxError, ClassifyDashScopeError, ServiceBuilderExt};
 #[path = "support/chat_demo.rs"]
 mod chat_demo;
 
-use chat_demo::{Endpoint, chat_once, chat_streaming, init_tracing, redact};
+use chat_demo::chat_both;
 
 /// `client` as a tower service: what the layers need below them.
 fn reqwest_service(
@@ -59,18 +59,10 @@ fn reqwest_service(
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_tracing();
-    let endpoint = match Endpoint::from_env().await {
+    let endpoint = match chat_demo::start("reqwest under the recommended stack").await {
         Ok(endpoint) => endpoint,
-        Err(message) => {
-            eprintln!("error: {message}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    println!(
-        "reqwest under the recommended stack, to {}",
-        endpoint.describe()
-    );
 
     let reqwest_client = match reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
@@ -91,17 +83,7 @@ async fn main() -> ExitCode {
         )
         .service(reqwest_service(reqwest_client));
 
-    let mut failed = false;
-    println!("\n1. one answer in one piece (asks for {})", endpoint.model);
-    if let Err(err) = chat_once(client.clone(), &endpoint).await {
-        println!("  failed: {}", redact(&err.to_string(), endpoint.key()));
-        failed = true;
-    }
-    println!("\n2. a streamed answer, token by token");
-    if let Err(err) = chat_streaming(client.clone(), &endpoint).await {
-        println!("\n  failed: {}", redact(&err.to_string(), endpoint.key()));
-        failed = true;
-    }
+    let failed = !chat_both(client, &endpoint).await;
     if failed {
         ExitCode::FAILURE
     } else {

@@ -29,7 +29,7 @@ mod peak_alloc;
 #[path = "support/stack.rs"]
 mod stack;
 
-use inner::{End, Inner, TestBody, chat, drain, ok_json, response, sse};
+use inner::{End, Inner, TestBody, chat, drain, ok_json, response, sse, throttled, unavailable};
 use stack::{Layers, recommended};
 
 const MIB: usize = 1024 * 1024;
@@ -43,6 +43,20 @@ where
     S: Service<Request<Full<Bytes>>, Response = Response<B>, Error = DashScopeError>,
 {
     service.oneshot(request).await
+}
+
+/// Calls `service` with `request`, which must answer, and reads the body to its end: the bytes
+/// it yielded and the error it ended with, if any.
+async fn call_and_drain<S, B>(
+    service: S,
+    request: Request<Full<Bytes>>,
+) -> (usize, Option<B::Error>)
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>, Error = DashScopeError>,
+    B: http_body::Body<Data = Bytes>,
+{
+    let response = call(service, request).await.unwrap();
+    drain(response.into_body()).await
 }
 
 // ------------------------------------------------------------------------------------------
@@ -141,15 +155,7 @@ async fn unreadable_request_bodies_pass_the_stack_untouched() {
 #[tokio::test(start_paused = true)]
 async fn unreadable_request_bodies_are_never_rewritten_on_a_failure() {
     for (case, body) in unreadable_bodies() {
-        let inner = Inner::new(|_, _| {
-            response(
-                429,
-                &[],
-                TestBody::full(
-                    r#"{"code":"Throttling.RateQuota","message":"Requests rate limit exceeded"}"#,
-                ),
-            )
-        });
+        let inner = Inner::new(|_, _| throttled());
         let service = FallbackModel::new(["qwen-plus", "qwen-flash"])
             .layer(ClassifyDashScopeError::new().layer(inner.clone()));
         let err = call(service, chat(body.clone())).await.unwrap_err();
@@ -211,15 +217,7 @@ async fn model_of_the_wrong_type_passes_untouched_and_is_never_rewritten() {
 
         // Through the stack: a 429 on every attempt; retried (the budget counts each attempt
         // under no model), never rewritten, and the typed 429 in the end.
-        let inner = Inner::new(|_, _| {
-            response(
-                429,
-                &[],
-                TestBody::full(
-                    r#"{"code":"Throttling.RateQuota","message":"Requests rate limit exceeded"}"#,
-                ),
-            )
-        });
+        let inner = Inner::new(|_, _| throttled());
         let layers = Layers::default();
         let err = call(layers.over(inner.clone()), chat(body.clone()))
             .await
@@ -249,24 +247,11 @@ async fn a_100_mib_body_goes_through_the_stack_uncopied_in_bounded_memory() {
     big.extend_from_slice(br#""}]}"#);
     let big = Bytes::from(big);
 
-    let inner = Inner::new(|n, _| {
-        if n == 0 {
-            response(
-                503,
-                &[],
-                TestBody::full(r#"{"code":"ServiceUnavailable","message":"busy"}"#),
-            )
-        } else {
-            ok_json()
-        }
-    });
+    let inner = Inner::new(|n, _| if n == 0 { unavailable() } else { ok_json() });
     let layers = Layers::default();
     let service = layers.over(inner.clone());
-    let level = peak_alloc::current();
-    peak_alloc::reset_peak();
-    let response = call(service, chat(big.clone())).await.unwrap();
-    let (bytes, err) = drain(response.into_body()).await;
-    let peak = peak_alloc::peak_since_reset(level);
+    let ((bytes, err), peak) =
+        peak_alloc::measure_async(|| call_and_drain(service, chat(big.clone()))).await;
     assert!(err.is_none());
     assert!(bytes > 0);
     assert_eq!(inner.calls(), 2, "the 503 was retried");
@@ -300,11 +285,11 @@ async fn a_100_mib_body_goes_through_each_layer_uncopied() {
     where
         S: Service<Request<Full<Bytes>>, Response = Response<B>, Error = DashScopeError>,
     {
-        let level = peak_alloc::current();
-        peak_alloc::reset_peak();
-        let response = call(service, chat(big.clone())).await.unwrap();
-        drop(response);
-        let peak = peak_alloc::peak_since_reset(level);
+        let ((), peak) = peak_alloc::measure_async(|| async {
+            let response = call(service, chat(big.clone())).await.unwrap();
+            drop(response);
+        })
+        .await;
         assert_eq!(
             inner.body(0).as_ptr(),
             big.as_ptr(),
@@ -744,12 +729,12 @@ async fn malformed_error_bodies_are_typed_errors_in_bounded_memory() {
             let body = std::sync::Mutex::new(Some(body));
             let inner =
                 Inner::new(move |_, _| response(status, &[], body.lock().unwrap().take().unwrap()));
-            let level = peak_alloc::current();
-            peak_alloc::reset_peak();
-            let err = call(ClassifyDashScopeError::new().layer(inner), chat("{}"))
-                .await
-                .unwrap_err();
-            let peak = peak_alloc::peak_since_reset(level);
+            let (err, peak) = peak_alloc::measure_async(|| async {
+                call(ClassifyDashScopeError::new().layer(inner), chat("{}"))
+                    .await
+                    .unwrap_err()
+            })
+            .await;
             if case.starts_with("sse") {
                 // The frame's own `:HTTP_STATUS/429` is the status that counts.
                 assert!(
@@ -799,15 +784,15 @@ async fn malformed_error_bodies_through_the_stack_end_in_typed_errors() {
             None => response(503, &[], TestBody::full("")),
         });
         let layers = Layers::default();
-        let level = peak_alloc::current();
-        peak_alloc::reset_peak();
-        let err = call(
-            layers.over(inner.clone()),
-            chat(r#"{"model":"qwen-plus","messages":[]}"#),
-        )
-        .await
-        .unwrap_err();
-        let peak = peak_alloc::peak_since_reset(level);
+        let (err, peak) = peak_alloc::measure_async(|| async {
+            call(
+                layers.over(inner.clone()),
+                chat(r#"{"model":"qwen-plus","messages":[]}"#),
+            )
+            .await
+            .unwrap_err()
+        })
+        .await;
         assert!(
             matches!(
                 err.class(),
@@ -844,10 +829,7 @@ async fn a_stream_that_never_ends_times_out_when_idle() {
     let classify = ClassifyDashScopeError::new().idle_timeout(Duration::from_secs(30));
     let script = |_, _: &Request<Full<Bytes>>| sse(TestBody::new([EVENT], End::Never));
 
-    let response = call(classify.layer(Inner::new(script)), stream_request())
-        .await
-        .unwrap();
-    let (bytes, err) = drain(response.into_body()).await;
+    let (bytes, err) = call_and_drain(classify.layer(Inner::new(script)), stream_request()).await;
     assert_eq!(bytes, EVENT.len());
     assert_eq!(err.expect("a typed error").class(), ErrorClass::Timeout);
 
@@ -856,10 +838,7 @@ async fn a_stream_that_never_ends_times_out_when_idle() {
         ..Layers::default()
     };
     let start = Instant::now();
-    let response = call(layers.over(Inner::new(script)), stream_request())
-        .await
-        .unwrap();
-    let (bytes, err) = drain(response.into_body()).await;
+    let (bytes, err) = call_and_drain(layers.over(Inner::new(script)), stream_request()).await;
     assert_eq!(bytes, EVENT.len());
     assert_eq!(err.expect("a typed error").class(), ErrorClass::Timeout);
     assert_eq!(start.elapsed(), Duration::from_secs(30));
@@ -897,13 +876,11 @@ async fn a_stream_that_ends_midway_is_interrupted() {
         let script = move |_, _: &Request<Full<Bytes>>| {
             sse(TestBody::new([EVENT, EVENT, "data: {\"choi"], end))
         };
-        let response = call(
+        let (bytes, err) = call_and_drain(
             ClassifyDashScopeError::new().layer(Inner::new(script)),
             stream_request(),
         )
-        .await
-        .unwrap();
-        let (bytes, err) = drain(response.into_body()).await;
+        .await;
         assert_eq!(bytes, 2 * EVENT.len() + 12, "{end:?}");
         assert_eq!(
             err.expect("a typed error").class(),
@@ -951,10 +928,7 @@ async fn a_stream_cut_before_its_first_event_is_retried_whole() {
     assert_eq!(err.class(), ErrorClass::Connection);
     assert!(err.is_retryable());
 
-    let response = call(recommended(inner.clone()), stream_request())
-        .await
-        .unwrap();
-    let (bytes, err) = drain(response.into_body()).await;
+    let (bytes, err) = call_and_drain(recommended(inner.clone()), stream_request()).await;
     assert!(err.is_none());
     assert_eq!(bytes, EVENT.len() + DONE.len());
 }
@@ -985,28 +959,22 @@ async fn a_10_mib_line_passes_through_in_bounded_memory() {
             n
         };
         let inner = Inner::new(move |_, _| sse(ten_mib_line(first)));
-        let level = peak_alloc::current();
-        peak_alloc::reset_peak();
-        let response = call(
-            ClassifyDashScopeError::new().layer(inner.clone()),
-            stream_request(),
-        )
-        .await
-        .unwrap();
-        let (bytes, err) = drain(response.into_body()).await;
-        let peak = peak_alloc::peak_since_reset(level);
+        let ((bytes, err), peak) = peak_alloc::measure_async(|| {
+            call_and_drain(
+                ClassifyDashScopeError::new().layer(inner.clone()),
+                stream_request(),
+            )
+        })
+        .await;
         assert!(err.is_none(), "first {first}: {err:?}");
         assert_eq!(bytes, expected, "first {first}");
         assert!(peak < 3 * MIB, "classify, first {first}: held {peak} bytes");
 
         let layers = Layers::default();
-        let level = peak_alloc::current();
-        peak_alloc::reset_peak();
-        let response = call(layers.over(inner.clone()), stream_request())
-            .await
-            .unwrap();
-        let (bytes, err) = drain(response.into_body()).await;
-        let peak = peak_alloc::peak_since_reset(level);
+        let ((bytes, err), peak) = peak_alloc::measure_async(|| {
+            call_and_drain(layers.over(inner.clone()), stream_request())
+        })
+        .await;
         assert!(err.is_none(), "stack, first {first}: {err:?}");
         assert_eq!(bytes, expected, "stack, first {first}");
         assert!(peak < 3 * MIB, "stack, first {first}: held {peak} bytes");
@@ -1022,11 +990,9 @@ async fn a_10_mib_line_without_an_end_is_bounded_and_typed() {
             sse(TestBody::new([EVENT, "data: {\"choices\":"], end)
                 .repeat(Bytes::from_static(&A64K), 160))
         });
-        let level = peak_alloc::current();
-        peak_alloc::reset_peak();
-        let response = call(recommended(inner), stream_request()).await.unwrap();
-        let (bytes, err) = drain(response.into_body()).await;
-        let peak = peak_alloc::peak_since_reset(level);
+        let ((bytes, err), peak) =
+            peak_alloc::measure_async(|| call_and_drain(recommended(inner), stream_request()))
+                .await;
         assert_eq!(bytes, EVENT.len() + 17 + 10 * MIB, "{end:?}");
         assert!(peak < 3 * MIB, "{end:?}: held {peak} bytes");
         // Cut inside an event, cleanly or not: the output is incomplete, and says so.
@@ -1055,10 +1021,8 @@ async fn a_100_mib_streaming_body_is_refused_at_the_buffer_limit() {
     let request = Request::post("/compatible-mode/v1/chat/completions")
         .body(body)
         .unwrap();
-    let level = peak_alloc::current();
-    peak_alloc::reset_peak();
-    let err = service.oneshot(request).await.unwrap_err();
-    let peak = peak_alloc::peak_since_reset(level);
+    let (err, peak) =
+        peak_alloc::measure_async(|| async { service.oneshot(request).await.unwrap_err() }).await;
     assert_eq!(err.class(), ErrorClass::PayloadTooLarge);
     assert!(err.to_string().contains("limit"), "{err}");
     assert_eq!(inner.calls(), 0);
@@ -1157,14 +1121,13 @@ async fn malformed_error_events_in_a_stream_are_typed_or_passed_through() {
             };
             let expected = drain(make_body()).await.0;
             let inner = Inner::new(move |_, _| sse(make_body()));
-            let level = peak_alloc::current();
-            peak_alloc::reset_peak();
-            let outcome = call(ClassifyDashScopeError::new().layer(inner), stream_request()).await;
-            let (bytes, err) = match outcome {
-                Ok(response) => drain(response.into_body()).await,
-                Err(err) => (expected, Some(err)),
-            };
-            let peak = peak_alloc::peak_since_reset(level);
+            let ((bytes, err), peak) = peak_alloc::measure_async(|| async {
+                match call(ClassifyDashScopeError::new().layer(inner), stream_request()).await {
+                    Ok(response) => drain(response.into_body()).await,
+                    Err(err) => (expected, Some(err)),
+                }
+            })
+            .await;
             assert_eq!(bytes, expected, "{case}, after a good event: {after_good}");
             if let Some(err) = &err {
                 assert!(
@@ -1216,11 +1179,11 @@ async fn retry_alone_is_not_held_by_a_failed_responses_body() {
         let retry = RetryWithJitter::new()
             .seed(1)
             .max_delay(Duration::from_secs(2));
-        let level = peak_alloc::current();
-        peak_alloc::reset_peak();
         let start = Instant::now();
-        let response = call(retry.layer(inner.clone()), chat("{}")).await.unwrap();
-        let peak = peak_alloc::peak_since_reset(level);
+        let (response, peak) = peak_alloc::measure_async(|| async {
+            call(retry.layer(inner.clone()), chat("{}")).await.unwrap()
+        })
+        .await;
         assert_eq!(response.status(), 200, "{case}");
         assert_eq!(inner.calls(), 2, "{case}");
         assert!(
@@ -1255,14 +1218,13 @@ async fn a_1_mib_error_event_of_tiny_values_is_read_in_bounded_memory() {
             };
             let body = std::sync::Mutex::new(Some(body));
             let inner = Inner::new(move |_, _| sse(body.lock().unwrap().take().unwrap()));
-            let level = peak_alloc::current();
-            peak_alloc::reset_peak();
-            let err = match call(ClassifyDashScopeError::new().layer(inner), stream_request()).await
-            {
-                Ok(response) => drain(response.into_body()).await.1.expect("an error event"),
-                Err(err) => err,
-            };
-            let peak = peak_alloc::peak_since_reset(level);
+            let (err, peak) = peak_alloc::measure_async(|| async {
+                match call(ClassifyDashScopeError::new().layer(inner), stream_request()).await {
+                    Ok(response) => drain(response.into_body()).await.1.expect("an error event"),
+                    Err(err) => err,
+                }
+            })
+            .await;
             assert_eq!(
                 err.class(),
                 ErrorClass::RateLimited(RateLimitKind::Requests),
@@ -1315,10 +1277,8 @@ async fn a_malformed_error_object_event_is_a_typed_error() {
         let inner = Inner::new(move |_, _| {
             sse(TestBody::new([EVENT.to_owned(), later.clone()], End::Done))
         });
-        let response = call(ClassifyDashScopeError::new().layer(inner), stream_request())
-            .await
-            .unwrap();
-        let (bytes, err) = drain(response.into_body()).await;
+        let (bytes, err) =
+            call_and_drain(ClassifyDashScopeError::new().layer(inner), stream_request()).await;
         assert_eq!(bytes, EVENT.len() + event.len(), "{case}");
         assert!(err.expect(case).is_retryable(), "{case}");
     }
@@ -1374,13 +1334,7 @@ async fn a_15_mib_body_of_tiny_values_is_parsed_in_bounded_memory() {
                 .unwrap()
                 .starts_with(br#"{"model":"qwen-plus""#)
             {
-                response(
-                    429,
-                    &[],
-                    TestBody::full(
-                        r#"{"code":"Throttling.RateQuota","message":"Requests rate limit exceeded"}"#,
-                    ),
-                )
+                throttled()
             } else {
                 ok_json()
             }
@@ -1389,13 +1343,13 @@ async fn a_15_mib_body_of_tiny_values_is_parsed_in_bounded_memory() {
             budget: TokenBudget::new(Quota::per_minute(600, u32::MAX)),
             ..Layers::default()
         };
-        let level = peak_alloc::current();
-        peak_alloc::reset_peak();
-        let response = call(layers.over(inner.clone()), chat(body.clone()))
-            .await
-            .unwrap();
-        drop(response);
-        let peak = peak_alloc::peak_since_reset(level);
+        let ((), peak) = peak_alloc::measure_async(|| async {
+            let response = call(layers.over(inner.clone()), chat(body.clone()))
+                .await
+                .unwrap();
+            drop(response);
+        })
+        .await;
         assert_eq!(inner.calls(), 2, "{name}");
         assert!(
             inner.body(1).starts_with(br#"{"model":"qwen-flash""#),

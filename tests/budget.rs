@@ -15,6 +15,11 @@ use tower_dashscope::{
     BoxError, BudgetWait, ClassifyDashScopeError, ErrorClass, Quota, RateLimitKind, TokenBudget,
 };
 
+#[path = "support/store.rs"]
+mod store;
+
+use store::ScriptedStore;
+
 const CHAT: &str = "/compatible-mode/v1/chat/completions";
 
 /// A chat request whose input is estimated at one token (three ASCII characters).
@@ -484,60 +489,24 @@ fn services_and_futures_are_send_and_sync() {
     assert_send_sync(&service);
 }
 
-/// A store across a (pretend) network: every answer takes 50 ms, then comes from a local store.
-struct SlowStore {
-    inner: Arc<tower_dashscope::budget::LocalStore>,
+/// A store across a (pretend) network: every answer takes 50 ms, then comes from `local`;
+/// `asked` counts the questions.
+fn slow_store(
+    local: Arc<tower_dashscope::budget::LocalStore>,
     asked: Arc<AtomicU32>,
-}
-
-impl tower_dashscope::budget::BudgetStore for SlowStore {
-    fn try_take(
-        &self,
-        key: &tower_dashscope::budget::BudgetKey,
-        limits: tower_dashscope::budget::Limits,
-        tokens: u64,
-    ) -> tower_dashscope::budget::StoreFuture<Result<tower_dashscope::budget::Admission, BoxError>>
-    {
-        self.asked.fetch_add(1, Ordering::SeqCst);
-        let (inner, key) = (self.inner.clone(), key.clone());
+) -> ScriptedStore {
+    use tower_dashscope::budget::BudgetStore as _;
+    ScriptedStore::new(local, move |local, key, limits, tokens| {
+        asked.fetch_add(1, Ordering::SeqCst);
+        let (local, key) = (local.clone(), key.clone());
         tower_dashscope::budget::StoreFuture::Pending(Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            inner
+            local
                 .try_take(&key, limits, tokens)
                 .ready()
                 .expect("local answers at once")
         }))
-    }
-
-    fn adjust(
-        &self,
-        key: &tower_dashscope::budget::BudgetKey,
-        limits: tower_dashscope::budget::Limits,
-        taken: tower_dashscope::budget::Taken,
-        delta: i64,
-    ) {
-        self.inner.adjust(key, limits, taken, delta);
-    }
-
-    fn tokens_used(
-        &self,
-        key: &tower_dashscope::budget::BudgetKey,
-        limits: tower_dashscope::budget::Limits,
-    ) -> u64 {
-        self.inner.tokens_used(key, limits)
-    }
-
-    fn forget(&self, key: &tower_dashscope::budget::BudgetKey) {
-        self.inner.forget(key);
-    }
-
-    fn is_idle(
-        &self,
-        key: &tower_dashscope::budget::BudgetKey,
-        limits: tower_dashscope::budget::Limits,
-    ) -> bool {
-        self.inner.is_idle(key, limits)
-    }
+    })
 }
 
 #[tokio::test(start_paused = true)]
@@ -547,10 +516,7 @@ async fn a_store_that_answers_later_is_awaited_and_cancelling_it_frees_the_permi
     let asked = Arc::new(AtomicU32::new(0));
     let budget = TokenBudget::new(Quota::per_minute(60, 0))
         .max_concurrency(1)
-        .store(SlowStore {
-            inner: inner.clone(),
-            asked: asked.clone(),
-        });
+        .store(slow_store(inner.clone(), asked.clone()));
     let server = Server::new(1);
     let service = budget.clone().layer(server.service());
 
@@ -662,10 +628,10 @@ async fn max_wait_also_bounds_a_store_that_does_not_answer() {
     // Failing fast still lets a store across the network answer (50 ms here).
     let budget = TokenBudget::new(Quota::per_minute(60, 0))
         .max_wait(Duration::ZERO)
-        .store(SlowStore {
-            inner: Arc::new(tower_dashscope::budget::LocalStore::new()),
-            asked: Arc::new(AtomicU32::new(0)),
-        });
+        .store(slow_store(
+            Arc::new(tower_dashscope::budget::LocalStore::new()),
+            Arc::new(AtomicU32::new(0)),
+        ));
     let service = budget.layer(server.service());
     service.oneshot(chat("m", 1)).await.unwrap();
     assert_eq!(server.arrivals().len(), 1);

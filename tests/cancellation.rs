@@ -8,46 +8,34 @@
 //! can hang one forever, time is paused and advanced by hand, and the future is polled by hand
 //! (`tokio_test::task`), so what has been called and what is pending is known at each step.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::Request;
 use http_body_util::Full;
 use tokio_test::task;
 use tower::{Layer, ServiceExt};
 use tower_dashscope::{
     Attempts, BudgetWait, ClassifyDashScopeError, ErrorClass, FallbackModel, Quota, Region,
-    RegionRouter, RetryWithJitter, ServedModel, ServedRegion, TokenBudget,
+    RegionRouter, RetryWithJitter, TokenBudget,
 };
 
 #[path = "support/inner.rs"]
 mod inner;
 #[path = "support/stack.rs"]
 mod stack;
+#[path = "support/store.rs"]
+mod store;
 
-use inner::{End, Inner, TestBody, chat, drain, ok_json, refused, response, sse};
+use inner::{
+    End, Inner, PLUS, TestBody, assert_model, assert_region, chat, drain, is_primary, model_of,
+    ok_json, refuse_primary, refused, sse, throttled, unavailable,
+};
 use stack::Layers;
-
-const PLUS: &str =
-    r#"{"model":"qwen-plus","messages":[{"role":"user","content":"hi"}],"max_tokens":10}"#;
-
-fn throttled() -> Response<TestBody> {
-    response(
-        429,
-        &[],
-        TestBody::full(
-            r#"{"code":"Throttling.RateQuota","message":"Requests rate limit exceeded"}"#,
-        ),
-    )
-}
-
-fn unavailable() -> Response<TestBody> {
-    response(
-        503,
-        &[],
-        TestBody::full(r#"{"code":"ServiceUnavailable","message":"busy"}"#),
-    )
-}
+use store::ScriptedStore;
+use tower_dashscope::budget::{BudgetStore as _, StoreFuture};
 
 /// `future`'s output; a future still pending after ten minutes of (paused) time is a hang, and
 /// fails the test instead of hanging it.
@@ -57,18 +45,29 @@ async fn within<F: std::future::Future>(future: F) -> F::Output {
         .expect("hung: a dropped request left something taken")
 }
 
-fn model_of(req: &Request<Full<Bytes>>) -> String {
-    use tower_dashscope::body::ReplayBody;
-    let body = req.body().bytes().unwrap();
-    let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    value["model"].as_str().unwrap_or_default().to_owned()
+/// A request of [`PLUS`] through a clone of `service`, which must answer (within [`within`]).
+async fn send<S>(service: &S) -> S::Response
+where
+    S: tower::Service<Request<Full<Bytes>>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    within(service.clone().oneshot(chat(PLUS))).await.unwrap()
 }
 
-fn is_primary(req: &Request<Full<Bytes>>) -> bool {
-    req.uri()
-        .host()
-        .unwrap_or_default()
-        .contains("dashscope-intl")
+/// A request of [`PLUS`] through a clone of `service`, polled once by hand: it must be pending.
+#[track_caller]
+fn pending<S>(service: &S) -> task::Spawn<tower::util::Oneshot<S, Request<Full<Bytes>>>>
+where
+    S: tower::Service<Request<Full<Bytes>>> + Clone,
+{
+    let mut request = task::spawn(service.clone().oneshot(chat(PLUS)));
+    assert!(request.poll().is_pending());
+    request
+}
+
+/// A budget with room for everything here but one request at a time.
+fn one_at_a_time() -> TokenBudget {
+    TokenBudget::new(Quota::per_minute(600, 1_000_000)).max_concurrency(1)
 }
 
 fn last_model(inner: &Inner) -> String {
@@ -153,15 +152,13 @@ async fn dropping_a_request_waiting_for_a_permit_or_under_way_returns_the_permit
     let inner = Inner::hanging(|n, _| (n != 0).then(|| Ok(ok_json())));
     let service = budget.layer(inner.clone());
 
-    let mut first = task::spawn(service.clone().oneshot(chat(PLUS)));
-    assert!(first.poll().is_pending());
+    let first = pending(&service);
     assert_eq!(inner.calls(), 1, "sent, and the answer never comes");
     assert_eq!(budget.in_flight(), 1);
     let charged = budget.tokens_in_window("qwen-plus");
     assert!(charged > 0);
 
-    let mut second = task::spawn(service.clone().oneshot(chat(PLUS)));
-    assert!(second.poll().is_pending());
+    let second = pending(&service);
     assert_eq!(inner.calls(), 1, "waits for the permit");
     drop(second);
     assert_eq!(budget.in_flight(), 1);
@@ -175,7 +172,7 @@ async fn dropping_a_request_waiting_for_a_permit_or_under_way_returns_the_permit
         "sent: billed as estimated"
     );
 
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
+    let response = send(&service).await;
     assert!(response.extensions().get::<BudgetWait>().is_none());
     drop(response);
     assert_eq!(budget.in_flight(), 0);
@@ -199,8 +196,7 @@ async fn dropping_a_stack_request_waiting_for_the_budget_takes_nothing() {
     .await;
     let one = layers.budget.tokens_in_window("qwen-plus");
 
-    let mut waiting = task::spawn(service.clone().oneshot(chat(PLUS)));
-    assert!(waiting.poll().is_pending());
+    let mut waiting = pending(&service);
     tokio::time::advance(Duration::from_millis(500)).await;
     assert!(waiting.poll().is_pending());
     assert_eq!(inner.calls(), 1);
@@ -209,7 +205,7 @@ async fn dropping_a_stack_request_waiting_for_the_budget_takes_nothing() {
     assert_eq!(layers.budget.tokens_in_window("qwen-plus"), one);
 
     tokio::time::advance(Duration::from_millis(500)).await;
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
+    let response = send(&service).await;
     // Its turn is the dropped request's: at about 1 s, a few ms from now.
     let waited = response
         .extensions()
@@ -218,70 +214,32 @@ async fn dropping_a_stack_request_waiting_for_the_budget_takes_nothing() {
     assert!(waited < Duration::from_millis(100), "{waited:?}");
 }
 
-/// A budget store that, while `slow` is set, never answers (a Redis that hangs).
-#[derive(Debug, Default)]
-struct HangingStore {
-    local: tower_dashscope::budget::LocalStore,
-    slow: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl tower_dashscope::budget::BudgetStore for HangingStore {
-    fn try_take(
-        &self,
-        key: &tower_dashscope::budget::BudgetKey,
-        limits: tower_dashscope::budget::Limits,
-        tokens: u64,
-    ) -> tower_dashscope::budget::StoreFuture<
-        Result<tower_dashscope::budget::Admission, tower_dashscope::BoxError>,
-    > {
-        if self.slow.load(std::sync::atomic::Ordering::SeqCst) {
-            tower_dashscope::budget::StoreFuture::Pending(Box::pin(std::future::pending()))
+/// A budget store that, while `slow` is set, never answers (a Redis that hangs), and the flag.
+fn hanging_store() -> (ScriptedStore, Arc<AtomicBool>) {
+    let slow = Arc::new(AtomicBool::new(false));
+    let flag = slow.clone();
+    let store = ScriptedStore::new(Arc::default(), move |local, key, limits, tokens| {
+        if flag.load(Ordering::SeqCst) {
+            StoreFuture::Pending(Box::pin(std::future::pending()))
         } else {
-            self.local.try_take(key, limits, tokens)
+            local.try_take(key, limits, tokens)
         }
-    }
-    fn adjust(
-        &self,
-        key: &tower_dashscope::budget::BudgetKey,
-        limits: tower_dashscope::budget::Limits,
-        taken: tower_dashscope::budget::Taken,
-        delta: i64,
-    ) {
-        self.local.adjust(key, limits, taken, delta);
-    }
-    fn tokens_used(
-        &self,
-        key: &tower_dashscope::budget::BudgetKey,
-        limits: tower_dashscope::budget::Limits,
-    ) -> u64 {
-        self.local.tokens_used(key, limits)
-    }
-    fn forget(&self, key: &tower_dashscope::budget::BudgetKey) {
-        self.local.forget(key);
-    }
-    fn is_idle(
-        &self,
-        key: &tower_dashscope::budget::BudgetKey,
-        limits: tower_dashscope::budget::Limits,
-    ) -> bool {
-        self.local.is_idle(key, limits)
-    }
+    });
+    (store, slow)
 }
 
 /// Dropped while the budget asks a shared store that does not answer: the permit held for the
 /// answer comes back, and the next request (the store answering again) is admitted at once.
 #[tokio::test(start_paused = true)]
 async fn dropping_a_request_while_the_budget_asks_its_store_returns_the_permit() {
-    let store = HangingStore::default();
-    let slow = store.slow.clone();
+    let (store, slow) = hanging_store();
     let budget = TokenBudget::new(Quota::per_minute(600, 1_000_000))
         .max_concurrency(1)
         .store(store);
     let inner = Inner::ok();
     let service = budget.layer(inner.clone());
-    slow.store(true, std::sync::atomic::Ordering::SeqCst);
-    let mut asking = task::spawn(service.clone().oneshot(chat(PLUS)));
-    assert!(asking.poll().is_pending());
+    slow.store(true, Ordering::SeqCst);
+    let mut asking = pending(&service);
     tokio::time::advance(Duration::from_secs(5)).await;
     assert!(asking.poll().is_pending());
     assert_eq!(inner.calls(), 0);
@@ -293,8 +251,8 @@ async fn dropping_a_request_while_the_budget_asks_its_store_returns_the_permit()
     drop(asking);
     assert_eq!(budget.in_flight(), 0);
 
-    slow.store(false, std::sync::atomic::Ordering::SeqCst);
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
+    slow.store(false, Ordering::SeqCst);
+    let response = send(&service).await;
     assert!(response.extensions().get::<BudgetWait>().is_none());
     drop(response);
     assert_eq!(budget.in_flight(), 0);
@@ -317,8 +275,7 @@ async fn dropping_a_request_during_its_backoff_refunds_the_retry_budget() {
     let inner = Inner::new(|_, _| unavailable());
     let service = retry.layer(ClassifyDashScopeError::new().layer(inner.clone()));
     for n in 1..=10 {
-        let mut request = task::spawn(service.clone().oneshot(chat(PLUS)));
-        assert!(request.poll().is_pending());
+        let request = pending(&service);
         assert_eq!(inner.calls(), n, "one attempt, then the backoff");
         drop(request);
     }
@@ -339,13 +296,12 @@ async fn dropping_a_request_during_its_backoff_refunds_the_retry_budget() {
 #[tokio::test(start_paused = true)]
 async fn dropping_a_stack_request_during_its_backoff_holds_no_permit() {
     let layers = Layers {
-        budget: TokenBudget::new(Quota::per_minute(600, 1_000_000)).max_concurrency(1),
+        budget: one_at_a_time(),
         ..Layers::default()
     };
     let inner = Inner::new(|n, _| if n == 0 { unavailable() } else { ok_json() });
     let service = layers.over(inner.clone());
-    let mut request = task::spawn(service.clone().oneshot(chat(PLUS)));
-    assert!(request.poll().is_pending());
+    let request = pending(&service);
     assert_eq!(inner.calls(), 1);
     assert_eq!(
         layers.budget.in_flight(),
@@ -353,7 +309,7 @@ async fn dropping_a_stack_request_during_its_backoff_holds_no_permit() {
         "the failed attempt's permit is back"
     );
     // Another request gets the one permit while the first sleeps.
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
+    let response = send(&service).await;
     assert_eq!(response.extensions().get::<Attempts>(), Some(&Attempts(1)));
     drop(response);
     drop(request);
@@ -370,7 +326,7 @@ async fn dropping_a_stack_request_during_its_backoff_holds_no_permit() {
 async fn dropping_a_stream_waiting_for_its_first_event_returns_the_permit() {
     let silent = || Inner::new(|_, _| sse(TestBody::new(["data: {\"choi"], End::Never)));
 
-    let budget = TokenBudget::new(Quota::per_minute(600, 1_000_000)).max_concurrency(1);
+    let budget = one_at_a_time();
     let inner = silent();
     let service = budget.layer(ClassifyDashScopeError::new().layer(inner.clone()));
     let mut request = task::spawn(service.clone().oneshot(stream_request()));
@@ -381,7 +337,7 @@ async fn dropping_a_stream_waiting_for_its_first_event_returns_the_permit() {
     assert_eq!(budget.in_flight(), 0);
 
     let layers = Layers {
-        budget: TokenBudget::new(Quota::per_minute(600, 1_000_000)).max_concurrency(1),
+        budget: one_at_a_time(),
         ..Layers::default()
     };
     let inner = silent();
@@ -420,19 +376,15 @@ async fn dropping_a_request_waiting_for_a_cooled_model_leaves_no_probe_taken() {
         .unwrap_err();
     assert!(matches!(err.class(), ErrorClass::RateLimited(_)));
     assert_eq!(inner.calls(), 2, "both models throttled and cooling");
-    let mut waiting = task::spawn(service.clone().oneshot(chat(PLUS)));
-    assert!(waiting.poll().is_pending());
+    let mut waiting = pending(&service);
     assert_eq!(inner.calls(), 2, "waiting for a model to come back");
     tokio::time::advance(Duration::from_secs(5)).await;
     assert!(waiting.poll().is_pending());
     drop(waiting);
 
     tokio::time::advance(Duration::from_secs(5)).await;
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
-    assert_eq!(
-        response.extensions().get::<ServedModel>(),
-        Some(&ServedModel("qwen-plus".into()))
-    );
+    let response = send(&service).await;
+    assert_model(&response, "qwen-plus");
     assert_eq!(inner.calls(), 3);
 }
 
@@ -450,34 +402,24 @@ async fn dropping_a_fallback_probe_lets_the_next_request_probe() {
         _ => Some(Ok(ok_json())),
     });
     let service = fallback.layer(ClassifyDashScopeError::new().layer(inner.clone()));
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
-    assert_eq!(
-        response.extensions().get::<ServedModel>(),
-        Some(&ServedModel("qwen-flash".into()))
-    );
+    let response = send(&service).await;
+    assert_model(&response, "qwen-flash");
     assert_eq!(inner.calls(), 2);
 
     tokio::time::advance(Duration::from_secs(10)).await;
-    let mut probe = task::spawn(service.clone().oneshot(chat(PLUS)));
-    assert!(probe.poll().is_pending());
+    let probe = pending(&service);
     assert_eq!(inner.calls(), 3);
     assert_eq!(last_model(&inner), "qwen-plus", "the probe");
     // While the probe is under way, others skip qwen-plus.
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
-    assert_eq!(
-        response.extensions().get::<ServedModel>(),
-        Some(&ServedModel("qwen-flash".into()))
-    );
+    let response = send(&service).await;
+    assert_model(&response, "qwen-flash");
     drop(probe);
 
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
-    assert_eq!(
-        response.extensions().get::<ServedModel>(),
-        Some(&ServedModel("qwen-plus".into()))
-    );
+    let response = send(&service).await;
+    assert_model(&response, "qwen-plus");
     assert_eq!(last_model(&inner), "qwen-plus");
     // Healthy again: the next goes straight to it.
-    within(service.clone().oneshot(chat(PLUS))).await.unwrap();
+    send(&service).await;
     assert_eq!(last_model(&inner), "qwen-plus");
 }
 
@@ -488,13 +430,12 @@ async fn dropping_a_request_waiting_for_its_first_byte_cools_nothing_and_returns
     let layers = Layers {
         fallback: FallbackModel::new(["qwen-plus", "qwen-flash"])
             .first_byte_timeout(Duration::from_secs(5)),
-        budget: TokenBudget::new(Quota::per_minute(600, 1_000_000)).max_concurrency(1),
+        budget: one_at_a_time(),
         ..Layers::default()
     };
     let inner = Inner::hanging(|n, _| (n != 0).then(|| Ok(ok_json())));
     let service = layers.over(inner.clone());
-    let mut request = task::spawn(service.clone().oneshot(chat(PLUS)));
-    assert!(request.poll().is_pending());
+    let mut request = pending(&service);
     tokio::time::advance(Duration::from_secs(3)).await;
     assert!(request.poll().is_pending());
     assert_eq!(inner.calls(), 1);
@@ -502,12 +443,7 @@ async fn dropping_a_request_waiting_for_its_first_byte_cools_nothing_and_returns
     drop(request);
     assert_eq!(layers.budget.in_flight(), 0);
 
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
-    assert_eq!(
-        response.extensions().get::<ServedModel>(),
-        Some(&ServedModel("qwen-plus".into()))
-    );
-    drop(response);
+    assert_model(&send(&service).await, "qwen-plus");
     assert_eq!(layers.budget.in_flight(), 0);
 }
 
@@ -520,14 +456,13 @@ async fn dropping_a_request_after_a_first_byte_timeout_switched_it() {
             .first_byte_timeout(Duration::from_secs(5))
             .cooldown(Duration::from_secs(10)),
         retry: RetryWithJitter::new().seed(1).max_attempts(1),
-        budget: TokenBudget::new(Quota::per_minute(600, 1_000_000)).max_concurrency(1),
+        budget: one_at_a_time(),
         ..Layers::default()
     };
     // Everything hangs but the fourth call on.
     let inner = Inner::hanging(|n, _| (n >= 2).then(|| Ok(ok_json())));
     let service = layers.over(inner.clone());
-    let mut request = task::spawn(service.clone().oneshot(chat(PLUS)));
-    assert!(request.poll().is_pending());
+    let mut request = pending(&service);
     tokio::time::advance(Duration::from_secs(5)).await;
     assert!(request.poll().is_pending());
     assert_eq!(
@@ -541,19 +476,9 @@ async fn dropping_a_request_after_a_first_byte_timeout_switched_it() {
     assert_eq!(layers.budget.in_flight(), 0);
 
     // qwen-plus cools for 10 s, then the probe finds it well.
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
-    assert_eq!(
-        response.extensions().get::<ServedModel>(),
-        Some(&ServedModel("qwen-flash".into()))
-    );
-    drop(response);
+    assert_model(&send(&service).await, "qwen-flash");
     tokio::time::advance(Duration::from_secs(10)).await;
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
-    assert_eq!(
-        response.extensions().get::<ServedModel>(),
-        Some(&ServedModel("qwen-plus".into()))
-    );
-    drop(response);
+    assert_model(&send(&service).await, "qwen-plus");
     assert_eq!(layers.budget.in_flight(), 0);
 }
 
@@ -566,7 +491,7 @@ async fn dropping_a_stack_request_waiting_for_a_cooled_model() {
             .cooldown(Duration::from_secs(10))
             .max_wait(Duration::from_secs(30)),
         retry: RetryWithJitter::new().seed(1).max_attempts(1),
-        budget: TokenBudget::new(Quota::per_minute(600, 1_000_000)).max_concurrency(1),
+        budget: one_at_a_time(),
         ..Layers::default()
     };
     let inner = Inner::new(|n, _| if n < 2 { throttled() } else { ok_json() });
@@ -575,18 +500,14 @@ async fn dropping_a_stack_request_waiting_for_a_cooled_model() {
         .await
         .unwrap_err();
     assert_eq!(inner.calls(), 2);
-    let mut waiting = task::spawn(service.clone().oneshot(chat(PLUS)));
-    assert!(waiting.poll().is_pending());
+    let waiting = pending(&service);
     assert_eq!(inner.calls(), 2);
     assert_eq!(layers.budget.in_flight(), 0);
     drop(waiting);
     assert_eq!(layers.budget.in_flight(), 0);
     tokio::time::advance(Duration::from_secs(10)).await;
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
-    assert_eq!(
-        response.extensions().get::<ServedModel>(),
-        Some(&ServedModel("qwen-plus".into()))
-    );
+    let response = send(&service).await;
+    assert_model(&response, "qwen-plus");
 }
 
 // ------------------------------------------------------------------------------------------
@@ -605,7 +526,7 @@ fn router() -> RegionRouter {
 async fn dropping_a_request_during_its_failover() {
     let layers = Layers {
         router: router(),
-        budget: TokenBudget::new(Quota::per_minute(600, 1_000_000)).max_concurrency(1),
+        budget: one_at_a_time(),
         ..Layers::default()
     };
     // The primary refuses once; Virginia hangs once; then everything answers.
@@ -615,8 +536,7 @@ async fn dropping_a_request_during_its_failover() {
         _ => Some(Ok(ok_json())),
     });
     let service = layers.over(inner.clone());
-    let mut request = task::spawn(service.clone().oneshot(chat(PLUS)));
-    assert!(request.poll().is_pending());
+    let request = pending(&service);
     assert_eq!(inner.calls(), 2, "failed over to Virginia, which is silent");
     assert!(!is_primary(inner.seen.lock().unwrap().last().unwrap()));
     assert_eq!(layers.budget.in_flight(), 1);
@@ -629,18 +549,10 @@ async fn dropping_a_request_during_its_failover() {
     );
 
     // Cooling: Virginia first. After the cooldown: the primary's probe, which succeeds.
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
-    assert_eq!(
-        response.extensions().get::<ServedRegion>(),
-        Some(&ServedRegion(Region::Virginia))
-    );
-    drop(response);
+    assert_region(&send(&service).await, Region::Virginia);
     tokio::time::advance(Duration::from_secs(10)).await;
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
-    assert_eq!(
-        response.extensions().get::<ServedRegion>(),
-        Some(&ServedRegion(Region::Singapore))
-    );
+    let response = send(&service).await;
+    assert_region(&response, Region::Singapore);
     assert!(layers.router.is_healthy(0));
     drop(response);
     assert_eq!(layers.budget.in_flight(), 0);
@@ -658,34 +570,24 @@ async fn dropping_a_router_probe_lets_the_next_request_probe() {
         _ => Some(Ok(ok_json())),
     });
     let service = router.layer(ClassifyDashScopeError::new().layer(inner.clone()));
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
-    assert_eq!(
-        response.extensions().get::<ServedRegion>(),
-        Some(&ServedRegion(Region::Virginia))
-    );
+    let response = send(&service).await;
+    assert_region(&response, Region::Virginia);
     assert!(!router.is_healthy(0));
 
     tokio::time::advance(Duration::from_secs(10)).await;
-    let mut probe = task::spawn(service.clone().oneshot(chat(PLUS)));
-    assert!(probe.poll().is_pending());
+    let probe = pending(&service);
     assert_eq!(inner.calls(), 3);
     assert!(
         is_primary(inner.seen.lock().unwrap().last().unwrap()),
         "the probe"
     );
     // While it is under way, others go to Virginia.
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
-    assert_eq!(
-        response.extensions().get::<ServedRegion>(),
-        Some(&ServedRegion(Region::Virginia))
-    );
+    let response = send(&service).await;
+    assert_region(&response, Region::Virginia);
     drop(probe);
 
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
-    assert_eq!(
-        response.extensions().get::<ServedRegion>(),
-        Some(&ServedRegion(Region::Singapore))
-    );
+    let response = send(&service).await;
+    assert_region(&response, Region::Singapore);
     assert!(router.is_healthy(0));
 }
 
@@ -693,21 +595,12 @@ async fn dropping_a_router_probe_lets_the_next_request_probe() {
 #[tokio::test(start_paused = true)]
 async fn a_failed_router_probe_cools_the_primary_again() {
     let router = router();
-    let inner = Inner::fallible(|_, req| {
-        if is_primary(req) {
-            Err(refused())
-        } else {
-            Ok(ok_json())
-        }
-    });
+    let inner = Inner::fallible(refuse_primary);
     let service = router.layer(inner.clone());
-    within(service.clone().oneshot(chat(PLUS))).await.unwrap();
+    send(&service).await;
     tokio::time::advance(Duration::from_secs(10)).await;
-    let response = within(service.clone().oneshot(chat(PLUS))).await.unwrap();
-    assert_eq!(
-        response.extensions().get::<ServedRegion>(),
-        Some(&ServedRegion(Region::Virginia))
-    );
+    let response = send(&service).await;
+    assert_region(&response, Region::Virginia);
     assert!(!router.is_healthy(0));
     // Without a failover left, the primary's refusal is the caller's typed error.
     let alone = RegionRouter::new(Region::Singapore, "sk-test-0000");
@@ -727,7 +620,7 @@ async fn a_failed_router_probe_cools_the_primary_again() {
 async fn dropping_a_stream_body_midway_returns_the_permit() {
     use http_body_util::BodyExt;
     let layers = Layers {
-        budget: TokenBudget::new(Quota::per_minute(600, 1_000_000)).max_concurrency(1),
+        budget: one_at_a_time(),
         ..Layers::default()
     };
     let inner = Inner::new(|_, _| {

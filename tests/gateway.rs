@@ -15,14 +15,14 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use tower_dashscope::mock::{Fault, MidStreamError, MockDashScope, MockServer, ModelConfig};
 
 #[allow(dead_code)]
 #[path = "../examples/axum_gateway/mod.rs"]
 mod gateway;
+#[path = "support/gateway.rs"]
+mod harness;
 
-use gateway::app::{self, Gateway};
 use gateway::config;
 
 /// The longest any step of a test may take before it fails instead of hanging.
@@ -45,32 +45,12 @@ struct Harness {
 /// and `[[upstreams]]`, which point at the simulator).
 async fn start(mock: MockDashScope, models_etc: &str) -> Harness {
     let server = mock.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-max_body_bytes = 4096
-
-[[upstreams]]
-base_url = "http://{}"
-api_key_env = "{KEY_VAR}"
-
-{models_etc}
-"#,
-        server.local_addr()
-    );
-    let config = config::parse(&text, "test.toml").unwrap();
-    let upstreams =
-        app::resolve_upstreams(&config, |name| (name == KEY_VAR).then(|| KEY.to_owned()))
-            .await
-            .unwrap();
-    let gateway = Gateway::new(config, &upstreams.resolved).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let config = harness::config(server.local_addr(), KEY_VAR, models_etc);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(gateway.serve(listener, async move {
+    let harness::Served { addr, task } = harness::serve(config, KEY_VAR, KEY, async move {
         let _ = stopped.await;
-    }));
+    })
+    .await;
     Harness {
         addr,
         stop: Some(stop),
@@ -101,17 +81,19 @@ impl Harness {
         self.send(request).await
     }
 
+    /// A GET of `path`, read to its end.
+    async fn get(&self, path: &str) -> (StatusCode, HeaderMap, Bytes) {
+        let request = Request::get(self.url(path)).body(Full::default()).unwrap();
+        read(self.send(request).await).await
+    }
+
     async fn post_json(&self, body: Value) -> (StatusCode, HeaderMap, Bytes) {
         read(self.post(body.to_string()).await).await
     }
 
     async fn stop(mut self) {
         self.stop.take().unwrap().send(()).unwrap();
-        tokio::time::timeout(BOUND, &mut self.task)
-            .await
-            .expect("the gateway stops in time")
-            .unwrap()
-            .unwrap();
+        stopped(&mut self.task).await;
     }
 }
 
@@ -123,6 +105,47 @@ async fn read(response: http::Response<Incoming>) -> (StatusCode, HeaderMap, Byt
         .expect("the body is read")
         .to_bytes();
     (parts.status, parts.headers, bytes)
+}
+
+/// The next frame of `body`, which must come in time and without an error.
+async fn next_frame(body: &mut Incoming) -> http_body::Frame<Bytes> {
+    tokio::time::timeout(BOUND, body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+}
+
+/// The rest of `body`, which must end in time and without an error.
+async fn rest(body: Incoming) -> Bytes {
+    tokio::time::timeout(BOUND, body.collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes()
+}
+
+/// Waits for the gateway's task, which must end in time and cleanly.
+async fn stopped(task: &mut tokio::task::JoinHandle<std::io::Result<()>>) {
+    tokio::time::timeout(BOUND, task)
+        .await
+        .expect("the gateway stops in time")
+        .unwrap()
+        .unwrap();
+}
+
+/// The simulator with qwen-max and qwen-plus as configured, taking [`KEY`].
+fn two_models(max: ModelConfig, plus: ModelConfig) -> MockDashScope {
+    MockDashScope::builder()
+        .model("qwen-max", max)
+        .model("qwen-plus", plus)
+        .api_key(KEY)
+        .build()
+}
+
+/// A model at twenty tokens a second: a stream's chunks come apart.
+fn paced() -> ModelConfig {
+    ModelConfig::new().latency(Duration::from_millis(10), 20.0)
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -171,39 +194,26 @@ fn assert_openai_error(body: &[u8], code: &str) -> Value {
     value
 }
 
-const TWO_MODELS: &str = r#"
-[models]
-"qwen-max" = { rpm = 600, tpm = 100_000 }
-"qwen-plus" = { rpm = 1_200, tpm = 200_000 }
-
+/// The configuration most tests use: qwen-max (also asked for as gpt-4o) falls back to qwen-plus.
+fn two_models_config() -> String {
+    harness::models_etc(
+        r#"
 [aliases]
 "gpt-4o" = "qwen-max"
 
 [fallbacks]
 "*" = ["qwen-plus"]
-
-[timeouts]
-first_byte = "2s"
-idle = "500ms"
-total = "20s"
-
-[retry]
-max_attempts = 2
-base_delay = "10ms"
-max_delay = "20ms"
-"#;
+"#,
+    )
+}
 
 #[tokio::test]
 async fn a_model_that_is_down_falls_back_and_the_headers_say_so() {
-    let mock = MockDashScope::builder()
-        .model(
-            "qwen-max",
-            ModelConfig::new().outage(Duration::ZERO..Duration::from_secs(3600)),
-        )
-        .model("qwen-plus", ModelConfig::new())
-        .api_key(KEY)
-        .build();
-    let gw = start(mock, TWO_MODELS).await;
+    let mock = two_models(
+        ModelConfig::new().outage(Duration::ZERO..Duration::from_secs(3600)),
+        ModelConfig::new(),
+    );
+    let gw = start(mock, &two_models_config()).await;
 
     // Asked through an alias: qwen-max is down, qwen-plus answers.
     let (status, headers, body) = gw.post_json(chat("gpt-4o", 8)).await;
@@ -249,15 +259,7 @@ async fn a_model_that_is_down_falls_back_and_the_headers_say_so() {
     assert_eq!(stats.model("qwen-plus").unwrap().total.succeeded, 1);
 
     // /v1/models lists each model with its fallbacks, and the aliases.
-    let (status, _, body) = read(
-        gw.send(
-            Request::get(gw.url("/v1/models"))
-                .body(Full::default())
-                .unwrap(),
-        )
-        .await,
-    )
-    .await;
+    let (status, _, body) = gw.get("/v1/models").await;
     assert_eq!(status, StatusCode::OK);
     let list: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(list["object"], "list");
@@ -274,16 +276,8 @@ async fn a_model_that_is_down_falls_back_and_the_headers_say_so() {
 
 #[tokio::test]
 async fn a_stream_is_relayed_chunk_by_chunk_and_carries_its_usage() {
-    let mock = MockDashScope::builder()
-        // Twenty tokens a second: the chunks are apart.
-        .model(
-            "qwen-max",
-            ModelConfig::new().latency(Duration::from_millis(10), 20.0),
-        )
-        .model("qwen-plus", ModelConfig::new())
-        .api_key(KEY)
-        .build();
-    let gw = start(mock, TWO_MODELS).await;
+    let mock = two_models(paced(), ModelConfig::new());
+    let gw = start(mock, &two_models_config()).await;
 
     let response = gw.post(stream("qwen-max", 6).to_string()).await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -297,20 +291,10 @@ async fn a_stream_is_relayed_chunk_by_chunk_and_carries_its_usage() {
     );
     let mut body = response.into_body();
     // The first chunk arrives alone, before the answer is complete.
-    let first = tokio::time::timeout(BOUND, body.frame())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap()
-        .into_data()
-        .unwrap();
+    let first = next_frame(&mut body).await.into_data().unwrap();
     let first = data_events(&first);
     assert!(!first.is_empty() && !first.contains(&"[DONE]".to_owned()));
-    let rest = tokio::time::timeout(BOUND, body.collect())
-        .await
-        .unwrap()
-        .unwrap()
-        .to_bytes();
+    let rest = rest(body).await;
     let mut events = first;
     events.extend(data_events(&rest));
     assert_eq!(events.last().unwrap(), "[DONE]");
@@ -407,12 +391,11 @@ total = "20s"
 
 #[tokio::test]
 async fn a_stream_that_dies_before_its_first_byte_falls_back() {
-    let mock = MockDashScope::builder()
-        .model("qwen-max", ModelConfig::new().fault(Fault::NoFirstByte))
-        .model("qwen-plus", ModelConfig::new())
-        .api_key(KEY)
-        .build();
-    let config = TWO_MODELS.replace("first_byte = \"2s\"", "first_byte = \"300ms\"");
+    let mock = two_models(
+        ModelConfig::new().fault(Fault::NoFirstByte),
+        ModelConfig::new(),
+    );
+    let config = two_models_config().replace("first_byte = \"2s\"", "first_byte = \"300ms\"");
     let gw = start(mock, &config).await;
     let (status, headers, body) = gw.post_json(stream("qwen-max", 4)).await;
     assert_eq!(status, StatusCode::OK);
@@ -428,12 +411,8 @@ async fn a_stream_that_dies_before_its_first_byte_falls_back() {
 
 #[tokio::test]
 async fn bad_input_gets_413_400_and_404_with_openai_shaped_bodies() {
-    let mock = MockDashScope::builder()
-        .model("qwen-max", ModelConfig::new())
-        .model("qwen-plus", ModelConfig::new())
-        .api_key(KEY)
-        .build();
-    let gw = start(mock, TWO_MODELS).await;
+    let mock = two_models(ModelConfig::new(), ModelConfig::new());
+    let gw = start(mock, &two_models_config()).await;
 
     // Over max_body_bytes (4096), declared...
     let mut big = chat("qwen-max", 4);
@@ -476,15 +455,7 @@ async fn bad_input_gets_413_400_and_404_with_openai_shaped_bodies() {
             .contains("qwen-max")
     );
 
-    let (status, _, body) = read(
-        gw.send(
-            Request::get(gw.url("/v1/embeddings"))
-                .body(Full::default())
-                .unwrap(),
-        )
-        .await,
-    )
-    .await;
+    let (status, _, body) = gw.get("/v1/embeddings").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_openai_error(&body, "unknown_url");
 
@@ -511,17 +482,13 @@ impl http_body::Body for Chunks {
 
 #[tokio::test]
 async fn upstream_errors_keep_their_status_and_retry_after() {
-    let mock = MockDashScope::builder()
-        // One request a minute, and a gateway-style Retry-After on 429s.
-        .model(
-            "qwen-max",
-            ModelConfig::new()
-                .rpm(1)
-                .retry_after(Duration::from_millis(2_500)),
-        )
-        .model("qwen-plus", ModelConfig::new().context_window(50))
-        .api_key(KEY)
-        .build();
+    // One request a minute, and a gateway-style Retry-After on 429s.
+    let mock = two_models(
+        ModelConfig::new()
+            .rpm(1)
+            .retry_after(Duration::from_millis(2_500)),
+        ModelConfig::new().context_window(50),
+    );
     // No client-side quota and no fallback: the simulator's 429 reaches the caller.
     let models = r#"
 [models]
@@ -550,38 +517,19 @@ max_attempts = 1
 
 #[tokio::test]
 async fn graceful_shutdown_drains_a_stream_in_flight() {
-    let mock = MockDashScope::builder()
-        .model(
-            "qwen-max",
-            ModelConfig::new().latency(Duration::from_millis(10), 20.0),
-        )
-        .model("qwen-plus", ModelConfig::new())
-        .api_key(KEY)
-        .build();
-    let mut gw = start(mock, TWO_MODELS).await;
+    let mock = two_models(paced(), ModelConfig::new());
+    let mut gw = start(mock, &two_models_config()).await;
     let response = gw.post(stream("qwen-max", 8).to_string()).await;
     assert_eq!(response.status(), StatusCode::OK);
     let mut body = response.into_body();
-    let first = tokio::time::timeout(BOUND, body.frame())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let first = next_frame(&mut body).await;
     assert!(first.is_data());
 
     // Shut down while the stream is under way: it still ends whole.
     gw.stop.take().unwrap().send(()).unwrap();
-    let rest = tokio::time::timeout(BOUND, body.collect())
-        .await
-        .unwrap()
-        .unwrap()
-        .to_bytes();
+    let rest = rest(body).await;
     assert_eq!(data_events(&rest).last().unwrap(), "[DONE]");
-    tokio::time::timeout(BOUND, &mut gw.task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    stopped(&mut gw.task).await;
 }
 
 /// What openai-python's `Stream` does with an event stream: split events on blank lines, join
@@ -659,17 +607,13 @@ fn python_sdk_request(url: &str, model: &str) -> Request<Full<Bytes>> {
 
 #[tokio::test]
 async fn a_python_sdk_style_client_streams_and_raises_on_a_broken_stream() {
-    let mock = MockDashScope::builder()
-        .model("qwen-max", ModelConfig::new())
-        .model(
-            "qwen-plus",
-            ModelConfig::new().fault(Fault::ErrorMidStream {
-                after_tokens: 2,
-                error: MidStreamError::DataInspection,
-            }),
-        )
-        .api_key(KEY)
-        .build();
+    let mock = two_models(
+        ModelConfig::new(),
+        ModelConfig::new().fault(Fault::ErrorMidStream {
+            after_tokens: 2,
+            error: MidStreamError::DataInspection,
+        }),
+    );
     let models = r#"
 [models]
 "qwen-max" = {}

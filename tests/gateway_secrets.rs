@@ -14,7 +14,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
-use tokio::net::TcpListener;
 use tower_dashscope::mock::{Fault, MidStreamError, MockDashScope, ModelConfig};
 
 #[path = "support/capture.rs"]
@@ -22,9 +21,10 @@ mod capture;
 #[allow(dead_code)]
 #[path = "../examples/axum_gateway/mod.rs"]
 mod gateway;
+#[path = "support/gateway.rs"]
+mod harness;
 
 use capture::{Capture, assert_no_secret};
-use gateway::app::{self, Gateway};
 use gateway::config;
 
 /// The upstream key the gateway sends.
@@ -37,23 +37,10 @@ const KEY_VAR: &str = "GATEWAY_SECRETS_TEST_KEY";
 const MARK: &str = "secret-";
 const BOUND: Duration = Duration::from_secs(30);
 
-const MODELS: &str = r#"
-[models]
-"qwen-max" = { rpm = 600, tpm = 100_000 }
-"qwen-plus" = { rpm = 1_200, tpm = 200_000 }
-
+/// qwen-max falls back to qwen-plus.
+const FALLBACKS: &str = r#"
 [fallbacks]
 "qwen-max" = ["qwen-plus"]
-
-[timeouts]
-first_byte = "2s"
-idle = "500ms"
-total = "20s"
-
-[retry]
-max_attempts = 2
-base_delay = "10ms"
-max_delay = "20ms"
 "#;
 
 /// Starts `mock` on loopback and a gateway in front of it; returns the gateway's address and
@@ -63,21 +50,14 @@ async fn start(
     out: &mut String,
 ) -> (std::net::SocketAddr, tower_dashscope::mock::MockServer) {
     let server = mock.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 4096\n\n[[upstreams]]\n\
-         base_url = \"http://{}\"\napi_key_env = \"{KEY_VAR}\"\n{MODELS}",
-        server.local_addr()
+    let config = harness::config(
+        server.local_addr(),
+        KEY_VAR,
+        &harness::models_etc(FALLBACKS),
     );
-    let config = config::parse(&text, "test.toml").unwrap();
     let _ = writeln!(out, "config: {config:?}");
-    let upstreams =
-        app::resolve_upstreams(&config, |name| (name == KEY_VAR).then(|| KEY.to_owned()))
-            .await
-            .unwrap();
-    let gateway = Gateway::new(config, &upstreams.resolved).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(gateway.serve(listener, std::future::pending::<()>()));
+    let harness::Served { addr, .. } =
+        harness::serve(config, KEY_VAR, KEY, std::future::pending::<()>()).await;
     (addr, server)
 }
 

@@ -9,12 +9,16 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokio::net::TcpListener;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_dashscope::mock::{MockDashScope, MockServer, ModelConfig};
 use tower_dashscope::{
     ClassifyDashScopeError, Delivery, ErrorClass, Region, RegionRouter, ServedRegion,
 };
+
+#[path = "support/loopback.rs"]
+mod loopback;
+
+use loopback::{closed_port, resetting};
 
 fn chat() -> Request<Full<Bytes>> {
     Request::post("/compatible-mode/v1/chat/completions")
@@ -36,42 +40,6 @@ async fn mock(key: &str) -> (MockDashScope, MockServer) {
         .build();
     let server = mock.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
     (mock, server)
-}
-
-/// A port nothing listens on: bound, then closed.
-async fn closed_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    addr
-}
-
-/// A server that reads each request and closes the connection without answering.
-async fn resetting() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let mut buf = vec![0; 64 * 1024];
-            let mut read = Vec::new();
-            // Until the end of the (small) JSON body: the whole request was written.
-            while stream.readable().await.is_ok() {
-                match stream.try_read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        read.extend_from_slice(&buf[..n]);
-                        if read.ends_with(b"]}") {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    Err(_) => break,
-                }
-            }
-            drop(stream);
-        }
-    });
-    addr
 }
 
 fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {

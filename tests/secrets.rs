@@ -29,6 +29,8 @@ use tower_dashscope::{
 mod capture;
 #[path = "support/hosts.rs"]
 mod hosts;
+#[path = "support/loopback.rs"]
+mod loopback;
 
 use capture::{Capture, assert_no_secret};
 use hosts::RefuseHosts;
@@ -424,38 +426,9 @@ async fn no_failure_over_http_shows_a_key() {
     out.debug("MockServer", &server);
     let served = Region::custom(&format!("http://{}", server.local_addr())).unwrap();
     // A port nothing listens on.
-    let closed = {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        listener.local_addr().unwrap()
-    };
-    let refused = Region::custom(&format!("http://{closed}")).unwrap();
+    let refused = Region::custom(&format!("http://{}", loopback::closed_port().await)).unwrap();
     // A server that reads each whole request and hangs up without answering.
-    let resetting = {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let mut buf = vec![0; 64 * 1024];
-                let mut read = Vec::new();
-                while stream.readable().await.is_ok() {
-                    match stream.try_read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            read.extend_from_slice(&buf[..n]);
-                            // The end of the chat body: the whole request was written.
-                            if read.ends_with(b"]}") {
-                                break;
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                        Err(_) => break,
-                    }
-                }
-                drop(stream);
-            }
-        });
-        Region::custom(&format!("http://{addr}")).unwrap()
-    };
+    let resetting = Region::custom(&format!("http://{}", loopback::resetting().await)).unwrap();
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let stack = |router: RegionRouter| {
         let layers = Layers::new(router);

@@ -15,10 +15,14 @@ use tower_dashscope::{BoxError, ClassifyDashScopeError};
 
 #[path = "support/counting_alloc.rs"]
 mod counting_alloc;
+#[path = "../benches/support/overhead.rs"]
+mod workload;
 
 use counting_alloc::count as allocations;
+use workload::{call_once, chat_body, inner, recommended, request};
 
-/// Allocations made by one ready-poll-call-poll-read cycle of `service`.
+/// Allocations made by one ready-poll-call-poll-read cycle of `service` (a request with a body
+/// of `{}`).
 fn allocations_per_call<S, B>(service: &mut S) -> usize
 where
     S: Service<Request<Full<Bytes>>, Response = Response<B>>,
@@ -26,21 +30,7 @@ where
     B: Body + Unpin,
     B::Error: std::fmt::Debug,
 {
-    let mut cx = Context::from_waker(Waker::noop());
-    let before = allocations();
-    let Poll::Ready(ready) = service.poll_ready(&mut cx) else {
-        panic!("not ready")
-    };
-    ready.unwrap();
-    let future = pin!(service.call(Request::new(Full::new(Bytes::from_static(b"{}")))));
-    let Poll::Ready(response) = future.poll(&mut cx) else {
-        panic!("not ready")
-    };
-    let mut body = response.unwrap().into_body();
-    while let Poll::Ready(Some(frame)) = std::pin::Pin::new(&mut body).poll_frame(&mut cx) {
-        drop(frame.unwrap());
-    }
-    allocations() - before
+    allocations_of(service, Request::new(Full::new(Bytes::from_static(b"{}"))))
 }
 
 #[test]
@@ -205,60 +195,18 @@ fn parsing_a_chat_request_does_not_allocate_per_key() {
 /// overhead bench's). A bound to hold, not a goal: BENCHMARKS.md says what they are.
 #[test]
 fn the_recommended_stack_allocates_a_bounded_amount_per_request() {
-    use std::time::Duration;
-    use tower::ServiceBuilder;
-    use tower_dashscope::{
-        FallbackModel, Quota, Region, RegionRouter, RetryWithJitter, TokenBudget, WaitTimeoutHeader,
-    };
-
     // The budget's clock is tokio's.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let runtime = workload::runtime();
     let _guard = runtime.enter();
-    let mut body = String::from(r#"{"model":"qwen-plus","max_tokens":512,"messages":["#);
-    let mut turn = 0;
-    while body.len() < 2048 - 120 {
-        let role = if turn % 2 == 0 { "user" } else { "assistant" };
-        body.push_str(&format!(
-            r#"{{"role":"{role}","content":"Turn {turn}: the quick brown fox jumps over the lazy dog, twice over."}},"#
-        ));
-        turn += 1;
-    }
-    body.push_str(r#"{"role":"user","content":"Now answer."}],"temperature":0.7}"#);
-    let body = Bytes::from(body);
-    let inner = || {
-        service_fn(|_req: Request<Full<Bytes>>| async {
-            Ok::<_, BoxError>(Response::new(Full::new(Bytes::from_static(
-                br#"{"choices":[{"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop","index":0}],"usage":{"prompt_tokens":500,"completion_tokens":1,"total_tokens":501},"model":"qwen-plus"}"#,
-            ))))
-        })
-    };
+    let body = chat_body();
     let mut bare = inner();
-    let mut stack = ServiceBuilder::new()
-        .layer(FallbackModel::new(["qwen-plus", "qwen-flash"]))
-        .layer(RetryWithJitter::new().seed(1))
-        .layer(
-            TokenBudget::new(Quota::per_minute(u32::MAX, u32::MAX))
-                .burst(Duration::from_secs(3600)),
-        )
-        .layer(RegionRouter::new(Region::Singapore, "sk-test-0000"))
-        .layer(WaitTimeoutHeader::new(Duration::from_secs(30)))
-        .layer(ClassifyDashScopeError::new())
-        .service(inner());
-    let request = || {
-        Request::post("/compatible-mode/v1/chat/completions")
-            .header("content-type", "application/json")
-            .body(Full::new(body.clone()))
-            .unwrap()
-    };
+    let mut stack = recommended(inner());
     let per_call = |service: &mut dyn FnMut(Request<Full<Bytes>>) -> usize| -> usize {
         // Warm up, then the most of ten calls (building the request excluded).
         for _ in 0..10 {
-            service(request());
+            service(request(&body));
         }
-        (0..10).map(|_| service(request())).max().unwrap()
+        (0..10).map(|_| service(request(&body))).max().unwrap()
     };
     let bare_count = per_call(&mut |req| allocations_of(&mut bare, req));
     let stack_count = per_call(&mut |req| allocations_of(&mut stack, req));
@@ -270,7 +218,8 @@ fn the_recommended_stack_allocates_a_bounded_amount_per_request() {
     );
 }
 
-/// Allocations made by one ready-call-poll-read cycle of `service` with `request`.
+/// Allocations made by one ready-call-poll-read cycle of `service` with `request`, the
+/// request's own construction excluded.
 fn allocations_of<S, B>(service: &mut S, request: Request<Full<Bytes>>) -> usize
 where
     S: Service<Request<Full<Bytes>>, Response = Response<B>>,
@@ -280,18 +229,7 @@ where
 {
     let mut cx = Context::from_waker(Waker::noop());
     let before = allocations();
-    let Poll::Ready(ready) = service.poll_ready(&mut cx) else {
-        panic!("not ready")
-    };
-    ready.unwrap();
-    let future = pin!(service.call(request));
-    let Poll::Ready(response) = future.poll(&mut cx) else {
-        panic!("not ready")
-    };
-    let mut body = response.unwrap().into_body();
-    while let Poll::Ready(Some(frame)) = std::pin::Pin::new(&mut body).poll_frame(&mut cx) {
-        drop(frame.unwrap());
-    }
+    call_once(service, &mut cx, request);
     allocations() - before
 }
 
@@ -310,21 +248,7 @@ where
             br#"{"model":"qwen-plus","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#,
         )))
         .unwrap();
-    let mut cx = Context::from_waker(Waker::noop());
-    let before = allocations();
-    let Poll::Ready(ready) = service.poll_ready(&mut cx) else {
-        panic!("not ready")
-    };
-    ready.unwrap();
-    let future = pin!(service.call(request));
-    let Poll::Ready(response) = future.poll(&mut cx) else {
-        panic!("not ready")
-    };
-    let mut body = response.unwrap().into_body();
-    while let Poll::Ready(Some(frame)) = std::pin::Pin::new(&mut body).poll_frame(&mut cx) {
-        drop(frame.unwrap());
-    }
-    allocations() - before
+    allocations_of(service, request)
 }
 
 /// With a subscriber at INFO (as an application logging at that level has), the success path
@@ -332,37 +256,19 @@ where
 /// DEBUG and TRACE events are skipped before any field is formatted.
 #[test]
 fn the_full_stack_success_path_logs_nothing_at_info_and_allocates_nothing_for_it() {
-    use std::time::Duration;
-    use tower::ServiceBuilder;
-    use tower_dashscope::{
-        FallbackModel, Quota, Region, RegionRouter, RetryWithJitter, TokenBudget, WaitTimeoutHeader,
-    };
     use tracing::Level;
 
     #[path = "support/capture.rs"]
     mod capture;
 
     // The budget's clock is tokio's.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let runtime = workload::runtime();
     let _runtime = runtime.enter();
-    let mut stack = ServiceBuilder::new()
-        .layer(FallbackModel::new(["qwen-plus", "qwen-flash"]))
-        .layer(RetryWithJitter::new().seed(1))
-        .layer(
-            TokenBudget::new(Quota::per_minute(u32::MAX, u32::MAX))
-                .burst(Duration::from_secs(3600)),
-        )
-        .layer(RegionRouter::new(Region::Singapore, "sk-test-0000"))
-        .layer(WaitTimeoutHeader::new(Duration::from_secs(30)))
-        .layer(ClassifyDashScopeError::new())
-        .service(service_fn(|_req: Request<Full<Bytes>>| async {
-            Ok::<_, BoxError>(Response::new(Full::new(Bytes::from_static(
+    let mut stack = recommended(service_fn(|_req: Request<Full<Bytes>>| async {
+        Ok::<_, BoxError>(Response::new(Full::new(Bytes::from_static(
                 br#"{"choices":[{"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop","index":0}],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6},"model":"qwen-plus"}"#,
             ))))
-        }));
+    }));
     let measure = |stack: &mut _| {
         for _ in 0..5 {
             full_stack_allocations_per_call(stack);

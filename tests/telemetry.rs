@@ -5,9 +5,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Request;
+use http::{Request, Response};
+use http_body::Body;
 use http_body_util::{BodyExt, Full};
-use tower::{ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_dashscope::mock::{MockDashScope, ModelConfig};
 use tower_dashscope::{
     ClassifyDashScopeError, ErrorClass, FallbackModel, Quota, RateLimitKind, Region, RegionRouter,
@@ -34,10 +35,40 @@ fn chat(model: &str) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-fn absolute(host: &str, model: &str) -> Request<Full<Bytes>> {
+/// A chat request for `model` to Singapore's host.
+fn intl(model: &str) -> Request<Full<Bytes>> {
     let mut req = chat(model);
-    *req.uri_mut() = format!("https://{host}{PATH}").parse().unwrap();
+    *req.uri_mut() = format!("https://dashscope-intl.aliyuncs.com{PATH}")
+        .parse()
+        .unwrap();
     req
+}
+
+/// A simulator serving `models`.
+fn mock<const N: usize>(models: [(&str, ModelConfig); N]) -> MockDashScope {
+    models
+        .into_iter()
+        .fold(MockDashScope::builder(), |builder, (name, config)| {
+            builder.model(name, config)
+        })
+        .build()
+}
+
+/// A model that is down from the start for `outage`.
+fn down_for(outage: Duration) -> ModelConfig {
+    ModelConfig::new().outage(Duration::ZERO..outage)
+}
+
+/// Sends `request` through `service`, which must answer, and reads the body to its end.
+async fn complete<S, B>(service: S, request: Request<Full<Bytes>>)
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: Body,
+    B::Error: std::fmt::Debug,
+{
+    let response = service.oneshot(request).await.unwrap();
+    response.into_body().collect().await.unwrap();
 }
 
 /// A number, as the subscriber saw it.
@@ -50,21 +81,12 @@ fn number(value: &str) -> u64 {
 #[tokio::test(start_paused = true)]
 async fn a_retry_says_which_attempt_failed_how_and_how_long_it_waits() {
     let (logs, _guard) = Capture::start();
-    let mock = MockDashScope::builder()
-        .model(
-            "qwen-plus",
-            ModelConfig::new().outage(Duration::ZERO..Duration::from_millis(1)),
-        )
-        .build();
+    let mock = mock([("qwen-plus", down_for(Duration::from_millis(1)))]);
     let service = ServiceBuilder::new()
         .layer(RetryWithJitter::new().seed(7))
         .layer(ClassifyDashScopeError::new())
         .service(mock);
-    let response = service
-        .oneshot(absolute("dashscope-intl.aliyuncs.com", "qwen-plus"))
-        .await
-        .unwrap();
-    response.into_body().collect().await.unwrap();
+    complete(service, intl("qwen-plus")).await;
 
     let classified = logs.expect_event("DashScope error classified");
     assert_eq!(classified.level, Level::DEBUG);
@@ -95,20 +117,12 @@ async fn a_retry_says_which_attempt_failed_how_and_how_long_it_waits() {
 #[tokio::test(start_paused = true)]
 async fn giving_up_is_a_warning_with_the_attempts_and_the_reason() {
     let (logs, _guard) = Capture::start();
-    let mock = MockDashScope::builder()
-        .model(
-            "qwen-plus",
-            ModelConfig::new().outage(Duration::ZERO..Duration::from_secs(3600)),
-        )
-        .build();
+    let mock = mock([("qwen-plus", down_for(Duration::from_secs(3600)))]);
     let service = ServiceBuilder::new()
         .layer(RetryWithJitter::new().max_attempts(2).seed(7))
         .layer(ClassifyDashScopeError::new())
         .service(mock);
-    let err = service
-        .oneshot(absolute("dashscope-intl.aliyuncs.com", "qwen-plus"))
-        .await
-        .unwrap_err();
+    let err = service.oneshot(intl("qwen-plus")).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Unavailable);
     let gave_up = logs.expect_event("giving up");
     assert_eq!(gave_up.level, Level::WARN);
@@ -120,23 +134,16 @@ async fn giving_up_is_a_warning_with_the_attempts_and_the_reason() {
 #[tokio::test(start_paused = true)]
 async fn a_fallback_names_the_model_it_leaves_the_one_it_takes_and_the_one_that_served() {
     let (logs, _guard) = Capture::start();
-    let mock = MockDashScope::builder()
-        .model(
-            "qwen-max",
-            ModelConfig::new().outage(Duration::ZERO..Duration::from_secs(600)),
-        )
-        .model("qwen-plus", ModelConfig::new())
-        .build();
+    let mock = mock([
+        ("qwen-max", down_for(Duration::from_secs(600))),
+        ("qwen-plus", ModelConfig::new()),
+    ]);
     let service = ServiceBuilder::new()
         .layer(FallbackModel::new(["qwen-max", "qwen-plus"]))
         .layer(RetryWithJitter::new().max_attempts(1))
         .layer(ClassifyDashScopeError::new())
         .service(mock);
-    let response = service
-        .oneshot(absolute("dashscope-intl.aliyuncs.com", "qwen-max"))
-        .await
-        .unwrap();
-    response.into_body().collect().await.unwrap();
+    complete(service, intl("qwen-max")).await;
 
     let cooling = logs.expect_event("fallback: model cooling down");
     assert_eq!(cooling.level, Level::INFO);
@@ -181,23 +188,16 @@ async fn a_fallback_names_the_model_it_leaves_the_one_it_takes_and_the_one_that_
 #[tokio::test(start_paused = true)]
 async fn below_a_fallback_the_retry_names_the_model_and_runs_in_spans() {
     let (logs, _guard) = Capture::start();
-    let mock = MockDashScope::builder()
-        .model(
-            "qwen-max",
-            ModelConfig::new().outage(Duration::ZERO..Duration::from_millis(1)),
-        )
-        .model("qwen-plus", ModelConfig::new())
-        .build();
+    let mock = mock([
+        ("qwen-max", down_for(Duration::from_millis(1))),
+        ("qwen-plus", ModelConfig::new()),
+    ]);
     let service = ServiceBuilder::new()
         .layer(FallbackModel::new(["qwen-max", "qwen-plus"]))
         .layer(RetryWithJitter::new().max_attempts(3).seed(7))
         .layer(ClassifyDashScopeError::new())
         .service(mock);
-    let response = service
-        .oneshot(absolute("dashscope-intl.aliyuncs.com", "qwen-max"))
-        .await
-        .unwrap();
-    response.into_body().collect().await.unwrap();
+    complete(service, intl("qwen-max")).await;
 
     let retrying = logs.expect_event("retrying after a delay");
     assert_eq!(retrying.expect("gen_ai.request.model"), "qwen-max");
@@ -211,20 +211,13 @@ async fn below_a_fallback_the_retry_names_the_model_and_runs_in_spans() {
 #[tokio::test(start_paused = true)]
 async fn a_budget_wait_says_for_which_model_and_how_long_and_the_settle_reports_usage() {
     let (logs, _guard) = Capture::start();
-    let mock = MockDashScope::builder()
-        .model("qwen-plus", ModelConfig::new())
-        .build();
+    let mock = mock([("qwen-plus", ModelConfig::new())]);
     let service = ServiceBuilder::new()
         .layer(TokenBudget::new(Quota::per_minute(1, 1_000_000)))
         .layer(ClassifyDashScopeError::new())
         .service(mock);
     for _ in 0..2 {
-        let response = service
-            .clone()
-            .oneshot(absolute("dashscope-intl.aliyuncs.com", "qwen-plus"))
-            .await
-            .unwrap();
-        response.into_body().collect().await.unwrap();
+        complete(service.clone(), intl("qwen-plus")).await;
     }
 
     let waiting = logs.expect_event("no room yet; waiting");
@@ -246,23 +239,13 @@ async fn a_budget_wait_says_for_which_model_and_how_long_and_the_settle_reports_
 #[tokio::test(start_paused = true)]
 async fn a_budget_refusal_is_a_warning_naming_the_model_and_the_wait() {
     let (logs, _guard) = Capture::start();
-    let mock = MockDashScope::builder()
-        .model("qwen-plus", ModelConfig::new())
-        .build();
+    let mock = mock([("qwen-plus", ModelConfig::new())]);
     let service = ServiceBuilder::new()
         .layer(TokenBudget::new(Quota::per_minute(1, 1_000_000)).max_wait(Duration::from_secs(1)))
         .layer(ClassifyDashScopeError::new())
         .service(mock);
-    let first = service
-        .clone()
-        .oneshot(absolute("dashscope-intl.aliyuncs.com", "qwen-plus"))
-        .await
-        .unwrap();
-    first.into_body().collect().await.unwrap();
-    let err = service
-        .oneshot(absolute("dashscope-intl.aliyuncs.com", "qwen-plus"))
-        .await
-        .unwrap_err();
+    complete(service.clone(), intl("qwen-plus")).await;
+    let err = service.oneshot(intl("qwen-plus")).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::RateLimited(RateLimitKind::Local));
     let refused = logs.expect_event("giving up: TokenBudget has no room");
     assert_eq!(refused.level, Level::WARN);
@@ -275,9 +258,7 @@ async fn a_budget_refusal_is_a_warning_naming_the_model_and_the_wait() {
 #[tokio::test(start_paused = true)]
 async fn a_failover_names_both_regions_and_the_recovery_is_logged() {
     let (logs, _guard) = Capture::start();
-    let mock = MockDashScope::builder()
-        .model("qwen-plus", ModelConfig::new())
-        .build();
+    let mock = mock([("qwen-plus", ModelConfig::new())]);
     let inner = RefuseHosts::new(mock).refuse("dashscope-intl.aliyuncs.com");
     let service = ServiceBuilder::new()
         .layer(
@@ -288,8 +269,7 @@ async fn a_failover_names_both_regions_and_the_recovery_is_logged() {
         .layer(WaitTimeoutHeader::new(Duration::from_secs(5)))
         .layer(ClassifyDashScopeError::new())
         .service(inner.clone());
-    let response = service.clone().oneshot(chat("qwen-plus")).await.unwrap();
-    response.into_body().collect().await.unwrap();
+    complete(service.clone(), chat("qwen-plus")).await;
 
     let routed = logs.expect_event("routing request");
     assert_eq!(routed.level, Level::DEBUG);
@@ -312,8 +292,7 @@ async fn a_failover_names_both_regions_and_the_recovery_is_logged() {
     // Singapore answers again after its cooldown: the probe logs the recovery.
     inner.accept_all();
     tokio::time::advance(Duration::from_secs(31)).await;
-    let response = service.oneshot(chat("qwen-plus")).await.unwrap();
-    response.into_body().collect().await.unwrap();
+    complete(service, chat("qwen-plus")).await;
     let probing = logs.expect_event("probing an endpoint after its cooldown");
     assert_eq!(probing.expect("dashscope.region"), "ap-southeast-1");
     let healthy = logs.expect_event("endpoint healthy again");
@@ -324,11 +303,9 @@ async fn a_failover_names_both_regions_and_the_recovery_is_logged() {
 #[tokio::test(start_paused = true)]
 async fn a_stream_cut_midway_is_classified_and_frames_are_traced() {
     let (logs, _guard) = Capture::start();
-    let mock = MockDashScope::builder()
-        .model("qwen-plus", ModelConfig::new().cut_streams_after(3))
-        .build();
+    let mock = mock([("qwen-plus", ModelConfig::new().cut_streams_after(3))]);
     let service = tower::Layer::layer(&ClassifyDashScopeError::new(), mock);
-    let mut req = absolute("dashscope-intl.aliyuncs.com", "qwen-plus");
+    let mut req = intl("qwen-plus");
     *req.body_mut() = Full::new(Bytes::from(
         r#"{"model":"qwen-plus","stream":true,"max_tokens":20,"messages":[{"role":"user","content":"hello there"}]}"#,
     ));

@@ -16,8 +16,8 @@ use http_body_util::Full;
 use tower::{Layer, Service, ServiceExt};
 use tower_dashscope::{
     Attempts, BoxError, BudgetWait, ClassifyDashScopeError, DashScopeError, ErrorClass,
-    FallbackModel, Quota, Region, RegionRouter, RetryWithJitter, ServedModel, ServedRegion,
-    TokenBudget, WaitTimeoutHeader,
+    FallbackModel, Quota, Region, RegionRouter, RetryWithJitter, ServedModel, TokenBudget,
+    WaitTimeoutHeader,
 };
 
 #[path = "support/inner.rs"]
@@ -25,41 +25,11 @@ mod inner;
 #[path = "support/stack.rs"]
 mod stack;
 
-use inner::{Inner, Strict, TestBody, chat, drain, ok_json, refused, response};
+use inner::{
+    Inner, PLUS, Strict, TestBody, assert_model, assert_region, chat, drain, is_primary, model_of,
+    ok_json, refuse_primary, refused, response, throttled, unavailable,
+};
 use stack::{Layers, Stack, recommended};
-
-const PLUS: &str =
-    r#"{"model":"qwen-plus","messages":[{"role":"user","content":"hi"}],"max_tokens":10}"#;
-
-fn throttled() -> Response<TestBody> {
-    response(
-        429,
-        &[],
-        TestBody::full(
-            r#"{"code":"Throttling.RateQuota","message":"Requests rate limit exceeded"}"#,
-        ),
-    )
-}
-
-fn unavailable() -> Response<TestBody> {
-    response(
-        503,
-        &[],
-        TestBody::full(r#"{"code":"ServiceUnavailable","message":"busy"}"#),
-    )
-}
-
-/// The model a request asked for, read from its body.
-fn model_of(req: &Request<Full<Bytes>>) -> String {
-    use tower_dashscope::body::ReplayBody;
-    let body = req.body().bytes().unwrap();
-    let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    value["model"].as_str().unwrap_or_default().to_owned()
-}
-
-fn host_of(req: &Request<Full<Bytes>>) -> String {
-    req.uri().host().unwrap_or_default().to_owned()
-}
 
 // ------------------------------------------------------------------------------------------
 // poll_ready discipline
@@ -155,31 +125,19 @@ async fn fallback_readies_the_inner_service_before_each_model() {
         FallbackModel::new(["qwen-plus", "qwen-flash"]).cooldown(Duration::from_millis(1));
     let service = fallback.layer(ClassifyDashScopeError::new().layer(Strict::new(inner.clone())));
     let response = service.clone().oneshot(chat(PLUS)).await.unwrap();
-    assert_eq!(
-        response.extensions().get::<ServedModel>(),
-        Some(&ServedModel("qwen-flash".into()))
-    );
+    assert_model(&response, "qwen-flash");
     drive("fallback", service, 8).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn router_readies_the_inner_service_before_each_failover() {
-    let inner = Inner::fallible(|_, req| {
-        if host_of(req).contains("dashscope-intl") {
-            Err(refused())
-        } else {
-            Ok(ok_json())
-        }
-    });
+    let inner = Inner::fallible(refuse_primary);
     let router = RegionRouter::new(Region::Singapore, "sk-test-0000")
         .failover(Region::Virginia, "sk-test-1111")
         .cooldown(Duration::from_millis(1));
     let service = router.layer(ClassifyDashScopeError::new().layer(Strict::new(inner.clone())));
     let response = service.clone().oneshot(chat(PLUS)).await.unwrap();
-    assert_eq!(
-        response.extensions().get::<ServedRegion>(),
-        Some(&ServedRegion(Region::Virginia))
-    );
+    assert_region(&response, Region::Virginia);
     drive("router", service, 8).await;
 }
 
@@ -188,7 +146,7 @@ async fn router_readies_the_inner_service_before_each_failover() {
 fn hostile() -> Inner {
     let flaky = Arc::new(AtomicUsize::new(0));
     Inner::fallible(move |_, req| {
-        if host_of(req).contains("dashscope-intl") {
+        if is_primary(req) {
             return Err(refused());
         }
         if model_of(req) == "qwen-plus" {
@@ -210,14 +168,8 @@ async fn the_stack_readies_the_inner_service_before_every_call() {
     };
     let service = layers.over(Strict::new(hostile()));
     let response = service.clone().oneshot(chat(PLUS)).await.unwrap();
-    assert_eq!(
-        response.extensions().get::<ServedModel>(),
-        Some(&ServedModel("qwen-flash".into()))
-    );
-    assert_eq!(
-        response.extensions().get::<ServedRegion>(),
-        Some(&ServedRegion(Region::Virginia))
-    );
+    assert_model(&response, "qwen-flash");
+    assert_region(&response, Region::Virginia);
     drop(response);
     drive("stack", service, 16).await;
     assert_eq!(layers.budget.in_flight(), 0);
@@ -496,13 +448,7 @@ async fn fallback_clones_share_cooldowns_and_separate_layers_do_not() {
 
 #[tokio::test(start_paused = true)]
 async fn router_clones_share_health_and_separate_layers_do_not() {
-    let script = |_, req: &Request<Full<Bytes>>| {
-        if host_of(req).contains("dashscope-intl") {
-            Err(refused())
-        } else {
-            Ok(ok_json())
-        }
-    };
+    let script = refuse_primary;
     let router = RegionRouter::new(Region::Singapore, "sk-test-0000")
         .failover(Region::Virginia, "sk-test-1111")
         .cooldown(Duration::from_secs(60));
@@ -524,7 +470,7 @@ async fn router_clones_share_health_and_separate_layers_do_not() {
         .await
         .unwrap();
     assert_eq!(second.calls(), 1);
-    assert!(!host_of(&second.seen.lock().unwrap()[0]).contains("dashscope-intl"));
+    assert!(!is_primary(&second.seen.lock().unwrap()[0]));
     // A router built apart, or a clone configured anew, starts at Singapore.
     for apart in [
         RegionRouter::new(Region::Singapore, "sk-test-0000")
@@ -538,7 +484,7 @@ async fn router_clones_share_health_and_separate_layers_do_not() {
             .oneshot(chat(PLUS))
             .await
             .unwrap();
-        assert!(host_of(&third.seen.lock().unwrap()[0]).contains("dashscope-intl"));
+        assert!(is_primary(&third.seen.lock().unwrap()[0]));
     }
 }
 

@@ -277,14 +277,11 @@ pub(crate) async fn live_demo(key: &OsStr) -> ExitCode {
         println!("         key travels unencrypted.\n");
     }
 
-    // HTTPS with ring and the webpki roots, chosen here rather than through rustls' process-wide
-    // default; `https_or_http` so that an `http://` override (the simulator) works too.
-    let connector = match hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-    {
-        Ok(builder) => builder.https_or_http().enable_http1().build(),
-        Err(err) => {
-            eprintln!("error: cannot set up TLS: {err}");
+    // HTTPS with ring and the webpki roots; plain HTTP for an `http://` override (the simulator).
+    let connector = match dashscope_env::https_connector() {
+        Ok(connector) => connector,
+        Err(message) => {
+            eprintln!("error: {message}");
             return ExitCode::FAILURE;
         }
     };

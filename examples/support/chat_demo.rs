@@ -19,7 +19,7 @@ use tower_dashscope::{
 };
 
 #[path = "dashscope_env.rs"]
-mod dashscope_env;
+pub mod dashscope_env;
 #[path = "logging.rs"]
 mod logging;
 
@@ -193,6 +193,23 @@ pub fn report<B>(response: &Response<B>) -> String {
     )
 }
 
+/// The start of a client example: logging set up, the endpoint read from the environment (or
+/// the simulator started), and `what` printed with where it goes. On a bad environment, the
+/// message is printed and the exit code (2) returned.
+pub async fn start(what: &str) -> Result<Endpoint, std::process::ExitCode> {
+    init_tracing();
+    match Endpoint::from_env().await {
+        Ok(endpoint) => {
+            println!("{what}, to {}", endpoint.describe());
+            Ok(endpoint)
+        }
+        Err(message) => {
+            eprintln!("error: {message}");
+            Err(std::process::ExitCode::from(2))
+        }
+    }
+}
+
 /// One answer in one piece: prints what the layers did and the answer's text.
 pub async fn chat_once<S, B>(client: S, endpoint: &Endpoint) -> Result<(), DashScopeError>
 where
@@ -221,6 +238,27 @@ where
         );
     }
     Ok(())
+}
+
+/// The two calls of the client examples: [`chat_once`], then [`chat_streaming`], each failure
+/// printed with the key redacted. Whether both succeeded.
+pub async fn chat_both<S, B>(client: S, endpoint: &Endpoint) -> bool
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>, Error = DashScopeError> + Clone,
+    B: http_body::Body<Data = Bytes, Error = DashScopeError> + Unpin,
+{
+    let mut failed = false;
+    println!("\n1. one answer in one piece (asks for {})", endpoint.model);
+    if let Err(err) = chat_once(client.clone(), endpoint).await {
+        println!("  failed: {}", redact(&err.to_string(), endpoint.key()));
+        failed = true;
+    }
+    println!("\n2. a streamed answer, token by token");
+    if let Err(err) = chat_streaming(client, endpoint).await {
+        println!("\n  failed: {}", redact(&err.to_string(), endpoint.key()));
+        failed = true;
+    }
+    !failed
 }
 
 /// A streamed answer, each token printed as it arrives.

@@ -1,9 +1,24 @@
 //! The environment variables of the examples' live mode — `DASHSCOPE_API_KEY`,
-//! `DASHSCOPE_REGION`, `DASHSCOPE_BASE_URL`, `DASHSCOPE_MODEL` — read and checked in one place.
-//! Shared by the examples with `#[path]`; each uses some of it.
+//! `DASHSCOPE_REGION`, `DASHSCOPE_BASE_URL`, `DASHSCOPE_MODEL` — read and checked in one place,
+//! and the HTTPS connector the live mode calls DashScope with. Shared by the examples with
+//! `#[path]`; each uses some of it.
 #![allow(dead_code)]
 
 use tower_dashscope::Region;
+
+/// The live mode's connector: HTTPS with rustls on ring and the webpki roots, chosen here rather
+/// than through rustls' process-wide default; `https_or_http` so that an `http://` base URL
+/// (the loopback simulator) works too.
+pub fn https_connector()
+-> Result<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, String>
+{
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+        .map_err(|err| format!("cannot set up TLS: {err}"))?
+        .https_or_http()
+        .enable_http1()
+        .build())
+}
 
 /// The model the live mode asks for when `DASHSCOPE_MODEL` is unset.
 pub const DEFAULT_MODEL: &str = "qwen-flash";

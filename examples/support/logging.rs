@@ -1,5 +1,6 @@
 //! The examples' `tracing` setup: the layers' decisions (retries, fallbacks, budget waits,
 //! failovers) printed to stderr as they happen.
+#![allow(dead_code)]
 
 use tracing_subscriber::EnvFilter;
 
@@ -7,8 +8,12 @@ use tracing_subscriber::EnvFilter;
 /// the layers decide; `RUST_LOG=tower_dashscope=debug` adds every classified failure, routed
 /// request and budget settle). The crate docs' `telemetry` module lists the events and fields.
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("tower_dashscope=info"));
+    init_or("tower_dashscope=info");
+}
+
+/// Prints events to stderr, coloured only on a terminal: `RUST_LOG` if set, else `default`.
+pub fn init_or(default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

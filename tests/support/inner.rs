@@ -12,7 +12,7 @@ use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::Full;
 use tower::Service;
-use tower_dashscope::BoxError;
+use tower_dashscope::{BoxError, Region, ServedModel, ServedRegion};
 
 /// How a [`TestBody`] goes on after its frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +120,77 @@ pub fn ok_json() -> Response<TestBody> {
             r#"{"choices":[{"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop","index":0}],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6},"model":"qwen-plus"}"#,
         ),
     )
+}
+
+/// A non-streaming chat body for `qwen-plus` asking for ten tokens.
+pub const PLUS: &str =
+    r#"{"model":"qwen-plus","messages":[{"role":"user","content":"hi"}],"max_tokens":10}"#;
+
+/// A 429 with DashScope's rate-quota code.
+pub fn throttled() -> Response<TestBody> {
+    response(
+        429,
+        &[],
+        TestBody::full(
+            r#"{"code":"Throttling.RateQuota","message":"Requests rate limit exceeded"}"#,
+        ),
+    )
+}
+
+/// A 503 with DashScope's `ServiceUnavailable` code.
+pub fn unavailable() -> Response<TestBody> {
+    response(
+        503,
+        &[],
+        TestBody::full(r#"{"code":"ServiceUnavailable","message":"busy"}"#),
+    )
+}
+
+/// The model a request asked for, read from its body.
+pub fn model_of(req: &Request<Full<Bytes>>) -> String {
+    use tower_dashscope::body::ReplayBody;
+    let body = req.body().bytes().unwrap();
+    let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    value["model"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Whether `req` goes to the primary region of the tests' routers (Singapore).
+pub fn is_primary(req: &Request<Full<Bytes>>) -> bool {
+    req.uri()
+        .host()
+        .unwrap_or_default()
+        .contains("dashscope-intl")
+}
+
+/// A script for [`Inner::fallible`]: the primary region refuses the connection, any other
+/// answers [`ok_json`].
+pub fn refuse_primary(
+    _: usize,
+    req: &Request<Full<Bytes>>,
+) -> Result<Response<TestBody>, BoxError> {
+    if is_primary(req) {
+        Err(refused())
+    } else {
+        Ok(ok_json())
+    }
+}
+
+/// `response` was served by `model`.
+#[track_caller]
+pub fn assert_model<B>(response: &Response<B>, model: &str) {
+    assert_eq!(
+        response.extensions().get::<ServedModel>(),
+        Some(&ServedModel(model.into()))
+    );
+}
+
+/// `response` was served from `region`.
+#[track_caller]
+pub fn assert_region<B>(response: &Response<B>, region: Region) {
+    assert_eq!(
+        response.extensions().get::<ServedRegion>(),
+        Some(&ServedRegion(region))
+    );
 }
 
 /// An event-stream response of `body`.

@@ -68,3 +68,12 @@ pub fn measure<T>(f: impl FnOnce() -> T) -> (T, usize) {
     let out = f();
     (out, peak_since_reset(level))
 }
+
+/// [`measure`] for a future: makes it with `f` and awaits it, and returns its output with the
+/// most memory this thread held meanwhile, above what it held before.
+pub async fn measure_async<F: std::future::Future>(f: impl FnOnce() -> F) -> (F::Output, usize) {
+    let level = current();
+    reset_peak();
+    let out = f().await;
+    (out, peak_since_reset(level))
+}
