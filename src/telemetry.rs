@@ -64,6 +64,7 @@
 //! | `gen_ai.response.model` | The model that served the request | fallback: served by a fallback model |
 //! | `gen_ai.usage.input_tokens` | Input tokens the response reported | budget settled, usage reported |
 //! | `gen_ai.usage.output_tokens` | Output tokens the response reported | budget settled, usage reported |
+//! | `gen_ai.usage.total_tokens` | Tokens the response reported in all (input and output) | usage above a minute of the quota |
 //! | `error.type` | The [`ErrorClass`](crate::ErrorClass), snake case ([`ErrorClass::as_str`](crate::ErrorClass::as_str)): `rate_limited_requests`, `unavailable`, … | every failure |
 //! | `error` | The error's `Display` (message and advice) | classified, giving up after an inner failure |
 //! | `http.response.status_code` | The HTTP status of the failed response | classified, retrying, giving up, key refused |
@@ -111,6 +112,7 @@
 //! | TRACE | `budget` | TokenBudget: admitted | `gen_ai.request.model`, `dashscope.budget.tokens` |
 //! | DEBUG | `budget` | TokenBudget: settled with the reported usage | `gen_ai.request.model`, `gen_ai.usage.input_tokens`, `gen_ai.usage.output_tokens`, `dashscope.budget.tokens` |
 //! | DEBUG | `budget` | TokenBudget: usage above the estimate, carried as debt | `gen_ai.request.model`, `dashscope.budget.debt_tokens` |
+//! | WARN | `budget` | TokenBudget: usage reported above a minute of the quota; owing only a minute's worth | `gen_ai.request.model`, `gen_ai.usage.total_tokens`, `dashscope.budget.debt_tokens` |
 //! | INFO | `budget` | TokenBudget: the server throttled; lowering this model's rates | `gen_ai.request.model`, `error.type`, `dashscope.budget.request_factor`, `dashscope.budget.token_factor` |
 //! | WARN | `budget` | giving up: TokenBudget has no room within max_wait … | `gen_ai.request.model`, `error.type`, `wait_ms`, `dashscope.budget.max_wait_ms` |
 //! | WARN | `budget` | giving up: the budget store failed / did not answer within max_wait … | `gen_ai.request.model`, `error.type`, `error` or `wait_ms` |

@@ -204,6 +204,34 @@ async fn tokens_weigh_and_models_are_independent() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_bogus_usage_is_owed_for_at_most_a_minute_of_quota() {
+    // 60 tokens a second; the answer claims four billion tokens (a proxy's bug, a hostile
+    // upstream). Owed in full, the model would be blocked for more than two years.
+    let server = Server::new(u32::MAX - 1);
+    let budget = TokenBudget::new(Quota::per_minute(0, 3600))
+        .adaptive(false)
+        .max_wait(Duration::from_secs(3600));
+    let service = ServiceBuilder::new()
+        .layer(budget.clone())
+        .layer(ClassifyDashScopeError::new())
+        .service(server.service());
+    send_and_read(service.clone(), chat("m", 10)).await.unwrap();
+    server.output_tokens.store(1, Ordering::SeqCst);
+    let next = send_and_read(service.clone(), chat("m", 10))
+        .await
+        .expect("a bogus usage must not block the model past max_wait");
+    let waited = next.extensions().get::<BudgetWait>().unwrap().0;
+    assert!(
+        waited >= Duration::from_secs(50),
+        "the minute is owed: {waited:?}"
+    );
+    assert!(
+        waited <= Duration::from_secs(62),
+        "only a minute is owed: {waited:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn usage_settles_both_ways() {
     let server = Server::new(1);
     let budget = TokenBudget::new(Quota::per_minute(0, 60_000)).adaptive(false);

@@ -30,7 +30,9 @@
 //!   window any more; it is kept as credit against later debt (up to one window's worth), so
 //!   that sustained throughput converges on the true TPM. A request the server refused (a 429,
 //!   a 400) gets its tokens back; one cancelled or cut after it was sent keeps its estimate, as
-//!   the server billed it.
+//!   the server billed it. A usage above the reservation by more than a minute of the model's
+//!   token quota is not believed (a proxy's bug or a hostile upstream could report billions):
+//!   only a minute's worth is owed, with a WARN event.
 //! - **A request bigger than a second's worth** waits for an empty window, then goes into debt;
 //!   it never fails and never waits forever.
 //! - **Adaptive.** When the configured quota is higher than what the account really has, the

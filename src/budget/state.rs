@@ -290,6 +290,19 @@ impl Shared {
         limits: Limits,
         admitted_at: Instant,
     ) {
+        // A usage above the reservation by more than a minute of the model's token quota is
+        // not believed: one bogus `total_tokens` (a proxy's bug, a hostile upstream) would
+        // otherwise be owed for as long as it says, blocking the model for days.
+        let ceiling = reserved.saturating_add(minute_of_tokens(limits));
+        if used > ceiling {
+            tracing::warn!(
+                gen_ai.request.model = &*key.model,
+                gen_ai.usage.total_tokens = used,
+                dashscope.budget.debt_tokens = ceiling - reserved,
+                "TokenBudget: usage reported above a minute of the quota; owing only a minute's worth"
+            );
+        }
+        let used = used.min(ceiling);
         let mut delta = i64::try_from(used.saturating_mul(MILLI))
             .unwrap_or(i64::MAX)
             .saturating_sub(i64::try_from(reserved.saturating_mul(MILLI)).unwrap_or(i64::MAX));
@@ -484,6 +497,17 @@ impl Shared {
     pub(crate) fn model_count(&self) -> usize {
         self.lock().map.len()
     }
+}
+
+/// The tokens a minute of `limits` allows (the window's limit scaled to 60 s; `u64::MAX` when
+/// tokens are unlimited).
+fn minute_of_tokens(limits: Limits) -> u64 {
+    if limits.tokens == u64::MAX {
+        return u64::MAX;
+    }
+    let window_ms = limits.window.as_millis().max(1);
+    let per_minute = u128::from(limits.tokens) * 60_000 / window_ms / u128::from(MILLI);
+    u64::try_from(per_minute).unwrap_or(u64::MAX)
 }
 
 fn set_waker(slot: &mut Option<Waker>, waker: &Waker) {
