@@ -261,6 +261,8 @@ async fn ten_thousand_concurrent_requests_all_end_once() {
 #[allow(dead_code)]
 #[path = "../examples/axum_gateway/mod.rs"]
 mod gateway;
+#[path = "support/gateway.rs"]
+mod harness;
 
 /// Requests sent to the gateway, and how many at once (loopback sockets, in real time).
 const GATEWAY_REQUESTS: usize = 1_000;
@@ -289,19 +291,13 @@ async fn the_gateway_over_loopback_answers_every_request_once() {
         .seed(3)
         .build();
     let server = mock.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let text = format!(
+    let config = harness::config(
+        server.local_addr(),
+        "LOAD_KEY",
         r#"
-[server]
-listen = "127.0.0.1:0"
-max_body_bytes = 4096
-
-[[upstreams]]
-base_url = "http://{}"
-api_key_env = "LOAD_KEY"
-
 [models]
-"qwen-plus" = {{ rpm = 1_000_000, tpm = 100_000_000 }}
-"qwen-flash" = {{ rpm = 1_000_000, tpm = 100_000_000 }}
+"qwen-plus" = { rpm = 1_000_000, tpm = 100_000_000 }
+"qwen-flash" = { rpm = 1_000_000, tpm = 100_000_000 }
 
 [fallbacks]
 "qwen-plus" = ["qwen-flash"]
@@ -316,20 +312,14 @@ max_attempts = 2
 base_delay = "10ms"
 max_delay = "20ms"
 "#,
-        server.local_addr()
     );
-    let config = gateway::config::parse(&text, "load.toml").unwrap();
-    let upstreams =
-        gateway::app::resolve_upstreams(&config, |name| (name == "LOAD_KEY").then(|| KEY.into()))
-            .await
-            .unwrap();
-    let gateway = gateway::app::Gateway::new(config, &upstreams.resolved).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(gateway.serve(listener, async move {
+    let served = harness::serve(config, "LOAD_KEY", KEY, async move {
         let _ = stopped.await;
-    }));
+    })
+    .await;
+    let addr = served.addr;
+    let serving = served.task;
 
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let permits = Arc::new(tokio::sync::Semaphore::new(GATEWAY_CONCURRENCY));
@@ -408,5 +398,4 @@ max_delay = "20ms"
         .expect("the gateway drains in time")
         .unwrap()
         .unwrap();
-    drop(upstreams);
 }
