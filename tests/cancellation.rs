@@ -459,7 +459,7 @@ async fn dropping_a_request_after_a_first_byte_timeout_switched_it() {
         budget: one_at_a_time(),
         ..Layers::default()
     };
-    // Everything hangs but the fourth call on.
+    // The first two calls hang; the third on answers.
     let inner = Inner::hanging(|n, _| (n >= 2).then(|| Ok(ok_json())));
     let service = layers.over(inner.clone());
     let mut request = pending(&service);
