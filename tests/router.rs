@@ -65,6 +65,11 @@ impl Double {
         self.seen.lock().unwrap().clone()
     }
 
+    /// Forgets what it was sent so far.
+    fn forget_seen(&self) {
+        self.seen.lock().unwrap().clear();
+    }
+
     fn hosts_seen(&self) -> Vec<String> {
         self.seen()
             .iter()
@@ -734,7 +739,7 @@ async fn cooldown_then_one_probe_at_a_time_shared_by_clones() {
 
     // During the cooldown, requests (through a clone too) start at the healthy endpoint.
     tokio::time::advance(Duration::from_secs(29)).await;
-    double.seen.lock().unwrap().clear();
+    double.forget_seen();
     send(&clone, &double, chat("/chat/completions"))
         .await
         .unwrap();
@@ -743,7 +748,7 @@ async fn cooldown_then_one_probe_at_a_time_shared_by_clones() {
     // After it, one request probes; another one at the same time does not.
     tokio::time::advance(Duration::from_secs(1)).await;
     double.set(INTL, Behave::Status(200));
-    double.seen.lock().unwrap().clear();
+    double.forget_seen();
     let mut service = router.layer(double.clone());
     let mut other = clone.layer(double.clone());
     std::future::poll_fn(|cx| service.poll_ready(cx))
@@ -766,7 +771,7 @@ async fn cooldown_then_one_probe_at_a_time_shared_by_clones() {
     assert!(router.is_healthy(0));
 
     // Healthy again: back to the primary.
-    double.seen.lock().unwrap().clear();
+    double.forget_seen();
     send(&clone, &double, chat("/chat/completions"))
         .await
         .unwrap();
@@ -787,10 +792,10 @@ async fn a_failed_probe_cools_down_again_and_a_dropped_one_is_given_back() {
     std::future::poll_fn(|cx| service.poll_ready(cx))
         .await
         .unwrap();
-    double.seen.lock().unwrap().clear();
+    double.forget_seen();
     let dropped = service.call(chat("/x"));
     drop(dropped);
-    double.seen.lock().unwrap().clear();
+    double.forget_seen();
     send(&router, &double, chat("/x")).await.unwrap();
     assert_eq!(
         double.hosts_seen(),
@@ -801,7 +806,7 @@ async fn a_failed_probe_cools_down_again_and_a_dropped_one_is_given_back() {
 
     // The failed probe started a new cooldown.
     tokio::time::advance(Duration::from_secs(9)).await;
-    double.seen.lock().unwrap().clear();
+    double.forget_seen();
     send(&router, &double, chat("/x")).await.unwrap();
     assert_eq!(double.hosts_seen(), [CN]);
 }
@@ -819,13 +824,13 @@ async fn a_probe_refused_by_a_layer_below_is_given_back() {
     tokio::time::advance(Duration::from_secs(10)).await;
 
     double.set(INTL, Behave::LocalRefusal);
-    double.seen.lock().unwrap().clear();
+    double.forget_seen();
     let err = send(&router, &double, chat("/x")).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::RateLimited(RateLimitKind::Local));
     assert_eq!(double.hosts_seen(), [INTL], "the probe");
 
     double.set(INTL, Behave::Status(200));
-    double.seen.lock().unwrap().clear();
+    double.forget_seen();
     send(&router, &double, chat("/x")).await.unwrap();
     assert_eq!(
         double.hosts_seen(),
@@ -849,7 +854,7 @@ async fn a_huge_cooldown_does_not_panic() {
     );
     assert!(!router.is_healthy(0));
     tokio::time::advance(Duration::from_secs(86_400)).await;
-    double.seen.lock().unwrap().clear();
+    double.forget_seen();
     send(&router, &double, chat("/x")).await.unwrap();
     assert_eq!(double.hosts_seen(), [CN]);
 }
@@ -862,7 +867,7 @@ async fn all_unhealthy_still_tries_in_order() {
         .on(CN, Behave::Io(io::ErrorKind::ConnectionRefused));
     send(&router, &double, chat("/x")).await.unwrap_err();
     double.set(CN, Behave::Status(200));
-    double.seen.lock().unwrap().clear();
+    double.forget_seen();
     let response = send(&router, &double, chat("/x")).await.unwrap();
     assert_eq!(double.hosts_seen(), [INTL, CN]);
     assert_eq!(
@@ -874,7 +879,6 @@ async fn all_unhealthy_still_tries_in_order() {
 
 #[tokio::test]
 async fn a_body_that_cannot_be_replayed_is_sent_once() {
-    use http_body_util::BodyExt;
     use tower_dashscope::body::SendOnce;
     let router = RegionRouter::new(Region::Singapore, "sk-1").failover(Region::Beijing, "sk-2");
     let seen = Arc::new(Mutex::new(0));
@@ -893,7 +897,6 @@ async fn a_body_that_cannot_be_replayed_is_sent_once() {
     let err = router.layer(inner).oneshot(req).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Connection);
     assert_eq!(*seen.lock().unwrap(), 1);
-    let _ = Full::new(Bytes::new()).boxed();
 }
 
 /// An error whose text is hyper-util's legacy client error's for a connect failure.
