@@ -20,7 +20,7 @@
 
 use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tracing::field::{Field, Visit};
 use tracing::level_filters::LevelFilter;
@@ -114,6 +114,7 @@ impl Capture {
             stack: Mutex::default(),
             next_id: AtomicU64::new(1),
         };
+        ask_every_dispatcher();
         let guard = tracing::subscriber::set_default(subscriber);
         (capture, guard)
     }
@@ -172,6 +173,48 @@ pub fn assert_no_secret(text: &str, secrets: &[&str]) {
             );
         }
     }
+}
+
+/// `tracing` decides once per callsite, when it is first hit, whether the callsite can ever be
+/// of interest. While one dispatcher is registered, it asks the default of the thread that hits
+/// it: a sibling test's thread, with no subscriber, answers `never` for good, and a capture on
+/// another thread then misses that callsite's events. A second dispatcher, registered for the
+/// life of the process, makes `tracing` ask every registered dispatcher instead; this one
+/// answers `sometimes`, so each event asks the subscriber of its own thread.
+fn ask_every_dispatcher() {
+    static ANCHOR: OnceLock<tracing::Dispatch> = OnceLock::new();
+    ANCHOR.get_or_init(|| tracing::Dispatch::new(Anchor));
+}
+
+/// Interested in every callsite, enabled for none.
+struct Anchor;
+
+impl Subscriber for Anchor {
+    fn register_callsite(&self, _: &'static Metadata<'static>) -> Interest {
+        Interest::sometimes()
+    }
+
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        false
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(LevelFilter::OFF)
+    }
+
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        Id::from_u64(1)
+    }
+
+    fn record(&self, _: &Id, _: &Values<'_>) {}
+
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+
+    fn event(&self, _: &Event<'_>) {}
+
+    fn enter(&self, _: &Id) {}
+
+    fn exit(&self, _: &Id) {}
 }
 
 struct CaptureSubscriber {
