@@ -19,6 +19,10 @@ use tower_dashscope::{
     ServedRegion,
 };
 
+#[path = "support/capture.rs"]
+mod capture;
+use capture::Capture;
+
 type Req = Request<Full<Bytes>>;
 type Res = Response<Full<Bytes>>;
 
@@ -977,54 +981,6 @@ async fn services_and_futures_are_send_sync() {
     let _ = ApiKey::new("sk-x");
 }
 
-/// A `tracing` subscriber that writes every span and event field, at every level, into one
-/// string.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<String>>);
-
-struct Writer<'a>(&'a mut String);
-
-impl tracing::field::Visit for Writer<'_> {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
-        self.0.push_str(&format!(" {}={:?}", field.name(), value));
-    }
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        self.0.push_str(&format!(" {}={}", field.name(), value));
-    }
-}
-
-impl tracing::Subscriber for Capture {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        let mut out = self.0.lock().unwrap();
-        out.push_str("\nspan");
-        span.record(&mut Writer(&mut out));
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, values: &tracing::span::Record<'_>) {
-        values.record(&mut Writer(&mut self.0.lock().unwrap()));
-    }
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        let mut out = self.0.lock().unwrap();
-        out.push_str(&format!("\n{}", event.metadata().level()));
-        event.record(&mut Writer(&mut out));
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-    fn register_callsite(
-        &self,
-        _: &'static tracing::Metadata<'static>,
-    ) -> tracing::subscriber::Interest {
-        tracing::subscriber::Interest::always()
-    }
-    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
-        Some(tracing::level_filters::LevelFilter::TRACE)
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn no_key_in_tracing_debug_display_or_errors() {
     use tower::ServiceBuilder;
@@ -1036,8 +992,7 @@ async fn no_key_in_tracing_debug_display_or_errors() {
         "sk-sp-SECRET-plan-0003",
         "sk-SECRET-us-0004",
     ];
-    let capture = Capture::default();
-    let _guard = tracing::subscriber::set_default(capture.clone());
+    let (capture, _guard) = Capture::start();
     let mut texts: Vec<String> = Vec::new();
 
     // A failing stack: refused, then reset (failover allowed), then 401 with a body, retried
@@ -1109,7 +1064,7 @@ async fn no_key_in_tracing_debug_display_or_errors() {
         texts.push(format!("{headers:?}"));
     }
 
-    let log = capture.0.lock().unwrap().clone();
+    let log = capture.text();
     assert!(log.contains("failing over"), "{log}");
     assert!(log.contains("endpoint unhealthy"), "{log}");
     assert!(log.contains("probing"), "{log}");
