@@ -978,7 +978,7 @@ async fn services_and_futures_are_send_sync() {
     fn assert_send<T: Send>(_: &T) {}
     assert_send(&future);
     future.await.unwrap();
-    let _ = ApiKey::new("sk-x");
+    assert_send_sync(&ApiKey::new("sk-x"));
 }
 
 #[tokio::test(start_paused = true)]
