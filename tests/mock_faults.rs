@@ -167,12 +167,13 @@ async fn a_compatible_streaming_429_inside_an_http_200() {
         .model("m", ModelConfig::new().rpm(60))
         .compat_stream_throttle_as_event(true)
         .build();
-    let _ = classify(
+    let (_, first) = classify(
         &mock,
         ClassifyDashScopeError::new(),
         chat(COMPAT, "m", true),
     )
     .await;
+    first.unwrap();
     let response = mock.clone().oneshot(chat(COMPAT, "m", true)).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let body = response.into_body().collect().await.unwrap().to_bytes();

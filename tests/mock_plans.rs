@@ -230,7 +230,12 @@ async fn coding_plan_concurrency_and_usage_texts() {
     );
     let _ = open.into_body().collect().await.unwrap();
     // 2 + 2 tokens each: the third request of the hour is over 8.
-    let _ = raw(&mock, request()).await;
+    let (status, body) = raw(&mock, request()).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the second request of the hour fits: {body}"
+    );
     let (status, body) = raw(&mock, request()).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert!(
@@ -275,7 +280,9 @@ async fn coding_plan_usage_is_quota_exhausted() {
         .model("qwen3-coder-plus", ModelConfig::new())
         .coding_plan(CodingPlan::new().usage_tokens_per_hour(1))
         .build();
-    let _ = send(&mock, chat(Plan::CodingPlan, Api::Anthropic, "any", true)).await;
+    send(&mock, chat(Plan::CodingPlan, Api::Anthropic, "any", true))
+        .await
+        .unwrap();
     let err = send(&mock, chat(Plan::CodingPlan, Api::Anthropic, "any", true))
         .await
         .unwrap_err();
@@ -327,11 +334,12 @@ async fn token_plan_exhaustion_is_classified() {
         .model("qwen3-coder-plus", ModelConfig::new())
         .token_plan(TokenPlan::new().tokens_per_week(1))
         .build();
-    let _ = send(
+    send(
         &mock,
         chat(Plan::TokenPlan, Api::OpenAiCompatible, "any", true),
     )
-    .await;
+    .await
+    .unwrap();
     let err = send(
         &mock,
         chat(Plan::TokenPlan, Api::OpenAiCompatible, "any", true),
