@@ -26,9 +26,14 @@ const PATH: &str = "/compatible-mode/v1/chat/completions";
 /// One step of a scripted response body.
 #[derive(Debug, Clone)]
 enum Step {
-    Data(&'static str),
+    Data(Bytes),
     Fail(&'static str),
     Hang,
+}
+
+/// A step that yields `text`.
+fn data(text: &'static str) -> Step {
+    Step::Data(Bytes::from_static(text.as_bytes()))
 }
 
 /// A response body that plays its steps.
@@ -45,9 +50,7 @@ impl Body for TestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.0.pop_front() {
             None => Poll::Ready(None),
-            Some(Step::Data(s)) => {
-                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(s.as_bytes())))))
-            }
+            Some(Step::Data(data)) => Poll::Ready(Some(Ok(Frame::data(data)))),
             Some(Step::Fail(m)) => Poll::Ready(Some(Err(m.into()))),
             Some(Step::Hang) => {
                 self.0.push_front(Step::Hang);
@@ -178,9 +181,7 @@ async fn play(answer: Answer, body: Bytes) -> Result<Response<TestBody>, BoxErro
             Status(status, headers) => {
                 let mut response = Response::new(TestBody(VecDeque::new()));
                 if (200..300).contains(&status) {
-                    let leaked: &'static [u8] = Box::leak(body.to_vec().into_boxed_slice());
-                    let text = std::str::from_utf8(leaked).unwrap();
-                    response = Response::new(TestBody(VecDeque::from([Step::Data(text)])));
+                    response = Response::new(TestBody(VecDeque::from([Step::Data(body)])));
                 }
                 *response.status_mut() = StatusCode::from_u16(status).unwrap();
                 for (name, value) in headers {
@@ -681,14 +682,11 @@ async fn a_stream_that_fails_before_its_first_byte_falls_back() {
     let models = Models::new(&[
         (
             "a",
-            vec![Stream(vec![Step::Data(""), Step::Fail("connection reset")])],
+            vec![Stream(vec![data(""), Step::Fail("connection reset")])],
         ),
         (
             "b",
-            vec![Stream(vec![
-                Step::Data("data: b1\n\n"),
-                Step::Data("data: b2\n\n"),
-            ])],
+            vec![Stream(vec![data("data: b1\n\n"), data("data: b2\n\n")])],
         ),
     ]);
     let response = ab()
@@ -709,7 +707,7 @@ async fn a_stream_that_fails_after_its_first_byte_ends_with_the_typed_error() {
         (
             "a",
             vec![Stream(vec![
-                Step::Data("data: a1\n\n"),
+                data("data: a1\n\n"),
                 Step::Fail("connection reset"),
             ])],
         ),
@@ -737,7 +735,7 @@ async fn a_stream_that_fails_after_its_first_byte_ends_with_the_typed_error() {
 async fn a_stream_with_headers_and_no_first_event_times_out() {
     let models = Models::new(&[
         ("a", vec![Stream(vec![Step::Hang])]),
-        ("b", vec![Stream(vec![Step::Data("data: b\n\n")])]),
+        ("b", vec![Stream(vec![data("data: b\n\n")])]),
     ]);
     let service = ab()
         .first_byte_timeout(Duration::from_secs(3))
@@ -750,10 +748,7 @@ async fn a_stream_with_headers_and_no_first_event_times_out() {
 
     // A stall after the first byte is the caller's to time: the answer has begun.
     let models = Models::new(&[
-        (
-            "a",
-            vec![Stream(vec![Step::Data("data: a\n\n"), Step::Hang])],
-        ),
+        ("a", vec![Stream(vec![data("data: a\n\n"), Step::Hang])]),
         ("b", vec![ok()]),
     ]);
     let response = ab()
