@@ -14,7 +14,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use super::Config;
-use super::rules::{X_REQUEST_ID, error_from_fields};
+use super::rules::error_from_fields;
 use super::sse::{SseScanner, StreamApi};
 use super::usage::{UsageScanner, UsageSlot};
 use crate::error::{BoxError, DashScopeError, ErrorClass};
@@ -99,7 +99,7 @@ impl<B> StreamState<B> {
                 done: false,
                 handed_out: false,
                 idle_timeout: config.idle_timeout,
-                request_id: headers.get(X_REQUEST_ID).cloned(),
+                request_id: crate::headers::request_id(headers).cloned(),
                 retry_after: parse_retry_after(headers),
                 detect_truncation: config.detect_truncation,
             },
