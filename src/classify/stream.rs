@@ -15,7 +15,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::Config;
 use super::rules::error_from_fields;
-use super::sse::{SseScanner, StreamApi};
+use super::sse::{BOM, SseScanner, StreamApi};
 use super::usage::{UsageScanner, UsageSlot};
 use crate::error::{BoxError, DashScopeError, ErrorClass};
 use crate::retry_after::parse_retry_after;
@@ -404,9 +404,6 @@ impl Scan {
         err
     }
 }
-
-/// The bytes of a UTF-8 byte-order mark, skipped while sniffing.
-const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 impl<B> std::fmt::Debug for StreamState<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
