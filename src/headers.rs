@@ -14,7 +14,7 @@
 //! assert_eq!(request.headers()["x-dashscope-sse"], "enable");
 //! ```
 
-use http::HeaderName;
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// `X-DashScope-Wait-Timeout: <integer seconds>`: asks the server to queue a burst-throttled
 /// request instead of answering 429 (see [`WaitTimeoutHeader`](crate::WaitTimeoutHeader)).
@@ -40,6 +40,13 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// `request-id`: the response's request id as Anthropic's SDKs read it.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
+
+/// The response's request id header: [`X_REQUEST_ID`], else [`REQUEST_ID`].
+pub(crate) fn request_id(headers: &HeaderMap) -> Option<&HeaderValue> {
+    headers
+        .get(X_REQUEST_ID)
+        .or_else(|| headers.get(REQUEST_ID))
+}
 
 /// `retry-after-ms` (milliseconds, fractional allowed), sent by some OpenAI-style gateways.
 pub const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");

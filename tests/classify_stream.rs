@@ -903,3 +903,33 @@ async fn bodiless_and_non_sse_answers_to_stream_requests_pass_through() {
         ErrorClass::StreamInterrupted
     );
 }
+
+#[tokio::test]
+async fn a_stream_error_takes_its_request_id_from_the_request_id_header_too() {
+    // Anthropic's SDKs read `request-id`; an endpoint that sends only that header gives a
+    // streamed error the same request id as an error response.
+    let stream = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"qwen-plus\"}}\n\n\
+                  event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
+    let client = service_fn(move |_req: Request<Full<Bytes>>| async move {
+        let response = Response::builder()
+            .header("content-type", SSE)
+            .header("request-id", "anthropic-request-id")
+            .body(Full::new(Bytes::from_static(stream.as_bytes())))
+            .unwrap();
+        Ok::<_, BoxError>(response)
+    });
+    let response = ClassifyDashScopeError::new()
+        .layer(client)
+        .oneshot(Request::new(Full::default()))
+        .await
+        .expect("the first event is no error");
+    let mut body = response.into_body();
+    let err = loop {
+        match body.frame().await {
+            Some(Ok(_)) => continue,
+            Some(Err(err)) => break err,
+            None => panic!("the error event must end the body with an error"),
+        }
+    };
+    assert_eq!(err.request_id(), Some("anthropic-request-id"));
+}

@@ -19,10 +19,7 @@ use http::{HeaderMap, StatusCode};
 use super::shapes::{Body, ErrorFields, parse_body, split_message_prefix};
 use super::sse::SseScanner;
 use crate::error::{DashScopeError, ErrorClass, QuotaReset, QuotaScope, RateLimitKind};
-use crate::headers::REQUEST_ID;
 use crate::retry_after::parse_retry_after_at;
-
-pub(crate) use crate::headers::X_REQUEST_ID;
 
 /// Classifies a failed response from its status, headers and (bounded) body.
 ///
@@ -80,10 +77,7 @@ pub fn classify_response_at(
     body: &[u8],
     now: SystemTime,
 ) -> DashScopeError {
-    let request_id = headers
-        .get(X_REQUEST_ID)
-        .or_else(|| headers.get(REQUEST_ID))
-        .and_then(|v| v.to_str().ok());
+    let request_id = crate::headers::request_id(headers).and_then(|v| v.to_str().ok());
     let fields = match parse_body(body) {
         Body::Fields(fields) => fields,
         Body::Sse(body) => sse_body_fields(body),

@@ -98,7 +98,7 @@ pub(crate) enum StreamApi {
 }
 
 /// The UTF-8 byte-order mark.
-const BOM: &[u8] = b"\xEF\xBB\xBF";
+pub(super) const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 #[derive(Debug)]
 pub(crate) struct SseScanner {

@@ -14,8 +14,8 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use super::Config;
-use super::rules::{X_REQUEST_ID, error_from_fields};
-use super::sse::{SseScanner, StreamApi};
+use super::rules::error_from_fields;
+use super::sse::{BOM, SseScanner, StreamApi};
 use super::usage::{UsageScanner, UsageSlot};
 use crate::error::{BoxError, DashScopeError, ErrorClass};
 use crate::retry_after::parse_retry_after;
@@ -99,7 +99,7 @@ impl<B> StreamState<B> {
                 done: false,
                 handed_out: false,
                 idle_timeout: config.idle_timeout,
-                request_id: headers.get(X_REQUEST_ID).cloned(),
+                request_id: crate::headers::request_id(headers).cloned(),
                 retry_after: parse_retry_after(headers),
                 detect_truncation: config.detect_truncation,
             },
@@ -404,9 +404,6 @@ impl Scan {
         err
     }
 }
-
-/// The bytes of a UTF-8 byte-order mark, skipped while sniffing.
-const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 impl<B> std::fmt::Debug for StreamState<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

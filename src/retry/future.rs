@@ -22,7 +22,6 @@ use crate::error::{BoxError, DashScopeError, ErrorClass, into_dashscope_error};
 use crate::extensions::Attempts;
 use crate::fallback::{FallbackAvailable, default_switch};
 use crate::guard::{Ending, Held, Release};
-use crate::headers::{REQUEST_ID, X_REQUEST_ID};
 use crate::outcome::{Failure, failure_of};
 use crate::request::ChatRequest;
 
@@ -353,11 +352,7 @@ fn error_of_head(parts: &http::response::Parts, failure: &Failure) -> DashScopeE
     if let Some(retry_after) = failure.retry_after() {
         err = err.with_retry_after(retry_after);
     }
-    let request_id = parts
-        .headers
-        .get(X_REQUEST_ID)
-        .or_else(|| parts.headers.get(REQUEST_ID))
-        .and_then(|v| v.to_str().ok());
+    let request_id = crate::headers::request_id(&parts.headers).and_then(|v| v.to_str().ok());
     if let Some(id) = request_id {
         err = err.with_request_id(id);
     }

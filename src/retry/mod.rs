@@ -192,21 +192,18 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn with(&self, change: impl FnOnce(&mut Parts)) -> Arc<Self> {
-        let mut parts = Parts {
+    fn with(&self, change: impl FnOnce(&mut Shared)) -> Arc<Self> {
+        let mut next = Shared {
             budget: self.budget.clone(),
             throttle: self.throttle.clone(),
+            rng: Mutex::new(SmallRng::seed_from_u64(self.seed)),
             retry_if: self.retry_if.clone(),
             seed: self.seed,
         };
-        change(&mut parts);
-        Arc::new(Shared {
-            budget: parts.budget,
-            throttle: parts.throttle,
-            rng: Mutex::new(SmallRng::seed_from_u64(parts.seed)),
-            retry_if: parts.retry_if,
-            seed: parts.seed,
-        })
+        change(&mut next);
+        // The jitter restarts from the (possibly new) seed.
+        next.rng = Mutex::new(SmallRng::seed_from_u64(next.seed));
+        Arc::new(next)
     }
 
     /// Whether `failure` may be retried, by the layer's predicate.
@@ -216,14 +213,6 @@ impl Shared {
             None => failure.is_retryable(),
         }
     }
-}
-
-/// What [`Shared::with`] changes.
-struct Parts {
-    budget: Option<Arc<dyn Budget>>,
-    throttle: Arc<Throttle>,
-    retry_if: Option<RetryIf>,
-    seed: u64,
 }
 
 impl RetryWithJitter {
