@@ -62,7 +62,8 @@ pin_project! {
         cost: Cost,
         started: Instant,
         deadline: Option<Instant>,
-        sleep: Option<Pin<Box<Sleep>>>,
+        #[pin]
+        sleep: Option<Sleep>,
         // Whether the request had to wait for room (not just for a store's answer).
         delayed: bool,
         // Set when the readied service was given up for an unreadied clone while waiting: it
@@ -156,6 +157,23 @@ where
 /// little of `max_wait` is left (so that `max_wait(Duration::ZERO)` still works with one).
 const STORE_ROUND_TRIP: Duration = Duration::from_secs(1);
 
+/// Polls the wake-up `sleep`, made on first use and moved to `at` when it is set elsewhere.
+fn poll_sleep_until(
+    mut sleep: Pin<&mut Option<Sleep>>,
+    at: Instant,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    match sleep.as_mut().as_pin_mut() {
+        Some(sleep) if sleep.deadline() != at => sleep.reset(at),
+        Some(_) => {}
+        None => sleep.set(Some(tokio::time::sleep_until(at))),
+    }
+    match sleep.as_pin_mut() {
+        Some(sleep) => sleep.poll(cx),
+        None => Poll::Ready(()),
+    }
+}
+
 /// The `tracing` event of a request refused for waiting past `max_wait`.
 fn refused(key: &Key, wait: Duration, max_wait: Duration) {
     tracing::warn!(
@@ -199,13 +217,7 @@ where
                                 let Some(deadline) = *until else {
                                     return Poll::Pending;
                                 };
-                                let sleep = this.sleep.get_or_insert_with(|| {
-                                    Box::pin(tokio::time::sleep_until(deadline))
-                                });
-                                if sleep.deadline() != deadline {
-                                    sleep.as_mut().reset(deadline);
-                                }
-                                ready!(sleep.as_mut().poll(cx));
+                                ready!(poll_sleep_until(this.sleep.as_mut(), deadline, cx));
                                 let Some(queued) = this.queued.take() else {
                                     unreachable!("a request is queued until it is admitted");
                                 };
@@ -324,7 +336,7 @@ where
                                 );
                             }
                             *this.held = Some(Held::new(reservation));
-                            *this.sleep = None;
+                            this.sleep.set(None);
                             if *this.unreadied {
                                 *this.request = Some(request);
                                 *this.service = Some(service);
@@ -417,13 +429,7 @@ where
                             "TokenBudget: no room yet; waiting"
                         );
                     }
-                    match this.sleep.as_mut() {
-                        Some(sleep) => sleep.as_mut().reset(at),
-                        None => *this.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
-                    }
-                    if let Some(sleep) = this.sleep.as_mut() {
-                        ready!(sleep.as_mut().poll(cx));
-                    }
+                    ready!(poll_sleep_until(this.sleep.as_mut(), at, cx));
                 }
                 StateProj::Readying => {
                     let Some(service) = this.service.as_mut() else {
