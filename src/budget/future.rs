@@ -64,11 +64,10 @@ pin_project! {
         deadline: Option<Instant>,
         #[pin]
         sleep: Option<Sleep>,
-        // Whether the request had to wait for room (not just for a store's answer).
+        // Whether the request had to wait for room (not just for a store's answer). Then the
+        // readied service was given up for an unreadied clone while waiting: it must be readied
+        // again once admitted.
         delayed: bool,
-        // Set when the readied service was given up for an unreadied clone while waiting: it
-        // must be readied again once admitted.
-        unreadied: bool,
         // A store across the network answering (the in-process store answers at once), and
         // when to stop waiting for it (with max_wait).
         asking: Option<(SyncFuture<Result<Admission, BoxError>>, Limits, u64, Option<Instant>)>,
@@ -111,7 +110,6 @@ where
             deadline: None,
             sleep: None,
             delayed: false,
-            unreadied: false,
             asking: None,
             held: None,
         }
@@ -146,7 +144,6 @@ where
             deadline,
             sleep: None,
             delayed: false,
-            unreadied: false,
             asking: None,
             held: None,
         }
@@ -337,7 +334,7 @@ where
                             }
                             *this.held = Some(Held::new(reservation));
                             this.sleep.set(None);
-                            if *this.unreadied {
+                            if *this.delayed {
                                 *this.request = Some(request);
                                 *this.service = Some(service);
                                 this.state.set(State::Readying);
@@ -384,15 +381,14 @@ where
                         None => None,
                     };
                     let first_wait = !*this.delayed;
-                    *this.delayed = true;
-                    if !*this.unreadied {
+                    if first_wait {
                         // Waiting for quota must not hold the inner service's readiness (a
                         // `Buffer` slot, a `ConcurrencyLimit` permit): swap the readied service
                         // for a clone, and ready that one once admitted.
                         if let Some(service) = this.service.as_mut() {
                             *service = service.clone();
                         }
-                        *this.unreadied = true;
+                        *this.delayed = true;
                     }
                     // Not yet: fail now if the wait would end past max_wait.
                     if let (Some(deadline), Some(at)) = (*this.deadline, wake_at) {
