@@ -1,5 +1,6 @@
 //! What the layers tell the caller, in the response's extensions, and what they hand each
-//! other in the request's: [`Attempts`], [`ServedModel`], [`Usage`] and [`UsageSlot`].
+//! other in the request's: [`Attempts`], [`ServedModel`], [`BudgetWait`], [`ServedRegion`],
+//! [`Usage`] and [`UsageSlot`].
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
