@@ -20,7 +20,8 @@ pub struct Attempts(pub u32);
 /// The model that answered, put into the response's extensions by
 /// [`FallbackModel`](crate::FallbackModel): the requested one, or the model of the chain that
 /// took over. The body is that model's own answer (its `model` and `usage` fields are not
-/// relabelled).
+/// relabelled). Absent when the layer passed the request through untouched: a model in no
+/// chain and with no declared context window, or a body it cannot replay or rewrite.
 ///
 /// ```
 /// # use tower_dashscope::ServedModel;
