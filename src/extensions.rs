@@ -1,5 +1,6 @@
 //! What the layers tell the caller, in the response's extensions, and what they hand each
-//! other in the request's: [`Attempts`], [`ServedModel`], [`Usage`] and [`UsageSlot`].
+//! other in the request's: [`Attempts`], [`ServedModel`], [`BudgetWait`], [`ServedRegion`],
+//! [`Usage`] and [`UsageSlot`].
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -19,7 +20,8 @@ pub struct Attempts(pub u32);
 /// The model that answered, put into the response's extensions by
 /// [`FallbackModel`](crate::FallbackModel): the requested one, or the model of the chain that
 /// took over. The body is that model's own answer (its `model` and `usage` fields are not
-/// relabelled).
+/// relabelled). Absent when the layer passed the request through untouched: a model in no
+/// chain and with no declared context window, or a body it cannot replay or rewrite.
 ///
 /// ```
 /// # use tower_dashscope::ServedModel;

@@ -62,12 +62,12 @@ pin_project! {
         cost: Cost,
         started: Instant,
         deadline: Option<Instant>,
-        sleep: Option<Pin<Box<Sleep>>>,
-        // Whether the request had to wait for room (not just for a store's answer).
+        #[pin]
+        sleep: Option<Sleep>,
+        // Whether the request had to wait for room (not just for a store's answer). Then the
+        // readied service was given up for an unreadied clone while waiting: it must be readied
+        // again once admitted.
         delayed: bool,
-        // Set when the readied service was given up for an unreadied clone while waiting: it
-        // must be readied again once admitted.
-        unreadied: bool,
         // A store across the network answering (the in-process store answers at once), and
         // when to stop waiting for it (with max_wait).
         asking: Option<(SyncFuture<Result<Admission, BoxError>>, Limits, u64, Option<Instant>)>,
@@ -110,7 +110,6 @@ where
             deadline: None,
             sleep: None,
             delayed: false,
-            unreadied: false,
             asking: None,
             held: None,
         }
@@ -145,7 +144,6 @@ where
             deadline,
             sleep: None,
             delayed: false,
-            unreadied: false,
             asking: None,
             held: None,
         }
@@ -155,6 +153,23 @@ where
 /// With `max_wait`, the least time a store across the network is given to answer, however
 /// little of `max_wait` is left (so that `max_wait(Duration::ZERO)` still works with one).
 const STORE_ROUND_TRIP: Duration = Duration::from_secs(1);
+
+/// Polls the wake-up `sleep`, made on first use and moved to `at` when it is set elsewhere.
+fn poll_sleep_until(
+    mut sleep: Pin<&mut Option<Sleep>>,
+    at: Instant,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    match sleep.as_mut().as_pin_mut() {
+        Some(sleep) if sleep.deadline() != at => sleep.reset(at),
+        Some(_) => {}
+        None => sleep.set(Some(tokio::time::sleep_until(at))),
+    }
+    match sleep.as_pin_mut() {
+        Some(sleep) => sleep.poll(cx),
+        None => Poll::Ready(()),
+    }
+}
 
 /// The `tracing` event of a request refused for waiting past `max_wait`.
 fn refused(key: &Key, wait: Duration, max_wait: Duration) {
@@ -199,13 +214,7 @@ where
                                 let Some(deadline) = *until else {
                                     return Poll::Pending;
                                 };
-                                let sleep = this.sleep.get_or_insert_with(|| {
-                                    Box::pin(tokio::time::sleep_until(deadline))
-                                });
-                                if sleep.deadline() != deadline {
-                                    sleep.as_mut().reset(deadline);
-                                }
-                                ready!(sleep.as_mut().poll(cx));
+                                ready!(poll_sleep_until(this.sleep.as_mut(), deadline, cx));
                                 let Some(queued) = this.queued.take() else {
                                     unreachable!("a request is queued until it is admitted");
                                 };
@@ -324,8 +333,8 @@ where
                                 );
                             }
                             *this.held = Some(Held::new(reservation));
-                            *this.sleep = None;
-                            if *this.unreadied {
+                            this.sleep.set(None);
+                            if *this.delayed {
                                 *this.request = Some(request);
                                 *this.service = Some(service);
                                 this.state.set(State::Readying);
@@ -372,15 +381,14 @@ where
                         None => None,
                     };
                     let first_wait = !*this.delayed;
-                    *this.delayed = true;
-                    if !*this.unreadied {
+                    if first_wait {
                         // Waiting for quota must not hold the inner service's readiness (a
                         // `Buffer` slot, a `ConcurrencyLimit` permit): swap the readied service
                         // for a clone, and ready that one once admitted.
                         if let Some(service) = this.service.as_mut() {
                             *service = service.clone();
                         }
-                        *this.unreadied = true;
+                        *this.delayed = true;
                     }
                     // Not yet: fail now if the wait would end past max_wait.
                     if let (Some(deadline), Some(at)) = (*this.deadline, wake_at) {
@@ -417,13 +425,7 @@ where
                             "TokenBudget: no room yet; waiting"
                         );
                     }
-                    match this.sleep.as_mut() {
-                        Some(sleep) => sleep.as_mut().reset(at),
-                        None => *this.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
-                    }
-                    if let Some(sleep) = this.sleep.as_mut() {
-                        ready!(sleep.as_mut().poll(cx));
-                    }
+                    ready!(poll_sleep_until(this.sleep.as_mut(), at, cx));
                 }
                 StateProj::Readying => {
                     let Some(service) = this.service.as_mut() else {

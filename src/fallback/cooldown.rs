@@ -107,8 +107,8 @@ impl Health {
     }
 }
 
-/// Far beyond any real cooldown, for lengths that overflow an `Instant`.
-const FAR: Duration = Duration::from_secs(86_400 * 365);
+/// Far beyond any real cooldown or wait, for lengths that overflow an `Instant`.
+pub(super) const FAR: Duration = Duration::from_secs(86_400 * 365);
 
 /// The probe a request holds for a half-open model; released (by [`Held`](crate::guard::Held))
 /// exactly once, also when the request is dropped.

@@ -14,7 +14,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::Service;
 
-use super::cooldown::{Access, Health, Probe};
+use super::cooldown::{Access, FAR, Health, Probe};
 use super::rewrite::{ModelSpans, find_model, rewrite};
 use super::{Config, FallbackAvailable, FallbackProbe, MAX_CHAIN, ServedModel};
 use crate::body::ReplayBody;
@@ -256,7 +256,7 @@ impl<B> Run<B> {
     fn deadline(&self) -> Instant {
         self.started
             .checked_add(self.config.max_wait)
-            .unwrap_or_else(|| self.started + std::time::Duration::from_secs(86_400 * 365))
+            .unwrap_or_else(|| self.started + FAR)
     }
 
     fn name(&self, model: usize) -> &str {
@@ -796,9 +796,7 @@ where
                             // As `tokio::time::sleep` does for the first attempt: a timeout
                             // too long for an Instant (`Duration::MAX`) is no panic.
                             let now = Instant::now();
-                            let at = now.checked_add(timeout).unwrap_or_else(|| {
-                                now + std::time::Duration::from_secs(86_400 * 365)
-                            });
+                            let at = now.checked_add(timeout).unwrap_or_else(|| now + FAR);
                             match this.sleep.as_mut().as_pin_mut() {
                                 Some(sleep) => sleep.reset(at),
                                 None => this.sleep.set(Some(tokio::time::sleep_until(at))),

@@ -51,8 +51,8 @@
 //!   cooldown, one request at a time probes the model (half-open); its success puts the model
 //!   back in rotation; its failure goes to the next model at once (the probe carries
 //!   [`FallbackProbe`], which a [`RetryWithJitter`](crate::RetryWithJitter) below honours by
-//!   not retrying a failure the default rule switches on) and cools the model again. State is shared by every clone of the layer
-//!   and bounded by the models configured.
+//!   not retrying a failure the default rule switches on) and cools the model again. State is
+//!   shared by every clone of the layer and bounded by the models configured.
 //! - **What the caller learns.** [`ServedModel`] in the response's extensions: the model that
 //!   answered. The body is that model's own (its `model` and `usage` are the truth; nothing is
 //!   relabelled). When the chain is exhausted the last failure is returned, its

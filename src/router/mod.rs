@@ -45,7 +45,8 @@
 //!   cooldown one request at a time probes it; an answer makes it healthy again. Health is
 //!   shared by every clone of the layer and every service made from it.
 //! - **What the caller learns:** [`ServedRegion`] in the response's extensions; `tracing`
-//!   events for failovers (`warn`), health changes (`warn`/`info`) and probes (`debug`).
+//!   events for failovers and health changes (`info`), probes (`debug`), and a refused key or
+//!   giving up (`warn`): see the [telemetry table](crate::telemetry).
 //!
 //! Each attempt readies the inner service again before calling it.
 //!
