@@ -20,7 +20,6 @@ use super::{Config, FallbackAvailable, FallbackProbe, MAX_CHAIN, ServedModel};
 use crate::body::ReplayBody;
 use crate::error::{BoxError, DashScopeError, ErrorClass, into_dashscope_error};
 use crate::guard::Held;
-use crate::headers::{REQUEST_ID, X_REQUEST_ID};
 use crate::request::ChatRequest;
 use crate::retry::clone_request;
 
@@ -576,12 +575,7 @@ fn error_of_response<R>(response: &Response<R>) -> DashScopeError {
     if let Some(retry_after) = crate::retry_after::parse_retry_after(response.headers()) {
         err = err.with_retry_after(retry_after);
     }
-    let headers = response.headers();
-    if let Some(id) = headers
-        .get(X_REQUEST_ID)
-        .or_else(|| headers.get(REQUEST_ID))
-        .and_then(|v| v.to_str().ok())
-    {
+    if let Some(id) = crate::headers::request_id(response.headers()).and_then(|v| v.to_str().ok()) {
         err = err.with_request_id(id);
     }
     err
