@@ -15,6 +15,12 @@
 //!    throttled. With `max_tokens` charged up front and answers shorter than it, goodput is
 //!    what settlement can give back while the request is still in the window: about the
 //!    mean answer over `max_tokens` once answers outlast the window.
+//!
+//!    Those rows have the server count each answer's output at admission and the budget
+//!    reserve it (`OutputCharge::OnAdmission` on both sides), where the per-second bounds
+//!    apply; the rows marked "when generated" use both sides' default instead (the server
+//!    counts output when written, the budget charges it when reported), and "counted" is the
+//!    tokens the server counted in the second half, over the quota.
 //! 2. **Estimates off by ±50%.** The same with an estimator that over- or under-estimates every
 //!    input by half, on input-heavy requests: does sustained throughput converge on the true
 //!    TPM?
@@ -25,7 +31,7 @@
 
 use std::time::Duration;
 
-use tower_dashscope::mock::Enforcement;
+use tower_dashscope::mock::{Enforcement, OutputCharge};
 
 #[path = "budget_scenarios/harness.rs"]
 mod harness;
@@ -45,7 +51,7 @@ fn enforcement_name(e: Enforcement) -> &'static str {
 
 fn saturation_row(name: &str, r: &SaturationReport) {
     println!(
-        "{name:<34} {:>4} / {:<5.1} {:>6} / {:<6.0} {:>6} {:>6} {:>8.3} {:>8.3} {:>6.2}% {:>5}/{:<5} {:>5} {:>11} {:>5}/{:<5}",
+        "{name:<50} {:>4} / {:<5.1} {:>6} / {:<6.0} {:>6} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>6.2}% {:>5}/{:<5} {:>5} {:>11} {:>5}/{:<5}",
         r.max_requests_1s,
         r.rps,
         r.max_tokens_1s,
@@ -54,6 +60,7 @@ fn saturation_row(name: &str, r: &SaturationReport) {
         r.max_under_estimate,
         r.goodput,
         r.goodput_late,
+        r.counted_late,
         100.0 * r.throttled_share(),
         r.throttled,
         r.attempts,
@@ -66,7 +73,7 @@ fn saturation_row(name: &str, r: &SaturationReport) {
 
 fn saturation_header() {
     println!(
-        "{:<34} {:>12} {:>15} {:>6} {:>6} {:>8} {:>8} {:>7} {:>11} {:>5} {:>11} {:>11}",
+        "{:<50} {:>12} {:>15} {:>6} {:>6} {:>8} {:>8} {:>8} {:>7} {:>11} {:>5} {:>11} {:>11}",
         "workload",
         "req/1s max",
         "tok/1s max",
@@ -74,6 +81,7 @@ fn saturation_header() {
         "+err",
         "goodput",
         "2nd half",
+        "counted",
         "429 %",
         "429/attempts",
         "late",
@@ -110,6 +118,22 @@ async fn main() {
             w.tokens_per_sec = tokens_per_sec;
             let r = harness::saturate(w).await;
             saturation_row(&format!("{}, {label}", enforcement_name(enforcement)), &r);
+        }
+    }
+    // The defaults of both sides: output counted by the server when written, charged by the
+    // budget when reported. Admissions in a second are then inputs only, so the two "max"
+    // columns do not bound anything here; "counted" is what the server counted.
+    for enforcement in models {
+        for (label, tokens_per_sec) in [("answers 0.4-0.6 s", 1000.0), ("answers 0.9-3.3 s", 100.0)]
+        {
+            let mut w = Saturation::new(enforcement);
+            w.tokens_per_sec = tokens_per_sec;
+            w.output_charge = OutputCharge::WhenGenerated;
+            let r = harness::saturate(w).await;
+            saturation_row(
+                &format!("{}, {label}, when generated", enforcement_name(enforcement)),
+                &r,
+            );
         }
     }
 

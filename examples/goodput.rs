@@ -11,8 +11,9 @@
 //! - **strategies**: `none` (one attempt), `tenacity` (Alibaba's recipe), `openai-sdk`,
 //!   `litellm`, `retry-only` (`RetryWithJitter::new()` alone) and `tower-dashscope` (the
 //!   recommended stack); see `goodput/strategy.rs` for exactly what each one does;
-//! - **scenarios**: `quota` (in both enforcement models), `burst`, `outage`, `flap`, `silent`
-//!   and `total-outage`; see `goodput/scenario.rs`.
+//! - **scenarios**: `quota` (in both enforcement models, with answers' output counted when
+//!   generated — the simulator's default — and, as a check, when the request is admitted),
+//!   `burst`, `outage`, `flap`, `silent` and `total-outage`; see `goodput/scenario.rs`.
 //!
 //! What the columns mean is in BENCHMARKS.md. The SVG plots (admitted tokens per second
 //! against the quota, for `quota` and `flap`) go to `target/goodput/` unless `--svg-dir` says
@@ -44,7 +45,7 @@ use strategy::Strategy;
 
 const USAGE: &str = "\
 usage: goodput [--json] [--quick] [--resubmit] [--scenario NAME]... [--seed N]
-               [--svg-dir DIR | --no-svg]
+               [--budget-on-admission] [--svg-dir DIR | --no-svg]
 
   --json           one JSON object per line per (scenario, strategy), nothing else on stdout
   --quick          a fifth of the requests (CI: seconds in a debug build)
@@ -54,6 +55,9 @@ usage: goodput [--json] [--quick] [--resubmit] [--scenario NAME]... [--seed N]
   --scenario NAME  only this scenario (quota, burst, outage, flap, silent, total-outage);
                    may be repeated
   --seed N         the seed of the workload, the simulator and every strategy (default 1)
+  --budget-on-admission
+                   tower-dashscope's TokenBudget reserves the expected output before sending
+                   (OutputCharge::OnAdmission) instead of charging it when reported (default)
   --svg-dir DIR    where the plots go (default target/goodput)
   --no-svg         no plots";
 
@@ -61,6 +65,7 @@ struct Args {
     json: bool,
     quick: bool,
     resubmit: bool,
+    budget_charge: tower_dashscope::OutputCharge,
     scenarios: Vec<String>,
     seed: u64,
     svg_dir: Option<PathBuf>,
@@ -71,6 +76,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         json: false,
         quick: false,
         resubmit: false,
+        budget_charge: tower_dashscope::OutputCharge::WhenGenerated,
         scenarios: Vec::new(),
         seed: 1,
         svg_dir: Some(PathBuf::from("target/goodput")),
@@ -84,6 +90,9 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             "--json" => parsed.json = true,
             "--quick" => parsed.quick = true,
             "--resubmit" => parsed.resubmit = true,
+            "--budget-on-admission" => {
+                parsed.budget_charge = tower_dashscope::OutputCharge::OnAdmission;
+            }
             "--no-svg" => parsed.svg_dir = None,
             "--svg-dir" => parsed.svg_dir = Some(PathBuf::from(value("--svg-dir")?)),
             "--seed" => {
@@ -153,7 +162,9 @@ async fn main() -> ExitCode {
         let scenario = Scenario::new(kind, args.quick, args.seed);
         let mut runs = Vec::new();
         for strategy in Strategy::ALL {
-            let run = scenario.run(strategy, args.seed, args.resubmit).await;
+            let run = scenario
+                .run(strategy, args.seed, args.resubmit, args.budget_charge)
+                .await;
             let report = Report::new(&scenario, &run);
             if args.json {
                 println!("{}", report.json());
@@ -162,7 +173,7 @@ async fn main() -> ExitCode {
             }
             runs.push(run);
         }
-        let plotted = matches!(kind, Kind::Quota(_) | Kind::Flap);
+        let plotted = matches!(kind, Kind::Quota(..) | Kind::Flap);
         if let Some(dir) = args.svg_dir.as_ref().filter(|_| plotted) {
             let flap = kind == Kind::Flap;
             let lines: Vec<plot::Line<'_>> = runs
@@ -183,8 +194,9 @@ async fn main() -> ExitCode {
                 )
             } else {
                 format!(
-                    "quota ({} enforcement): tokens admitted",
-                    scenario::enforcement_name(kind.enforcement())
+                    "quota ({} enforcement, output counted {}): tokens counted",
+                    scenario::enforcement_name(kind.enforcement()),
+                    scenario::output_charge_name(kind.output_charge()).replace('-', " ")
                 )
             };
             let suffix = if args.resubmit { "-resubmit" } else { "" };

@@ -249,7 +249,7 @@ pub mod telemetry;
 pub mod wait_timeout;
 
 pub use api::{Api, Region};
-pub use budget::{Quota, TokenBudget, TokenBudgetService};
+pub use budget::{OutputCharge, Quota, TokenBudget, TokenBudgetService};
 pub use builder::ServiceBuilderExt;
 pub use classify::{ClassifyDashScopeError, ClassifyDashScopeErrorService};
 pub use error::{

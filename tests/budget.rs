@@ -12,7 +12,8 @@ use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_dashscope::{
-    BoxError, BudgetWait, ClassifyDashScopeError, ErrorClass, Quota, RateLimitKind, TokenBudget,
+    BoxError, BudgetWait, ClassifyDashScopeError, ErrorClass, OutputCharge, Quota, RateLimitKind,
+    TokenBudget,
 };
 
 #[path = "support/store.rs"]
@@ -285,17 +286,98 @@ async fn the_output_charged_is_learned_from_the_answers() {
     };
     let quota = Quota::per_minute(0, 60_000);
     // Learned (the default): about half of max_tokens, plus a margin for its spread.
-    let learned = charged_after_answers(TokenBudget::new(quota).adaptive(false)).await;
+    let reserved = TokenBudget::new(quota).output_charge(OutputCharge::OnAdmission);
+    let learned = charged_after_answers(reserved.adaptive(false)).await;
     assert!((1 + 50..=1 + 60).contains(&learned), "{learned}");
     // Off: the whole of max_tokens, as before.
-    let whole = TokenBudget::new(quota).adaptive(false).learn_output(false);
+    let whole = TokenBudget::new(quota)
+        .output_charge(OutputCharge::OnAdmission)
+        .adaptive(false)
+        .learn_output(false);
     assert_eq!(charged_after_answers(whole).await, 1 + 100);
+}
+
+#[tokio::test(start_paused = true)]
+async fn by_default_the_input_is_charged_before_sending_and_the_output_when_it_is_reported() {
+    let server = Server::new(50);
+    let budget = TokenBudget::new(Quota::per_minute(0, 60_000)).adaptive(false);
+    let service = ServiceBuilder::new()
+        .layer(budget.clone())
+        .layer(ClassifyDashScopeError::new())
+        .service(server.service());
+    // Sent: the input only (1 token estimated), however large max_tokens is.
+    let response = service.clone().oneshot(chat("m", 1000)).await.unwrap();
+    assert_eq!(budget.tokens_in_window("m"), 1);
+    // Read to its end: the 50 output tokens it reported are charged then.
+    response.into_body().collect().await.unwrap();
+    assert_eq!(budget.tokens_in_window("m"), 1 + 50);
+    // The same with the output reserved up front: 1 + 1000, settled down to 1 + 50.
+    let reserved = TokenBudget::new(Quota::per_minute(0, 60_000))
+        .adaptive(false)
+        .learn_output(false)
+        .output_charge(OutputCharge::OnAdmission);
+    let service = reserved
+        .clone()
+        .layer(ClassifyDashScopeError::new().layer(server.service()));
+    let response = service.oneshot(chat("m", 1000)).await.unwrap();
+    assert_eq!(reserved.tokens_in_window("m"), 1 + 1000);
+    response.into_body().collect().await.unwrap();
+    assert_eq!(reserved.tokens_in_window("m"), 1 + 50);
+}
+
+#[tokio::test(start_paused = true)]
+async fn output_reported_beyond_the_window_is_debt_that_holds_back_the_next_request() {
+    // 60 tokens a second; answers of 200 output tokens.
+    let server = Server::new(200);
+    let budget = TokenBudget::new(Quota::per_minute(0, 3600)).adaptive(false);
+    let service = ServiceBuilder::new()
+        .layer(budget.clone())
+        .layer(ClassifyDashScopeError::new())
+        .service(server.service());
+    // Sent at once (its input fits), and its 201 tokens are owed when read: 60 fill the
+    // window, 141 are carried (counted in the window too).
+    send_and_read(service.clone(), chat("m", 500))
+        .await
+        .unwrap();
+    assert_eq!(budget.tokens_in_window("m"), 201);
+    assert_eq!(server.arrivals().len(), 1);
+    // The next request waits until the debt has moved through the window: a second and more
+    // for each 60 tokens owed.
+    let start = Instant::now();
+    let response = service.clone().oneshot(chat("m", 1)).await.unwrap();
+    let waited = Instant::now() - start;
+    assert!(response.extensions().get::<BudgetWait>().is_some());
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_without_usage_is_charged_its_expected_output() {
+    // No classifier below reads the usage: what answers are expected to use is charged when
+    // the body ends, as the server counted what it generated.
+    let server = Server::new(50);
+    let budget = TokenBudget::new(Quota::per_minute(0, 60_000)).adaptive(false);
+    let service = budget.clone().layer(server.service());
+    let response = service.clone().oneshot(chat("m", 100)).await.unwrap();
+    assert_eq!(budget.tokens_in_window("m"), 1);
+    response.into_body().collect().await.unwrap();
+    // Nothing learned yet: the whole of max_tokens.
+    assert_eq!(budget.tokens_in_window("m"), 1 + 100);
+    // A refused request owes nothing.
+    server.status.store(429, Ordering::SeqCst);
+    let refused = service.oneshot(chat("m", 100)).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    drop(refused);
+    assert_eq!(budget.tokens_in_window("m"), 1 + 100);
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_over_estimate_settled_after_the_window_is_set_against_later_debt() {
     let server = Server::new(1);
     let budget = TokenBudget::new(Quota::per_minute(0, 60_000))
+        .output_charge(OutputCharge::OnAdmission)
         .adaptive(false)
         .learn_output(false);
     let service = ServiceBuilder::new()
@@ -344,8 +426,10 @@ async fn a_refused_request_gets_its_tokens_back_and_lowers_the_rate() {
 #[tokio::test(start_paused = true)]
 async fn a_request_bigger_than_a_second_waits_then_goes_into_debt() {
     let server = Server::new(1);
-    // 60 tokens a second; the big one estimates 1 + 200.
-    let budget = TokenBudget::new(Quota::per_minute(0, 3600)).adaptive(false);
+    // 60 tokens a second; the big one estimates 1 + 200, all reserved before sending.
+    let budget = TokenBudget::new(Quota::per_minute(0, 3600))
+        .output_charge(OutputCharge::OnAdmission)
+        .adaptive(false);
     let service = ServiceBuilder::new()
         .layer(budget.clone())
         .service(server.service());
@@ -856,4 +940,80 @@ async fn headroom_counts_down_in_the_window_and_comes_back_after_it() {
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     let room = budget.headroom("m");
     assert_eq!((room.requests, room.tokens), (Some(3), Some(100)));
+}
+
+/// A budget of 60 tokens a second where a request costs exactly its `max_tokens`: no input
+/// counted, the whole output reserved before sending and kept (no usage is read).
+fn sized_budget(backfill: usize) -> TokenBudget {
+    TokenBudget::new(Quota::per_minute(0, 3600))
+        .adaptive(false)
+        .backfill(backfill)
+        .output_charge(OutputCharge::OnAdmission)
+        .learn_output(false)
+        .estimator(|_: &tower_dashscope::request::ChatRequest, _: &Bytes| 0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_smaller_request_behind_one_that_does_not_fit_takes_the_room_left() {
+    for (backfill, overtakes) in [(8, true), (0, false)] {
+        let server = Server::new(1);
+        let budget = sized_budget(backfill);
+        let service = budget.clone().layer(server.service());
+        // 40 of the second's 60 taken; the next needs 40 and waits for room.
+        let first = service.clone().oneshot(chat("m", 40)).await.unwrap();
+        drop(first);
+        let mut big = tokio::spawn(service.clone().oneshot(chat("m", 40)));
+        tokio::task::yield_now().await;
+        // A request of 10 behind it fits in the 20 left.
+        let small = tokio::time::timeout(
+            Duration::from_millis(100),
+            service.clone().oneshot(chat("m", 10)),
+        )
+        .await;
+        assert_eq!(small.is_ok(), overtakes, "backfill({backfill})");
+        assert!(
+            tokio::time::timeout(Duration::ZERO, &mut big)
+                .await
+                .is_err(),
+            "backfill({backfill}): the first in line is still waiting"
+        );
+        // The first in line gets its room when the first request leaves the window.
+        let big = tokio::time::timeout(Duration::from_secs(2), big).await;
+        assert!(big.is_ok(), "backfill({backfill})");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_behind_stop_taking_room_once_the_first_has_waited_a_window() {
+    let server = Server::new(1);
+    let budget = sized_budget(8);
+    let service = budget.clone().layer(server.service());
+    // The window filled by small requests spread over a second: room comes back 5 at a time.
+    for _ in 0..12 {
+        let small = service.clone().oneshot(chat("m", 5)).await.unwrap();
+        drop(small);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+    }
+    // The first in line needs the whole window; small requests keep arriving behind it, each
+    // of which fits in the room one leaving request frees.
+    let start = Instant::now();
+    let big = tokio::spawn(service.clone().oneshot(chat("m", 60)));
+    tokio::task::yield_now().await;
+    let mut smalls = Vec::new();
+    for _ in 0..60 {
+        smalls.push(tokio::spawn(service.clone().oneshot(chat("m", 5))));
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        if big.is_finished() {
+            break;
+        }
+    }
+    big.await.unwrap().unwrap();
+    let waited = Instant::now() - start;
+    // Without the bound, the small ones would take every bit of room as it came back, for as
+    // long as they kept coming (4.8 s here). With it, they stop after the first has waited a
+    // window, and it gets the whole window one window later.
+    assert!(waited <= Duration::from_millis(2200), "{waited:?}");
+    for small in smalls {
+        small.await.unwrap().unwrap();
+    }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http_body_util::BodyExt;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_dashscope::mock::{Enforcement, MockDashScope, ModelConfig};
+use tower_dashscope::mock::{Enforcement, MockDashScope, ModelConfig, OutputCharge};
 use tower_dashscope::{
     BudgetWait, ClassifyDashScopeError, ClassifyDashScopeErrorService, Quota, TokenBudget,
     TokenBudgetService,
@@ -102,6 +102,40 @@ async fn saturated_with_exact_estimates_goodput_is_near_the_tpm() {
         assert!(r.throttled_share() <= 0.005, "{enforcement:?}: {r:?}");
         assert!(r.max_tokens_1s as f64 <= r.tps, "{enforcement:?}: {r:?}");
         assert_eq!(r.completed, r.offered, "{enforcement:?}: {r:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn output_counted_when_generated_is_charged_when_reported() {
+    for enforcement in MODELS {
+        // The defaults of both sides: the server counts each answer's output when it has
+        // written it, and the budget charges it when the usage reports it, as debt.
+        let mut w = Saturation::new(enforcement);
+        w.output_charge = OutputCharge::WhenGenerated;
+        let r = harness::saturate(w).await;
+        assert!(r.throttled_share() <= 0.005, "{enforcement:?}: {r:?}");
+        assert_eq!(r.completed, r.offered, "{enforcement:?}: {r:?}");
+        // What the server counted once saturated: never over the quota; under it by what
+        // short answers cost (the budget hears of an answer's output only when it ends, so
+        // with answers of 1-3 s it admits in waves: 0.84 here).
+        assert!(
+            (0.8..=1.02).contains(&r.counted_late),
+            "{enforcement:?}: {r:?}"
+        );
+        // Reserving the output before sending instead does worse against such a server: the
+        // reservation leaves the window long before the output is counted.
+        let reserved = harness::saturate_with(
+            Saturation {
+                output_charge: OutputCharge::OnAdmission,
+                ..w
+            },
+            OutputCharge::WhenGenerated,
+        )
+        .await;
+        assert!(
+            reserved.counted_late < r.counted_late,
+            "{enforcement:?}: {reserved:?} vs {r:?}"
+        );
     }
 }
 

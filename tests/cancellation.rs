@@ -166,10 +166,12 @@ async fn dropping_a_request_waiting_for_a_permit_or_under_way_returns_the_permit
 
     drop(first);
     assert_eq!(budget.in_flight(), 0);
-    assert_eq!(
-        budget.tokens_in_window("qwen-plus"),
-        charged,
-        "sent: billed as estimated"
+    // Sent: the server may be writing the answer, and counts its output when written; with
+    // no usage to say how much, the output the model's answers are expected to use is owed
+    // (the whole of max_tokens until answers have taught a share).
+    assert!(
+        budget.tokens_in_window("qwen-plus") > charged,
+        "sent: its expected output is owed too"
     );
 
     let response = send(&service).await;

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use tower::{Layer, ServiceExt};
-use tower_dashscope::mock::{Enforcement, MockDashScope, ModelConfig};
+use tower_dashscope::mock::{Enforcement, MockDashScope, ModelConfig, OutputCharge};
 use tower_dashscope::{ClassifyDashScopeError, ErrorClass, RateLimitKind};
 
 const COMPAT: &str = "/compatible-mode/v1/chat/completions";
@@ -96,4 +96,76 @@ async fn tokens_per_minute_in_fixed_windows() {
     let model = stats.model("m").unwrap();
     assert_eq!(model.timeline[&0].succeeded, 2);
     assert_eq!(model.timeline[&0].throttled_tokens, 1);
+}
+
+/// A chat request of `input` characters (a token per four) and `max_tokens`, streamed or not.
+fn sized(input: usize, max_tokens: u32, stream: bool) -> Request<Full<Bytes>> {
+    let body = serde_json::json!({
+        "model": "m",
+        "messages": [{"role": "user", "content": "x".repeat(input)}],
+        "max_tokens": max_tokens,
+        "stream": stream,
+    });
+    Request::post(COMPAT)
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn output_is_counted_when_generated_unless_told_to_count_it_on_admission() {
+    for enforcement in [Enforcement::Continuous, Enforcement::FixedWindow] {
+        // 60 tokens a second; 10 tokens a second of output, so a 100-token answer takes 10 s.
+        let model = || {
+            ModelConfig::new()
+                .tpm(3600)
+                .latency(Duration::ZERO, 10.0)
+                .enforcement(enforcement)
+        };
+        let generated = MockDashScope::builder().model("m", model()).build();
+        let client = ClassifyDashScopeError::new().layer(generated.clone());
+        // Input 10 + output 100: more than a second's worth, admitted for its input; streamed,
+        // so that its headers come before its answer is written.
+        let answer = client.clone().oneshot(sized(40, 100, true)).await.unwrap();
+        // Another fits beside it while the first is being written.
+        let beside = client.clone().oneshot(sized(40, 1, false)).await;
+        assert!(beside.is_ok(), "{enforcement:?}: {beside:?}");
+        // Statistics count the input now, the output when it has been written.
+        let counted = |mock: &MockDashScope| mock.stats().model("m").unwrap().total.tokens;
+        assert_eq!(counted(&generated), 10 + 10 + 1, "{enforcement:?}");
+        let _ = beside.unwrap().into_body().collect().await.unwrap();
+        let _ = answer.into_body().collect().await.unwrap();
+        assert_eq!(counted(&generated), 10 + 100 + 10 + 1, "{enforcement:?}");
+        // Written, the 100 output tokens are over the second's 60: the next request, in the
+        // same second, is refused.
+        let after = client
+            .clone()
+            .oneshot(sized(40, 1, false))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            after.class(),
+            ErrorClass::RateLimited(RateLimitKind::Tokens),
+            "{enforcement:?}"
+        );
+
+        // Counted on admission, the same first request needs room for all 110 tokens: it
+        // passes only an untouched window or a full bucket, and the one beside it is refused.
+        let on_admission = MockDashScope::builder()
+            .model("m", model().output_charge(OutputCharge::OnAdmission))
+            .build();
+        let client = ClassifyDashScopeError::new().layer(on_admission.clone());
+        let answer = client.clone().oneshot(sized(40, 100, true)).await.unwrap();
+        assert_eq!(counted(&on_admission), 110, "{enforcement:?}");
+        let beside = client
+            .clone()
+            .oneshot(sized(40, 1, false))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            beside.class(),
+            ErrorClass::RateLimited(RateLimitKind::Tokens),
+            "{enforcement:?}"
+        );
+        drop(answer);
+    }
 }

@@ -17,7 +17,9 @@ use rand::rngs::SmallRng;
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_dashscope::budget::TokenEstimator;
-use tower_dashscope::mock::{Enforcement, MockBody, MockDashScope, ModelConfig, OutputLength};
+use tower_dashscope::mock::{
+    Enforcement, MockBody, MockDashScope, ModelConfig, OutputCharge, OutputLength,
+};
 use tower_dashscope::request::ChatRequest;
 use tower_dashscope::{
     ClassifyDashScopeError, Quota, RetryWithJitter, TokenBudget, UsageSlot, WaitTimeoutHeader,
@@ -165,6 +167,10 @@ pub struct Saturation {
     /// `TokenBudget::learn_output` (on by default): charge the share of `max_tokens` answers
     /// used so far, rather than all of it.
     pub learn_output: bool,
+    /// When the simulator counts answers' output, and the budget charges it (the same on both
+    /// sides): `OnAdmission` here, where what the server admits in a second is what the
+    /// budget bounds; the default of both is `WhenGenerated`.
+    pub output_charge: OutputCharge,
     pub seed: u64,
 }
 
@@ -187,6 +193,7 @@ impl Saturation {
             duration: Duration::from_secs(60),
             skew: 1.0,
             learn_output: true,
+            output_charge: OutputCharge::OnAdmission,
             seed: 7,
         }
     }
@@ -220,6 +227,10 @@ pub struct SaturationReport {
     pub goodput: f64,
     /// The same over the second half of the span (after convergence).
     pub goodput_late: f64,
+    /// Tokens the server counted against the quota (by when it counted them, output when
+    /// generated or at admission as configured) over the second half of the span, over the
+    /// quota for it.
+    pub counted_late: f64,
     pub attempts: u64,
     pub throttled: u64,
     /// 429s over the second half of the span (after convergence).
@@ -240,6 +251,10 @@ impl SaturationReport {
 /// Runs `workload` through `RetryWithJitter → TokenBudget → WaitTimeoutHeader →
 /// ClassifyDashScopeError` against the simulator, reading every body to its end.
 pub async fn saturate(workload: Saturation) -> SaturationReport {
+    saturate_with(workload, workload.output_charge).await
+}
+
+pub async fn saturate_with(workload: Saturation, server_charge: OutputCharge) -> SaturationReport {
     let w = workload;
     let mock = MockDashScope::builder()
         .model(
@@ -252,14 +267,16 @@ pub async fn saturate(workload: Saturation) -> SaturationReport {
                     min_fraction: w.min_output,
                 })
                 .latency(w.ttft, w.tokens_per_sec)
-                .enforcement(w.enforcement),
+                .enforcement(w.enforcement)
+                .output_charge(server_charge),
         )
         .seed(w.seed)
         .build();
     let log = Log::default();
     let budget = TokenBudget::new(Quota::per_minute(w.rpm, w.tpm))
         .estimator(Skewed(w.skew))
-        .learn_output(w.learn_output);
+        .learn_output(w.learn_output)
+        .output_charge(w.output_charge);
     let service = ServiceBuilder::new()
         .layer(RetryWithJitter::new().seed(w.seed))
         .layer(budget.clone())
@@ -321,6 +338,14 @@ pub async fn saturate(workload: Saturation) -> SaturationReport {
         max_under_estimate,
         goodput: served(Duration::ZERO, w.duration),
         goodput_late: served(w.duration / 2, w.duration),
+        counted_late: {
+            let (from, to) = (w.duration.as_secs() / 2, w.duration.as_secs());
+            let counted: u64 = stats
+                .model(MODEL)
+                .map(|m| m.timeline.range(from..to).map(|(_, c)| c.tokens).sum())
+                .unwrap_or(0);
+            counted as f64 / (tps * (to - from) as f64)
+        },
         attempts: total.requests,
         throttled: total.throttled(),
         throttled_late: log

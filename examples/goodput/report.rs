@@ -1,6 +1,6 @@
 //! The numbers of one run, as a table row and as one JSON object.
 
-use super::scenario::{Kind, PRIMARY, Run, Scenario, enforcement_name};
+use super::scenario::{Kind, PRIMARY, Run, Scenario, enforcement_name, output_charge_name};
 use super::strategy::Outcome;
 use std::fmt::Write as _;
 
@@ -9,6 +9,8 @@ use std::fmt::Write as _;
 pub struct Report {
     pub scenario: &'static str,
     pub enforcement: &'static str,
+    /// When the simulator counted answers' output: `when-generated` or `on-admission`.
+    pub output_charge: &'static str,
     pub label: String,
     pub strategy: &'static str,
     pub requests: usize,
@@ -90,6 +92,7 @@ impl Report {
         Report {
             scenario: kind.name(),
             enforcement: enforcement_name(kind.enforcement()),
+            output_charge: output_charge_name(kind.output_charge()),
             label: kind.label(),
             strategy: run.strategy.name(),
             requests,
@@ -116,9 +119,10 @@ impl Report {
     pub fn json(&self) -> String {
         let num = |v: Option<f64>| v.map_or("null".to_owned(), |v| format!("{v:.3}"));
         let mut line = format!(
-            r#"{{"scenario":"{}","enforcement":"{}","strategy":"{}","requests":{},"succeeded":{},"failed":{},"completed":{},"submissions_per_request":{:.3},"completion_s":{:.3},"ideal_s":{:.3},"goodput_ratio":{:.4},"attempts_per_request":{:.3},"throttled_attempt_pct":{:.3},"p50_s":{},"p99_s":{},"wasted_tokens":{}"#,
+            r#"{{"scenario":"{}","enforcement":"{}","output_charge":"{}","strategy":"{}","requests":{},"succeeded":{},"failed":{},"completed":{},"submissions_per_request":{:.3},"completion_s":{:.3},"ideal_s":{:.3},"goodput_ratio":{:.4},"attempts_per_request":{:.3},"throttled_attempt_pct":{:.3},"p50_s":{},"p99_s":{},"wasted_tokens":{}"#,
             self.scenario,
             self.enforcement,
+            self.output_charge,
             self.strategy,
             self.requests,
             self.succeeded,
@@ -153,7 +157,7 @@ impl Report {
 
     pub fn header() -> String {
         format!(
-            "{:<24} {:<16} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>8} {:>6} {:>8} {:>8} {:>9} {:>8}",
+            "{:<31} {:<16} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>8} {:>6} {:>8} {:>8} {:>9} {:>8}",
             "scenario",
             "strategy",
             "succeeded",
@@ -179,7 +183,7 @@ impl Report {
             _ => String::new(),
         };
         format!(
-            "{:<24} {:<16} {:>9} {:>9} {:>8.2} {:>8.1} {:>8.1} {:>7.3} {:>8.2} {:>6.2} {:>8} {:>8} {:>9} {:>8}",
+            "{:<31} {:<16} {:>9} {:>9} {:>8.2} {:>8.1} {:>8.1} {:>7.3} {:>8.2} {:>6.2} {:>8} {:>8} {:>9} {:>8}",
             self.label,
             self.strategy,
             self.succeeded,

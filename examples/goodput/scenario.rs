@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tower::{Service, service_fn};
 use tower_dashscope::Quota;
 use tower_dashscope::mock::{
-    Enforcement, Fault, MockBody, MockDashScope, ModelConfig, OutputLength,
+    Enforcement, Fault, MockBody, MockDashScope, ModelConfig, OutputCharge, OutputLength,
 };
 
 use super::harness;
@@ -38,7 +38,9 @@ pub const RESUBMIT_AFTER: Duration = Duration::from_secs(1);
 /// Which scenario, with its parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Kind {
-    Quota(Enforcement),
+    /// The quota scenario, in one enforcement model, with the output counted when generated
+    /// (the simulator's default) or, `true`, when the request is admitted.
+    Quota(Enforcement, bool),
     Burst,
     Outage,
     Flap,
@@ -47,9 +49,11 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
-        Kind::Quota(Enforcement::Continuous),
-        Kind::Quota(Enforcement::FixedWindow),
+    pub const ALL: [Kind; 9] = [
+        Kind::Quota(Enforcement::Continuous, false),
+        Kind::Quota(Enforcement::FixedWindow, false),
+        Kind::Quota(Enforcement::Continuous, true),
+        Kind::Quota(Enforcement::FixedWindow, true),
         Kind::Burst,
         Kind::Outage,
         Kind::Flap,
@@ -59,7 +63,7 @@ impl Kind {
 
     pub fn name(self) -> &'static str {
         match self {
-            Kind::Quota(_) => "quota",
+            Kind::Quota(..) => "quota",
             Kind::Burst => "burst",
             Kind::Outage => "outage",
             Kind::Flap => "flap",
@@ -70,17 +74,33 @@ impl Kind {
 
     pub fn enforcement(self) -> Enforcement {
         match self {
-            Kind::Quota(e) => e,
+            Kind::Quota(e, _) => e,
             _ => Enforcement::Continuous,
+        }
+    }
+
+    /// When the simulator counts an answer's output against the quota.
+    pub fn output_charge(self) -> OutputCharge {
+        match self {
+            Kind::Quota(_, true) => OutputCharge::OnAdmission,
+            _ => OutputCharge::WhenGenerated,
         }
     }
 
     /// The name with the enforcement model, for tables and file names.
     pub fn label(self) -> String {
         match self {
-            Kind::Quota(e) => format!("quota-{}", enforcement_name(e)),
+            Kind::Quota(e, false) => format!("quota-{}", enforcement_name(e)),
+            Kind::Quota(e, true) => format!("quota-{}-on-admission", enforcement_name(e)),
             other => other.name().to_owned(),
         }
+    }
+}
+
+pub fn output_charge_name(c: OutputCharge) -> &'static str {
+    match c {
+        OutputCharge::OnAdmission => "on-admission",
+        _ => "when-generated",
     }
 }
 
@@ -139,7 +159,7 @@ impl Scenario {
             recovery: None,
         };
         match kind {
-            Kind::Quota(_) => {
+            Kind::Quota(..) => {
                 // Prompts of 50 to 750 tokens, max_tokens 256, 512 or 1024, answers 20% to
                 // 100% of max_tokens: 758 tokens a request on average, so the TPM binds at
                 // about 4.4 requests a second (RPM would allow 10). Offered at twice that.
@@ -252,12 +272,13 @@ impl Scenario {
             })
             .latency(self.ttft, self.tokens_per_sec)
             .enforcement(self.kind.enforcement())
+            .output_charge(self.kind.output_charge())
     }
 
     fn simulator(&self, seed: u64) -> MockDashScope {
         let secs = Duration::from_secs;
         let (primary, secondary) = match self.kind {
-            Kind::Quota(_) => (self.model(), None),
+            Kind::Quota(..) => (self.model(), None),
             Kind::Burst => (self.model().burst_limit(4), None),
             Kind::Outage => (self.model().outage(secs(30)..secs(150)), Some(self.model())),
             Kind::Flap => (self.model().outage(secs(10)..secs(70)), Some(self.model())),
@@ -277,7 +298,7 @@ impl Scenario {
     /// The models a fallback chain would use.
     pub fn chain(&self) -> Vec<&'static str> {
         match self.kind {
-            Kind::Quota(_) | Kind::Burst => vec![PRIMARY],
+            Kind::Quota(..) | Kind::Burst => vec![PRIMARY],
             _ => vec![PRIMARY, SECONDARY],
         }
     }
@@ -285,13 +306,21 @@ impl Scenario {
     /// Runs `strategy` through the scenario in paused time. With `resubmit` (batch mode), the
     /// application sends a request that failed through the strategy again, a second later, until it
     /// succeeds (at most [`MAX_SUBMISSIONS`] times): every strategy has the same work to finish.
-    pub async fn run(&self, strategy: Strategy, seed: u64, resubmit: bool) -> Run {
+    /// `budget_charge`: how the recommended stack's `TokenBudget` charges output.
+    pub async fn run(
+        &self,
+        strategy: Strategy,
+        seed: u64,
+        resubmit: bool,
+        budget_charge: OutputCharge,
+    ) -> Run {
         let mock = self.simulator(seed);
         let log = Log::default();
         let setup = Setup {
             quota: Quota::per_minute(self.rpm, self.tpm),
             chain: self.chain(),
             seed,
+            budget_charge,
         };
         let call = client(strategy, recorded(&mock, &log), &setup);
         let start = Instant::now();

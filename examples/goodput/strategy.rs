@@ -16,7 +16,8 @@ use rand::{Rng, SeedableRng};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_dashscope::mock::MockBody;
 use tower_dashscope::{
-    ClassifyDashScopeError, FallbackModel, Quota, RetryWithJitter, TokenBudget, WaitTimeoutHeader,
+    ClassifyDashScopeError, FallbackModel, OutputCharge, Quota, RetryWithJitter, TokenBudget,
+    WaitTimeoutHeader,
 };
 
 /// A request as every strategy sends it.
@@ -93,6 +94,8 @@ pub struct Setup {
     pub quota: Quota,
     pub chain: Vec<&'static str>,
     pub seed: u64,
+    /// How `TokenBudget` charges answers' output (`--budget-on-admission`).
+    pub budget_charge: OutputCharge,
 }
 
 /// The client of `strategy` over `server`: a function from a request to its outcome.
@@ -124,7 +127,7 @@ pub fn client<S: Server>(
 fn recommended<S: Server>(server: S, setup: &Setup) -> Arc<dyn Fn(Req) -> Call + Send + Sync> {
     let below = ServiceBuilder::new()
         .layer(RetryWithJitter::new().seed(setup.seed))
-        .layer(TokenBudget::new(setup.quota))
+        .layer(TokenBudget::new(setup.quota).output_charge(setup.budget_charge))
         .layer(WaitTimeoutHeader::new(Duration::from_secs(30)))
         .layer(ClassifyDashScopeError::new())
         .service(server);

@@ -36,7 +36,7 @@ struct Queued {
 impl Drop for Queued {
     fn drop(&mut self) {
         if self.asking {
-            self.shared.not_yet(&self.key);
+            self.shared.finish(&self.key);
         }
         if !self.admitted {
             self.shared.dequeue(&self.key, self.ticket);
@@ -345,7 +345,7 @@ where
                             continue;
                         }
                         Some(Ok(Admission::Wait(wait))) => {
-                            queued.shared.not_yet(&queued.key);
+                            queued.shared.not_yet(&queued.key, queued.ticket);
                             // A store that rounds a sub-millisecond wait down to zero is not
                             // asked again in a busy loop.
                             let wait = wait.max(Duration::from_millis(1));
@@ -355,7 +355,7 @@ where
                             )
                         }
                         Some(Err(source)) => {
-                            queued.shared.not_yet(&queued.key);
+                            queued.shared.not_yet(&queued.key, queued.ticket);
                             // A store that says what it means (e.g. RedisStore failing closed
                             // with RateLimited(Local)) is passed on as it is.
                             let err = match source.downcast::<DashScopeError>() {
@@ -493,6 +493,7 @@ where
 /// raise them back; a request the server refused before generating gets its tokens back.
 fn settle_outcome<R>(reservation: &mut Reservation, result: &Result<Response<R>, DashScopeError>) {
     let failure = failure_of(result);
+    reservation.failed = failure.is_some();
     let throttled = match failure.map(|f| f.class()) {
         Some(ErrorClass::RateLimited(RateLimitKind::Local)) => return,
         Some(ErrorClass::RateLimited(kind)) => Some(kind),

@@ -168,6 +168,51 @@ impl Quota {
     }
 }
 
+/// When an upstream counts an answer's output tokens against its tokens-per-minute quota, and
+/// so when [`TokenBudget`] charges them: see [`TokenBudget::output_charge`].
+///
+/// The simulator has the same setting
+#[cfg_attr(
+    feature = "mock",
+    doc = "([`ModelConfig::output_charge`](crate::mock::ModelConfig::output_charge)),"
+)]
+#[cfg_attr(
+    not(feature = "mock"),
+    doc = "(`ModelConfig::output_charge` in `mock`),"
+)]
+/// so that a budget can be tried against either kind of server.
+///
+/// ```
+/// use tower_dashscope::{OutputCharge, Quota, TokenBudget};
+///
+/// // An upstream that reserves `max_tokens` when it admits a request, as OpenAI does.
+/// let budget = TokenBudget::new(Quota::per_minute(600, 1_000_000))
+///     .output_charge(OutputCharge::OnAdmission);
+/// # let _ = budget;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OutputCharge {
+    /// The output is counted when it has been generated: the input when the request is
+    /// admitted, the answer's tokens as they are produced. A server cannot know an answer's
+    /// length before it writes it, and this is what Alibaba's own rate-limit recipe mirrors
+    /// ("charge input up front, settle output afterwards").
+    ///
+    /// [`TokenBudget`] charges the estimated input before sending and the output from the
+    /// usage the answer reports, as debt that holds back later requests until the window has
+    /// room for it, as the server's own bucket does.
+    #[default]
+    WhenGenerated,
+    /// The output is counted before the answer, when the request is admitted: a server that
+    /// reserves `max_tokens` up front (OpenAI's documented rule), or the simulator's
+    /// clairvoyant mode that charges the answer's real length at admission.
+    ///
+    /// [`TokenBudget`] reserves the expected output with the input (the whole `max_tokens`,
+    /// or the learned share: [`TokenBudget::learn_output`]) and settles the difference both
+    /// ways when the usage arrives.
+    OnAdmission,
+}
+
 /// Which account a request is counted in, for users with several: see
 /// [`TokenBudget::account`].
 type AccountFn = Arc<dyn Fn(&Uri, &HeaderMap) -> Option<String> + Send + Sync>;
@@ -181,6 +226,9 @@ pub(crate) struct Config {
     pub(crate) max_wait: Option<Duration>,
     pub(crate) default_output_tokens: u32,
     pub(crate) learn_output: bool,
+    pub(crate) output_charge: OutputCharge,
+    /// How many requests behind the first in line may take room it cannot use.
+    pub(crate) backfill: usize,
     pub(crate) estimator: DynEstimator,
     pub(crate) adaptive: bool,
     pub(crate) warm_up: Option<(f64, Duration)>,
@@ -200,6 +248,8 @@ impl fmt::Debug for Config {
             .field("max_wait", &self.max_wait)
             .field("default_output_tokens", &self.default_output_tokens)
             .field("learn_output", &self.learn_output)
+            .field("output_charge", &self.output_charge)
+            .field("backfill", &self.backfill)
             .field("adaptive", &self.adaptive)
             .field("warm_up", &self.warm_up)
             .field("max_models", &self.max_models)
@@ -208,6 +258,10 @@ impl fmt::Debug for Config {
             .finish_non_exhaustive()
     }
 }
+
+/// How many requests behind the first in line may take room it cannot use by default; see
+/// [`TokenBudget::backfill`].
+pub const DEFAULT_BACKFILL: usize = 8;
 
 /// The most models (and accounts) a budget keeps state for; see [`TokenBudget::max_models`].
 pub const DEFAULT_MAX_MODELS: usize = 1024;
@@ -225,9 +279,13 @@ pub const DEFAULT_MAX_MODELS: usize = 1024;
 /// - [`max_concurrency`](Self::max_concurrency): unlimited;
 /// - [`max_wait`](Self::max_wait): unlimited (requests wait as long as their quota needs);
 /// - [`default_output_tokens`](Self::default_output_tokens): 1024;
+/// - [`output_charge`](Self::output_charge): [`OutputCharge::WhenGenerated`] — the input is
+///   charged before sending, the output when the answer's usage arrives;
 /// - [`learn_output`](Self::learn_output): on — the output charged is the share of
 ///   `max_tokens` the model's answers have used, learned from their usage; `learn_output(false)`
 ///   charges the whole of `max_tokens`, the conservative behaviour of earlier versions;
+/// - [`backfill`](Self::backfill): [`DEFAULT_BACKFILL`] requests behind the first in line may
+///   use room it cannot;
 /// - [`estimator`](Self::estimator): [`CharEstimator`];
 /// - [`adaptive`](Self::adaptive): on; [`warm_up`](Self::warm_up): off;
 /// - [`max_models`](Self::max_models): [`DEFAULT_MAX_MODELS`];
@@ -251,6 +309,8 @@ impl TokenBudget {
                 max_wait: None,
                 default_output_tokens: 1024,
                 learn_output: true,
+                output_charge: OutputCharge::WhenGenerated,
+                backfill: DEFAULT_BACKFILL,
                 estimator: DynEstimator(Arc::new(CharEstimator)),
                 adaptive: true,
                 warm_up: None,
@@ -320,6 +380,33 @@ impl TokenBudget {
     /// fewer tokens than the quota allows.
     pub fn learn_output(self, learn: bool) -> Self {
         self.with(|c| c.learn_output = learn)
+    }
+
+    /// When the upstream counts an answer's output against its token quota, and so when the
+    /// budget charges it: [`OutputCharge::WhenGenerated`] by default (the input before
+    /// sending, the output from the usage the answer reports), or
+    /// [`OutputCharge::OnAdmission`] (the expected output reserved with the input, settled
+    /// both ways; for upstreams that reserve `max_tokens` up front).
+    ///
+    /// Charged when generated, a model's answers finishing together can put the budget in
+    /// debt, as they put the server's own bucket: nothing new is sent until the window has
+    /// room again, so a request is not sent into a second the server has already spent.
+    pub fn output_charge(self, charge: OutputCharge) -> Self {
+        self.with(|c| c.output_charge = charge)
+    }
+
+    /// How many requests waiting behind the first in line for a model may take room it cannot
+    /// use: [`DEFAULT_BACKFILL`] by default, `0` for strict arrival order.
+    ///
+    /// Requests wait in arrival order. When the first needs more room than a window has left,
+    /// one of the next `n` whose cost fits may be sent in its place, so that the room is used
+    /// rather than left to expire (with charges of a few hundred tokens against a second's
+    /// worth of a few thousand, in-order admission leaves about half a request's worth of each
+    /// second unused). It only happens while the first has waited less than one
+    /// [`burst`](Self::burst) window; after that, room is kept for it, so a request is held
+    /// back by those behind it for at most about one window more than in strict order.
+    pub fn backfill(self, n: usize) -> Self {
+        self.with(|c| c.backfill = n)
     }
 
     /// How input tokens are estimated before sending; [`CharEstimator`] by default.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::store::{Admission, BudgetKey, BudgetStore, Limits, LocalStore, StoreFuture, Taken};
-use super::{Config, Quota};
+use super::{Config, OutputCharge, Quota};
 use crate::error::BoxError;
 use crate::error::RateLimitKind;
 use crate::guard::{Ending, Release};
@@ -91,6 +91,9 @@ struct ModelState {
     /// window (so not given back there), set against later under-estimates' debt. At most one
     /// window's token limit.
     credit: u64,
+    /// The ticket first in line and since when, to bound how long requests behind it may take
+    /// room it cannot use.
+    head_since: Option<(u64, Instant)>,
 }
 
 /// What the first step of an admission says.
@@ -121,6 +124,8 @@ pub(crate) struct Reservation {
     pub(crate) usage: Option<crate::extensions::UsageSlot>,
     /// How long the request waited for admission.
     pub(crate) waited: Duration,
+    /// The call failed (an error, or an error response): no answer is being generated.
+    pub(crate) failed: bool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -212,7 +217,12 @@ impl Shared {
             return Begin::Woken;
         };
         set_waker(slot, waker);
-        if state.queue.keys().next() != Some(&ticket) {
+        let head = state.queue.keys().next().copied();
+        if head == Some(ticket) {
+            if state.head_since.map(|(t, _)| t) != Some(ticket) {
+                state.head_since = Some((ticket, now));
+            }
+        } else if !state.may_backfill(ticket, now, self.config.backfill, self.config.window) {
             return Begin::Woken;
         }
         if permits_full {
@@ -226,7 +236,10 @@ impl Shared {
         let input = (cost.input as f64 * state.input_ratio).round() as u64;
         // The output expected: the cap times the share answers have used (the whole cap when
         // the budget does not learn it).
-        let output = if self.config.learn_output {
+        let output = if self.config.output_charge == OutputCharge::WhenGenerated {
+            // Counted by the server when generated: charged when the usage says how much.
+            0
+        } else if self.config.learn_output {
             (cost.output as f64 * state.expected_output_share()).ceil() as u64
         } else {
             cost.output
@@ -267,12 +280,32 @@ impl Shared {
             admitted_at: Instant::now(),
             usage: None,
             waited: Duration::ZERO,
+            failed: false,
         }
     }
 
-    /// The store said not yet (or failed): the permit goes back; `ticket` stays first in line.
-    pub(crate) fn not_yet(&self, key: &Key) {
+    /// The store said not yet (or failed) to `ticket`: the permit goes back; the ticket keeps
+    /// its place in line. When it is first in line, the requests behind it that may take the
+    /// room it cannot use ([`Config::backfill`]) are woken to try.
+    pub(crate) fn not_yet(&self, key: &Key, ticket: u64) {
         self.finish(key);
+        if self.config.backfill == 0 {
+            return;
+        }
+        let mut models = self.lock();
+        if let Some(state) = models.map.get_mut(key) {
+            if state.queue.keys().next() == Some(&ticket) {
+                for waker in state
+                    .queue
+                    .values_mut()
+                    .skip(1)
+                    .take(self.config.backfill)
+                    .filter_map(Option::take)
+                {
+                    waker.wake();
+                }
+            }
+        }
     }
 
     /// Gives back or charges the difference between what was reserved and what was used.
@@ -376,8 +409,22 @@ impl Shared {
         state.output_share_sq += OUTPUT_LEARNING * (seen * seen - state.output_share_sq);
     }
 
+    /// The output an answer of cap `cap` is expected to use: the learned share of it (the whole
+    /// cap when the budget does not learn it).
+    fn expected_output(&self, key: &Key, cap: u64) -> u64 {
+        if !self.config.learn_output {
+            return cap;
+        }
+        let models = self.lock();
+        let share = models
+            .map
+            .get(key)
+            .map_or(1.0, ModelState::expected_output_share);
+        (cap as f64 * share).ceil() as u64
+    }
+
     /// A request of `key` finished: its permit is free.
-    fn finish(&self, key: &Key) {
+    pub(crate) fn finish(&self, key: &Key) {
         let mut models = self.lock();
         models.in_flight = models.in_flight.saturating_sub(1);
         if let Some(state) = models.map.get_mut(key) {
@@ -582,11 +629,32 @@ impl ModelState {
             output_share: 1.0,
             output_share_sq: 1.0,
             credit: 0,
+            head_since: None,
         }
     }
 
     /// The share of its output cap a request is charged: the learned mean plus a margin of
     /// its spread, at most the whole cap.
+    /// Whether `ticket`, not first in line, may try for room now: it is among the `backfill`
+    /// requests behind the first, and the first has waited less than a `window` (after that, the
+    /// room is kept for it, so that small requests cannot hold a large one back for long).
+    fn may_backfill(&self, ticket: u64, now: Instant, backfill: usize, window: Duration) -> bool {
+        if backfill == 0 {
+            return false;
+        }
+        let Some((head, since)) = self.head_since else {
+            return false;
+        };
+        self.queue.keys().next() == Some(&head)
+            && now.saturating_duration_since(since) < window
+            && self
+                .queue
+                .keys()
+                .skip(1)
+                .take(backfill)
+                .any(|&t| t == ticket)
+    }
+
     fn expected_output_share(&self) -> f64 {
         let spread = (self.output_share_sq - self.output_share * self.output_share)
             .max(0.0)
@@ -661,6 +729,20 @@ impl Release for Reservation {
                 &self.key,
                 self.tokens,
                 usage.total_tokens,
+                self.at,
+                self.limits,
+                self.admitted_at,
+            );
+        } else if !self.failed && self.shared.config.output_charge == OutputCharge::WhenGenerated {
+            // An answer whose usage never came (a stream without `include_usage`, a body not
+            // read to its end, a call cancelled after it was sent): the server counts what it
+            // generated all the same, so the output the model's answers are expected to use is
+            // owed now.
+            let expected = self.shared.expected_output(&self.key, self.output);
+            self.shared.settle(
+                &self.key,
+                self.tokens,
+                self.tokens.saturating_add(expected),
                 self.at,
                 self.limits,
                 self.admitted_at,

@@ -101,6 +101,8 @@ pub use self::server::{DEFAULT_HEADER_READ_TIMEOUT, MockServer};
 pub use self::service::MockFuture;
 use self::service::Shared;
 pub use self::stats::{Counts, MockStats, ModelStats, TIMELINE_SECONDS};
+/// When an answer's output counts against a quota; the same setting as the budget's.
+pub use crate::budget::OutputCharge;
 
 /// The longest `X-DashScope-Wait-Timeout` the simulator honours, in seconds; larger values are
 /// read as this.
@@ -124,7 +126,11 @@ impl MockDashScope {
     /// A snapshot of what the simulator has seen.
     #[must_use]
     pub fn stats(&self) -> MockStats {
-        self.shared.lock().stats.clone()
+        let mut state = self.shared.lock();
+        // Output counted when generated is in the statistics from the moment it was.
+        self.shared
+            .count_generated(&mut state, tokio::time::Instant::now());
+        state.stats.clone()
     }
 
     /// Serves the simulator over HTTP/1.1 on `addr` (use `127.0.0.1:0` for a free loopback

@@ -4,6 +4,7 @@ use std::ops::Range;
 use std::time::Duration;
 
 use super::fault::Fault;
+use crate::budget::OutputCharge;
 
 /// The largest [`ModelConfig::max_output_tokens`]: about 7 MB of simulated text per answer.
 pub const MAX_OUTPUT_TOKENS: u32 = 1 << 20;
@@ -41,6 +42,7 @@ pub struct ModelConfig {
     pub(crate) retry_after: Option<Duration>,
     pub(crate) enforcement: Enforcement,
     pub(crate) output_length: OutputLength,
+    pub(crate) output_charge: OutputCharge,
     pub(crate) faults: Vec<(Fault, f64)>,
 }
 
@@ -132,6 +134,7 @@ impl ModelConfig {
             retry_after: None,
             enforcement: Enforcement::Continuous,
             output_length: OutputLength::Limit,
+            output_charge: OutputCharge::WhenGenerated,
             faults: Vec::new(),
         }
     }
@@ -252,6 +255,25 @@ impl ModelConfig {
     /// [`OutputLength::Limit`]: the whole limit.
     pub fn output_length(mut self, length: OutputLength) -> Self {
         self.output_length = length;
+        self
+    }
+
+    /// When an answer's output counts against [`tpm`](Self::tpm).
+    ///
+    /// - [`OutputCharge::WhenGenerated`] (the default): the input when the request is
+    ///   admitted, which needs room for the input only; the output when the answer has been
+    ///   generated (after the time to first token and the tokens at
+    ///   [`tokens_per_sec`](Self::tokens_per_sec); only what was sent, for a stream that is cut
+    ///   or stalls). Answers that finish together can take the model's bucket below zero, and
+    ///   nothing is admitted until it has refilled: a real server learns an answer's length by
+    ///   writing it.
+    /// - [`OutputCharge::OnAdmission`]: the whole answer, input and the output it is going to
+    ///   have, when the request is admitted, which needs room for all of it — a server that
+    ///   knew each answer's length in advance, the hardest case for a client that does not.
+    ///   With [`OutputLength::Uniform`], each attempt draws a new length, so a request
+    ///   refused for a long answer may pass later with a shorter one.
+    pub fn output_charge(mut self, charge: OutputCharge) -> Self {
+        self.output_charge = charge;
         self
     }
 

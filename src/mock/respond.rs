@@ -99,7 +99,7 @@ pub(crate) enum Ending {
 
 impl Ending {
     /// Tokens sent before the end, of `output`.
-    fn tokens(self, output: u32) -> u32 {
+    pub(crate) fn tokens(self, output: u32) -> u32 {
         match self {
             Ending::Complete => output,
             Ending::Cut(n) | Ending::Error(n, _) | Ending::Stall(n) => n.min(output),

@@ -57,7 +57,7 @@ pub struct ModelStats {
 }
 
 impl ModelStats {
-    /// Tokens (input + output) admitted in each second of the timeline.
+    /// Tokens (input + output) counted against the quota in each second of the timeline.
     pub fn tokens_per_second(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.timeline.iter().map(|(&second, c)| (second, c.tokens))
     }
@@ -99,7 +99,10 @@ pub struct Counts {
     pub queued: u64,
     /// Other failures: outages, 500s, resets, moderation, context overflow, exhausted quota.
     pub failed: u64,
-    /// Tokens (input + output) of the admitted requests.
+    /// Tokens (input + output) of the admitted requests, in the second the quota counted them:
+    /// with [`OutputCharge::WhenGenerated`](crate::mock::OutputCharge::WhenGenerated) (the
+    /// default), the input in the second of admission and the output in the second its answer
+    /// was generated.
     pub tokens: u64,
 }
 
