@@ -5,13 +5,18 @@
 //! within its [`Quota`] on the client side:
 //!
 //! - **Reserve before sending, all or nothing.** When a request is admitted, one request of the
-//!   model's rate, its estimated tokens and a concurrency permit are taken together. The input
-//!   is estimated from the messages; the output is the share of `max_tokens` the model's
-//!   answers have used so far ([`learn_output`](TokenBudget::learn_output); all of `max_tokens`
-//!   until the first answer reports its usage). A request that is still waiting holds nothing and
-//!   is charged nothing; dropping it leaves no trace.
-//! - **Wait, don't fail.** A request with no room waits — in arrival order per model — until it
-//!   has room ([`BudgetWait`](crate::BudgetWait) in the response says how long). With
+//!   model's rate, its estimated input tokens and a concurrency permit are taken together. The
+//!   input is estimated from the messages. The output is charged as the server counts it
+//!   ([`output_charge`](TokenBudget::output_charge)): by default when the answer's usage reports
+//!   it, as a server counts what it has written (Alibaba's recipe: input up front, output
+//!   settled afterwards); or reserved with the input, as the share of `max_tokens` the model's
+//!   answers have used so far ([`learn_output`](TokenBudget::learn_output)), for upstreams that
+//!   count `max_tokens` on admission. A request that is still waiting holds nothing and is
+//!   charged nothing; dropping it leaves no trace.
+//! - **Wait, don't fail.** A request with no room waits — in arrival order per model, except
+//!   that a few behind the first may take room it cannot use, for at most a window of its
+//!   wait ([`backfill`](TokenBudget::backfill)) — until it has room
+//!   ([`BudgetWait`](crate::BudgetWait) in the response says how long). With
 //!   [`max_wait`](TokenBudget::max_wait) a request that would wait longer is not sent and gets a
 //!   [`RateLimited(Local)`](crate::RateLimitKind::Local) error whose `retry_after` is the wait,
 //!   so a fallback above can go to a model with room first.
@@ -30,7 +35,8 @@
 //!   window any more; it is kept as credit against later debt (up to one window's worth), so
 //!   that sustained throughput converges on the true TPM. A request the server refused (a 429,
 //!   a 400) gets its tokens back; one cancelled or cut after it was sent keeps its estimate, as
-//!   the server billed it. A usage above the reservation by more than a minute of the model's
+//!   the server billed it (with output charged when reported, the output its model's answers
+//!   are expected to use is owed then, as for an answer that reports no usage). A usage above the reservation by more than a minute of the model's
 //!   token quota is not believed (a proxy's bug or a hostile upstream could report billions):
 //!   only a minute's worth is owed, with a WARN event.
 //! - **A request bigger than a second's worth** waits for an empty window, then goes into debt;
@@ -366,8 +372,10 @@ impl TokenBudget {
         self.with(|c| c.default_output_tokens = tokens)
     }
 
-    /// Whether the output charged for a request is learned from the answers (on by default) or
-    /// is the whole of its `max_tokens` (off).
+    /// Whether the output reserved for a request is learned from the answers (on by default) or
+    /// is the whole of its `max_tokens` (off). It applies where output is reserved before
+    /// sending ([`OutputCharge::OnAdmission`]), and to what is owed for an answer that reports
+    /// no usage.
     ///
     /// On, each model keeps a moving mean of `output tokens / max_tokens` over the usage its
     /// answers report, starting at 1.0, and charges that share of a request's `max_tokens`

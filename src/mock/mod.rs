@@ -2,7 +2,8 @@
 //!
 //! It answers chat requests the way DashScope does — the OpenAI-compatible, native and
 //! Anthropic-compatible endpoints, streaming and not — and fails the way DashScope does: per-model
-//! requests- and tokens-per-minute quotas enforced per second, a burst limit that
+//! requests- and tokens-per-minute quotas enforced per second (the input counted on admission,
+//! an answer's output when it has been written: [`ModelConfig::output_charge`]), a burst limit that
 //! `X-DashScope-Wait-Timeout` can queue, DashScope's own error bodies in the shape of each path
 //! (a native streaming 429 arrives inside an HTTP 200 as `event:error` + `:HTTP_STATUS/429`), and
 //! scripted faults: outages, a rate of 500s, connection resets, latency, cut streams, moderation,
@@ -12,7 +13,7 @@
 //! `tokio::time::pause()` makes it deterministic), and [`serve`](MockDashScope::serve) puts it on
 //! a loopback port for real HTTP clients. [`stats`](MockDashScope::stats) tells what it saw:
 //! per model, requests, successes, 429s by kind, queued requests, other failures and tokens
-//! admitted, in total and second by second ([`ModelStats::timeline`]), and requests in flight.
+//! counted, in total and second by second ([`ModelStats::timeline`]), and requests in flight.
 //!
 //! # Token counts
 //!

@@ -263,7 +263,7 @@ impl ModelConfig {
     /// - [`OutputCharge::WhenGenerated`] (the default): the input when the request is
     ///   admitted, which needs room for the input only; the output when the answer has been
     ///   generated (after the time to first token and the tokens at
-    ///   [`tokens_per_sec`](Self::tokens_per_sec); only what was sent, for a stream that is cut
+    ///   [`latency`](Self::latency)'s rate; only what was sent, for a stream that is cut
     ///   or stalls). Answers that finish together can take the model's bucket below zero, and
     ///   nothing is admitted until it has refilled: a real server learns an answer's length by
     ///   writing it.
