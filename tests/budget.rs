@@ -464,7 +464,7 @@ async fn max_wait_fails_fast_with_the_wait_as_retry_after() {
     let err = service.clone().oneshot(chat("m", 1)).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::RateLimited(RateLimitKind::Local));
     let retry_after = err.retry_after().unwrap();
-    // A second, and one 10 ms slot of the window's bookkeeping at most.
+    // A second, and one slot (5 ms) of the window's bookkeeping at most.
     assert!(
         retry_after > Duration::from_millis(900) && retry_after <= Duration::from_millis(1010),
         "{retry_after:?}"

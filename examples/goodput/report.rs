@@ -24,6 +24,10 @@ pub struct Report {
     pub completion_s: f64,
     pub ideal_s: f64,
     pub goodput_ratio: f64,
+    /// The tokens the server counted per second over the middle 80% of the busy period, over
+    /// the quota's rate: the rate sustained once saturated, without the ramp at the start and
+    /// the tail of answers still being written after the last admission.
+    pub steady_goodput_ratio: f64,
     pub attempts_per_request: f64,
     pub throttled_attempt_pct: f64,
     pub p50_s: Option<f64>,
@@ -103,6 +107,11 @@ impl Report {
             completion_s: completion.as_secs_f64(),
             ideal_s: scenario.ideal().as_secs_f64(),
             goodput_ratio: useful as f64 / busy / scenario.quota_tokens_per_sec(),
+            steady_goodput_ratio: {
+                let (from, to) = ((busy * 0.1) as u64, (busy * 0.9) as u64);
+                let counted: u64 = run.tokens_per_second.range(from..to).map(|(_, t)| t).sum();
+                counted as f64 / (to - from).max(1) as f64 / scenario.quota_tokens_per_sec()
+            },
             attempts_per_request: run.server_attempts as f64 / requests.max(1) as f64,
             throttled_attempt_pct: 100.0 * run.throttled as f64 / attempts as f64,
             p50_s: quantile(0.5),
@@ -119,7 +128,7 @@ impl Report {
     pub fn json(&self) -> String {
         let num = |v: Option<f64>| v.map_or("null".to_owned(), |v| format!("{v:.3}"));
         let mut line = format!(
-            r#"{{"scenario":"{}","enforcement":"{}","output_charge":"{}","strategy":"{}","requests":{},"succeeded":{},"failed":{},"completed":{},"submissions_per_request":{:.3},"completion_s":{:.3},"ideal_s":{:.3},"goodput_ratio":{:.4},"attempts_per_request":{:.3},"throttled_attempt_pct":{:.3},"p50_s":{},"p99_s":{},"wasted_tokens":{}"#,
+            r#"{{"scenario":"{}","enforcement":"{}","output_charge":"{}","strategy":"{}","requests":{},"succeeded":{},"failed":{},"completed":{},"submissions_per_request":{:.3},"completion_s":{:.3},"ideal_s":{:.3},"goodput_ratio":{:.4},"steady_goodput_ratio":{:.4},"attempts_per_request":{:.3},"throttled_attempt_pct":{:.3},"p50_s":{},"p99_s":{},"wasted_tokens":{}"#,
             self.scenario,
             self.enforcement,
             self.output_charge,
@@ -132,6 +141,7 @@ impl Report {
             self.completion_s,
             self.ideal_s,
             self.goodput_ratio,
+            self.steady_goodput_ratio,
             self.attempts_per_request,
             self.throttled_attempt_pct,
             num(self.p50_s),
@@ -157,7 +167,7 @@ impl Report {
 
     pub fn header() -> String {
         format!(
-            "{:<31} {:<16} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>8} {:>6} {:>8} {:>8} {:>9} {:>8}",
+            "{:<31} {:<16} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>6} {:>8} {:>8} {:>9} {:>8}",
             "scenario",
             "strategy",
             "succeeded",
@@ -166,6 +176,7 @@ impl Report {
             "done s",
             "ideal s",
             "goodput",
+            "steady",
             "att/req",
             "429 %",
             "p50 s",
@@ -183,7 +194,7 @@ impl Report {
             _ => String::new(),
         };
         format!(
-            "{:<31} {:<16} {:>9} {:>9} {:>8.2} {:>8.1} {:>8.1} {:>7.3} {:>8.2} {:>6.2} {:>8} {:>8} {:>9} {:>8}",
+            "{:<31} {:<16} {:>9} {:>9} {:>8.2} {:>8.1} {:>8.1} {:>7.3} {:>7.3} {:>8.2} {:>6.2} {:>8} {:>8} {:>9} {:>8}",
             self.label,
             self.strategy,
             self.succeeded,
@@ -192,6 +203,7 @@ impl Report {
             self.completion_s,
             self.ideal_s,
             self.goodput_ratio,
+            self.steady_goodput_ratio,
             self.attempts_per_request,
             self.throttled_attempt_pct,
             opt(self.p50_s),

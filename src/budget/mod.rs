@@ -267,7 +267,7 @@ impl fmt::Debug for Config {
 
 /// How many requests behind the first in line may take room it cannot use by default; see
 /// [`TokenBudget::backfill`].
-pub const DEFAULT_BACKFILL: usize = 8;
+pub const DEFAULT_BACKFILL: usize = 16;
 
 /// The most models (and accounts) a budget keeps state for; see [`TokenBudget::max_models`].
 pub const DEFAULT_MAX_MODELS: usize = 1024;

