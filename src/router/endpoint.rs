@@ -123,15 +123,41 @@ impl Endpoint {
     }
 
     /// The request's URI on this endpoint: `rest` (a path relative to the API root, empty or
-    /// starting with `/`) and `query` joined to `api`'s root.
-    pub(crate) fn uri(&self, api: Api, rest: &str, query: Option<&str>) -> Option<Uri> {
+    /// starting with `/`) and `query` joined to `api`'s root. `original` is the request's own
+    /// path and query: when the join gives the same path, it is reused rather than built again.
+    pub(crate) fn uri(
+        &self,
+        api: Api,
+        rest: &str,
+        query: Option<&str>,
+        original: Option<&PathAndQuery>,
+    ) -> Option<Uri> {
         let root = self.roots[api_index(api)].as_ref()?;
+        let same = original.filter(|original| {
+            let path = original.path();
+            !path.is_empty()
+                && original.query() == query
+                && path.len() == root.path.len() + rest.len()
+                && path.starts_with(&*root.path)
+                && path.ends_with(rest)
+        });
+        if let Some(original) = same {
+            return Uri::builder()
+                .scheme(root.scheme.clone())
+                .authority(root.authority.clone())
+                .path_and_query(original.clone())
+                .build()
+                .ok();
+        }
+        // The exact length, so that the bytes take the string's buffer as it is (a buffer with
+        // room to spare costs `Bytes` another allocation).
+        let empty = root.path.is_empty() && rest.is_empty();
         let mut path = String::with_capacity(
-            root.path.len() + rest.len() + query.map_or(0, |q| q.len() + 1) + 1,
+            root.path.len() + rest.len() + usize::from(empty) + query.map_or(0, |q| q.len() + 1),
         );
         path.push_str(&root.path);
         path.push_str(rest);
-        if path.is_empty() {
+        if empty {
             path.push('/');
         }
         if let Some(query) = query {
