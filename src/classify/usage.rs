@@ -75,6 +75,9 @@ enum ScanState {
 impl UsageScanner {
     /// Feeds the next piece of JSON text.
     pub(crate) fn feed(&mut self, mut bytes: &[u8]) {
+        // An object whose `{` is in this piece: from the `{` to the end of the piece. It is
+        // decoded from here when it also ends in this piece, and copied only when it does not.
+        let mut here: Option<&[u8]> = None;
         while !bytes.is_empty() {
             match self.state {
                 ScanState::Searching => match memchr::memchr(b'"', bytes) {
@@ -109,7 +112,7 @@ impl UsageScanner {
                         (ScanState::Colon, b':') => ScanState::Open,
                         (ScanState::Open, b'{') => {
                             self.object.clear();
-                            self.object.push(b'{');
+                            here = Some(bytes);
                             ScanState::Capturing {
                                 depth: 1,
                                 in_string: false,
@@ -156,21 +159,36 @@ impl UsageScanner {
                     }
                     let piece = &bytes[..consumed];
                     bytes = &bytes[consumed..];
-                    if self.object.len() + piece.len() > MAX_USAGE_OBJECT {
+                    let captured = match here {
+                        Some(start) => start.len() - bytes.len(),
+                        None => self.object.len() + piece.len(),
+                    };
+                    if captured > MAX_USAGE_OBJECT {
                         // Too big to be a usage object: give up on this one.
                         self.object.clear();
+                        here = None;
                         self.state = ScanState::Searching;
                         continue;
                     }
-                    self.object.extend_from_slice(piece);
                     if closed {
-                        if let Some(counts) = decode_usage(&self.object) {
+                        let counts = match here.take() {
+                            Some(start) => decode_usage(&start[..captured]),
+                            None => {
+                                self.object.extend_from_slice(piece);
+                                decode_usage(&self.object)
+                            }
+                        };
+                        if let Some(counts) = counts {
                             self.seen = self.seen.update(counts);
                             self.found = Some(self.seen.usage());
                         }
                         self.object.clear();
                         self.state = ScanState::Searching;
                     } else {
+                        // The piece ends inside the object (kept below when it began here).
+                        if here.is_none() {
+                            self.object.extend_from_slice(piece);
+                        }
                         self.state = ScanState::Capturing {
                             depth,
                             in_string,
@@ -179,6 +197,10 @@ impl UsageScanner {
                     }
                 }
             }
+        }
+        // The piece ended inside an object that began in it: keep what it holds of it.
+        if let Some(start) = here {
+            self.object.extend_from_slice(start);
         }
     }
 
