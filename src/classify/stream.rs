@@ -284,8 +284,11 @@ impl Scan {
         self.request_id.as_ref().and_then(|v| v.to_str().ok())
     }
 
-    fn finish_slot(&self) {
-        if let Some(slot) = &self.slot {
+    /// Marks the slot complete and lets go of it: nothing more is recorded, and the layer that
+    /// put it into the request may then hold the only handle on it (the token budget reuses
+    /// such a slot for a later request).
+    fn finish_slot(&mut self) {
+        if let Some(slot) = self.slot.take() {
             slot.mark_complete();
         }
     }
