@@ -1,7 +1,9 @@
 //! Token usage reported by a response, and the slot through which the classifier hands it on.
 
 use std::fmt;
+use std::sync::LazyLock;
 
+use memchr::memmem;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 pub use crate::extensions::{Usage, UsageSlot};
@@ -55,6 +57,9 @@ const MAX_USAGE_OBJECT: usize = 4 * 1024;
 
 const KEY: &[u8] = b"\"usage\"";
 
+/// Finds [`KEY`] in a piece at once, rather than byte by byte from every quote.
+static KEY_FINDER: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(KEY));
+
 #[derive(Debug, Default, Clone, Copy)]
 enum ScanState {
     /// `matched` bytes of the key seen.
@@ -80,12 +85,23 @@ impl UsageScanner {
         let mut here: Option<&[u8]> = None;
         while !bytes.is_empty() {
             match self.state {
-                ScanState::Searching => match memchr::memchr(b'"', bytes) {
+                ScanState::Searching => match KEY_FINDER.find(bytes) {
                     Some(at) => {
-                        self.state = ScanState::Matching(1);
-                        bytes = &bytes[at + 1..];
+                        self.state = ScanState::Colon;
+                        bytes = &bytes[at + KEY.len()..];
                     }
-                    None => return,
+                    None => {
+                        // The piece may end inside the key: how much of it, the longest end of
+                        // the piece that begins the key.
+                        let matched = (1..KEY.len())
+                            .rev()
+                            .find(|&n| bytes.ends_with(&KEY[..n]))
+                            .unwrap_or(0);
+                        if matched > 0 {
+                            self.state = ScanState::Matching(matched);
+                        }
+                        return;
+                    }
                 },
                 ScanState::Matching(matched) => {
                     let b = bytes[0];
@@ -337,6 +353,27 @@ mod tests {
             scanner.feed(piece);
         }
         scanner.take()
+    }
+
+    #[test]
+    fn a_piece_ending_in_part_of_the_key_is_continued_or_dropped() {
+        let body = br#"{"usage_x":{"input_tokens":9},"a":"","usage":{"input_tokens":1,"output_tokens":2}}"#;
+        // Every pair of cuts, so that each piece may end anywhere inside either key.
+        for first in 0..body.len() {
+            for second in first..body.len().min(first + 12) {
+                let pieces = [&body[..first], &body[first..second], &body[second..]];
+                assert_eq!(
+                    scan(&pieces),
+                    Some(Usage::new(1, 2)),
+                    "cuts at {first}, {second}"
+                );
+            }
+        }
+        assert_eq!(scan(&[b"{\"usa", b"ge_x\":{\"input_tokens\":9}}"]), None);
+        assert_eq!(
+            scan(&[b"\"\"\"usa", b"ge\"", b" : {\"input_tokens\":4}"]),
+            Some(Usage::new(4, 0))
+        );
     }
 
     #[test]
