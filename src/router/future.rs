@@ -197,18 +197,17 @@ fn prepare<B>(endpoint: &Endpoint, api: Api, req: &mut Request<B>) -> Result<(),
     if let Some(err) = endpoint.key_error(api) {
         return Err(err);
     }
-    let (_, rest) = split_path(req.uri().path(), api);
-    let uri = endpoint
-        .uri(api, rest, req.uri().query(), req.uri().path_and_query())
-        .ok_or_else(|| {
-            DashScopeError::new(ErrorClass::InvalidRequest)
-                .with_delivery(Delivery::NotSent)
-                .with_message(format!(
-                    "the request path cannot be joined to {}",
-                    endpoint.base_url(api).unwrap_or_default()
-                ))
-                .with_advice("send a path relative to the API root, e.g. /chat/completions")
-        })?;
+    // Taken, not copied: the request gets the URI made from it.
+    let original = std::mem::take(req.uri_mut());
+    let uri = endpoint.uri(api, original).ok_or_else(|| {
+        DashScopeError::new(ErrorClass::InvalidRequest)
+            .with_delivery(Delivery::NotSent)
+            .with_message(format!(
+                "the request path cannot be joined to {}",
+                endpoint.base_url(api).unwrap_or_default()
+            ))
+            .with_advice("send a path relative to the API root, e.g. /chat/completions")
+    })?;
     *req.uri_mut() = uri;
     let Some((bearer, plain)) = endpoint.credentials() else {
         return Err(endpoint
