@@ -33,7 +33,9 @@ pub(crate) enum Mode {
 pin_project! {
     /// State of an inspected body, kept in one `Pin<Box<_>>` so that it can move from the
     /// response future, which reads the first event, into the
-    /// [`ResponseBody`](super::ResponseBody): one allocation per inspected response.
+    /// [`ResponseBody`](super::ResponseBody): one allocation per inspected response. (A JSON
+    /// body read only for its usage, with no idle timeout, is read by [`JsonUsage`] instead,
+    /// without one.)
     pub(crate) struct StreamState<B> {
         #[pin]
         body: B,
