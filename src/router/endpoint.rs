@@ -26,6 +26,17 @@ struct Root {
     path: String,
 }
 
+impl Root {
+    /// The URI of `path` here.
+    fn join(&self, path: PathAndQuery) -> Option<Uri> {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(path);
+        Uri::from_parts(parts).ok()
+    }
+}
+
 /// An endpoint, ready to serve: its roots per API flavour, its credential headers, and what
 /// is wrong with it (found at construction).
 #[derive(Clone)]
@@ -137,12 +148,7 @@ impl Endpoint {
             && path.ends_with(rest);
         if same {
             let path_and_query = original.into_parts().path_and_query?;
-            return Uri::builder()
-                .scheme(root.scheme.clone())
-                .authority(root.authority.clone())
-                .path_and_query(path_and_query)
-                .build()
-                .ok();
+            return root.join(path_and_query);
         }
         // The exact length, so that the bytes take the string's buffer as it is (a buffer with
         // room to spare costs `Bytes` another allocation).
@@ -159,13 +165,7 @@ impl Endpoint {
             path.push('?');
             path.push_str(query);
         }
-        let path = PathAndQuery::from_maybe_shared(bytes::Bytes::from(path)).ok()?;
-        Uri::builder()
-            .scheme(root.scheme.clone())
-            .authority(root.authority.clone())
-            .path_and_query(path)
-            .build()
-            .ok()
+        root.join(PathAndQuery::from_maybe_shared(bytes::Bytes::from(path)).ok()?)
     }
 
     /// The local error for this endpoint's key problem: nothing was sent.
