@@ -171,6 +171,14 @@ impl UsageSlot {
         self.with_state(|s| s.complete = true);
     }
 
+    /// This slot emptied, if this is its only handle (no one else can read or write it), for
+    /// a layer to reuse for another request instead of allocating a new one.
+    pub(crate) fn into_reusable(mut self) -> Option<UsageSlot> {
+        let state = Arc::get_mut(&mut self.shared)?;
+        *state.get_mut().unwrap_or_else(|e| e.into_inner()) = SlotState::default();
+        Some(self)
+    }
+
     fn state(&self) -> SlotState {
         // The lock is only ever held to copy a few words; a poisoned lock still holds valid data.
         *self.shared.lock().unwrap_or_else(|e| e.into_inner())
@@ -188,5 +196,23 @@ impl fmt::Debug for UsageSlot {
             .field("usage", &state.usage)
             .field("complete", &state.complete)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_slot_nobody_else_holds_is_reused_and_it_comes_back_empty() {
+        let slot = UsageSlot::new();
+        slot.set(Usage::new(3, 4));
+        slot.mark_complete();
+        let other = slot.clone();
+        assert!(slot.into_reusable().is_none(), "another handle exists");
+        assert_eq!(other.get(), Some(Usage::new(3, 4)));
+        let reused = other.into_reusable().expect("the only handle");
+        assert_eq!(reused.get(), None);
+        assert!(!reused.is_complete());
     }
 }

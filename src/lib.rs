@@ -244,6 +244,7 @@ pub mod request;
 pub mod retry;
 mod retry_after;
 pub mod router;
+mod spare;
 pub mod stack;
 pub mod telemetry;
 pub mod wait_timeout;

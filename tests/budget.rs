@@ -260,6 +260,37 @@ async fn usage_settles_both_ways() {
     assert_eq!(plain.tokens_in_window("m"), 11);
 }
 
+/// The budget reuses the usage slot of a finished request for the next one, but never a slot
+/// anyone else still holds: the caller's own slot keeps its request's usage.
+#[tokio::test(start_paused = true)]
+async fn a_usage_slot_someone_still_holds_is_not_reused() {
+    use tower_dashscope::classify::{Usage, UsageSlot};
+
+    let server = Server::new(1);
+    let budget = TokenBudget::new(Quota::per_minute(0, 60_000)).adaptive(false);
+    let service = ServiceBuilder::new()
+        .layer(budget.clone())
+        .layer(ClassifyDashScopeError::new())
+        .service(server.service());
+
+    let slot = UsageSlot::new();
+    let mut request = chat("m", 100);
+    request.extensions_mut().insert(slot.clone());
+    send_and_read(service.clone(), request).await.unwrap();
+    assert_eq!(slot.get(), Some(Usage::new(1, 1)));
+    assert_eq!(budget.tokens_in_window("m"), 2);
+
+    // Later requests, with slots of the budget's own (reused from one to the next), settle
+    // against their own usage and leave the caller's slot alone.
+    for (out, total) in [(500, 2 + 501), (7, 2 + 501 + 8)] {
+        server.output_tokens.store(out, Ordering::SeqCst);
+        send_and_read(service.clone(), chat("m", 10)).await.unwrap();
+        assert_eq!(budget.tokens_in_window("m"), total);
+    }
+    assert_eq!(slot.get(), Some(Usage::new(1, 1)));
+    assert!(slot.is_complete());
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_output_charged_is_learned_from_the_answers() {
     // Every answer uses half of max_tokens.

@@ -933,3 +933,47 @@ async fn a_stream_error_takes_its_request_id_from_the_request_id_header_too() {
     };
     assert_eq!(err.request_id(), Some("anthropic-request-id"));
 }
+
+/// A JSON answer read for its usage fails part-way the same way with and without an idle
+/// timeout (the first is read in the body itself, the second with a timer): the bytes before,
+/// then a typed error; the slot is complete and holds no usage.
+#[tokio::test]
+async fn a_json_body_read_for_usage_that_fails_part_way_ends_with_a_typed_error() {
+    let json =
+        r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}"#;
+    let (head, _) = json.split_at(json.find("\"usage\"").unwrap());
+    for layer in [
+        ClassifyDashScopeError::new(),
+        ClassifyDashScopeError::new().idle_timeout(std::time::Duration::from_secs(60)),
+    ] {
+        let slot = UsageSlot::new();
+        let mut request = Request::new(Full::default());
+        request.extensions_mut().insert(slot.clone());
+        let body = ChunkedBody::new([head]).then_fail(std::io::ErrorKind::ConnectionReset);
+        let seen = send_with(layer.clone(), "application/json", request, body).await;
+        assert_eq!(seen.bytes(), head.as_bytes());
+        assert_eq!(
+            seen.error().unwrap().class(),
+            ErrorClass::StreamInterrupted,
+            "{layer:?}"
+        );
+        assert_eq!(slot.get(), None);
+        assert!(slot.is_complete());
+
+        // Read to its end, the same answer reports its usage.
+        let slot = UsageSlot::new();
+        let mut request = Request::new(Full::default());
+        request.extensions_mut().insert(slot.clone());
+        let seen = send_with(
+            layer,
+            "application/json",
+            request,
+            ChunkedBody::new(split(json, &[3, 40])),
+        )
+        .await;
+        assert!(seen.error().is_none(), "{seen:?}");
+        assert_eq!(seen.bytes(), json.as_bytes());
+        assert_eq!(slot.get(), Some(Usage::new(5, 2)));
+        assert!(slot.is_complete());
+    }
+}

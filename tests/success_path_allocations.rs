@@ -211,9 +211,11 @@ fn the_recommended_stack_allocates_a_bounded_amount_per_request() {
     let bare_count = per_call(&mut |req| allocations_of(&mut bare, req));
     let stack_count = per_call(&mut |req| allocations_of(&mut stack, req));
     let added = stack_count - bare_count;
-    // 31 before the parse shared its model name with the budget's key.
+    // 31 before the parse shared its model name with the budget's key; 30 before the spares
+    // stopped cloning the layers' own extensions, the router reused the request's path, the
+    // budget reused its usage slots and the classifier read JSON usage without a box.
     assert!(
-        added <= 30,
+        added <= 18,
         "the stack adds {added} allocations per request"
     );
 }

@@ -1,5 +1,6 @@
 //! The response future and body of [`TokenBudgetService`](super::TokenBudgetService).
 
+use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -147,6 +148,37 @@ where
             asking: None,
             held: None,
         }
+    }
+}
+
+thread_local! {
+    /// Usage slots of requests that are over, emptied, for the next requests on this thread:
+    /// a slot is an `Arc`, and a request would otherwise allocate one.
+    static SPARE_SLOTS: RefCell<Vec<UsageSlot>> = const { RefCell::new(Vec::new()) };
+}
+
+/// How many emptied usage slots a thread keeps.
+const MAX_SPARE_SLOTS: usize = 16;
+
+/// An empty usage slot: one a request of this thread is done with, or a new one.
+fn spare_slot() -> UsageSlot {
+    SPARE_SLOTS
+        .try_with(|spare| spare.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Keeps `slot` for a later request, if nothing else holds it any more (the classifier lets go
+/// of it when the body ends; a caller or an inner service may still hold a copy).
+fn recycle_slot(slot: UsageSlot) {
+    if let Some(slot) = slot.into_reusable() {
+        let _ = SPARE_SLOTS.try_with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.len() < MAX_SPARE_SLOTS {
+                spare.push(slot);
+            }
+        });
     }
 }
 
@@ -306,7 +338,7 @@ where
                             let slot = match request.extensions().get::<UsageSlot>() {
                                 Some(slot) => slot.clone(),
                                 None => {
-                                    let slot = UsageSlot::new();
+                                    let slot = spare_slot();
                                     request.extensions_mut().insert(slot.clone());
                                     slot
                                 }
@@ -561,7 +593,11 @@ impl<B: Body> Body for BudgetBody<B> {
         match &frame {
             None => {
                 if let Some(held) = this.held.take() {
+                    let slot = held.get().usage.clone();
                     held.complete();
+                    if let Some(slot) = slot {
+                        recycle_slot(slot);
+                    }
                 }
             }
             Some(Err(_)) => {

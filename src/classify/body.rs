@@ -7,7 +7,7 @@ use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use super::stream::StreamState;
+use super::stream::{JsonUsage, StreamState};
 use crate::error::{BoxError, DashScopeError};
 
 pin_project! {
@@ -50,6 +50,12 @@ pin_project! {
         Inspected {
             state: Pin<Box<StreamState<B>>>,
         },
+        // A JSON body read for its usage (no idle timeout): no box.
+        Usage {
+            #[pin]
+            body: B,
+            usage: JsonUsage,
+        },
     }
 }
 
@@ -63,6 +69,12 @@ impl<B> ResponseBody<B> {
     pub(crate) fn inspected(state: Pin<Box<StreamState<B>>>) -> Self {
         ResponseBody {
             kind: Kind::Inspected { state },
+        }
+    }
+
+    pub(crate) fn usage(body: B, usage: JsonUsage) -> Self {
+        ResponseBody {
+            kind: Kind::Usage { body, usage },
         }
     }
 }
@@ -89,6 +101,7 @@ where
                 })
             }),
             KindProj::Inspected { state } => state.as_mut().poll_frame(cx),
+            KindProj::Usage { body, usage } => usage.poll_frame(body, cx),
         }
     }
 
@@ -96,6 +109,7 @@ where
         match &self.kind {
             Kind::Plain { body } => body.is_end_stream(),
             Kind::Inspected { state } => state.is_end_stream(),
+            Kind::Usage { usage, .. } => usage.is_end_stream(),
         }
     }
 
@@ -103,6 +117,7 @@ where
         match &self.kind {
             Kind::Plain { body } => body.size_hint(),
             Kind::Inspected { state } => state.size_hint(),
+            Kind::Usage { body, usage } => usage.size_hint(body),
         }
     }
 }
@@ -115,6 +130,10 @@ impl<B> std::fmt::Debug for ResponseBody<B> {
                 .debug_struct("ResponseBody")
                 .field("inspected", state)
                 .finish(),
+            Kind::Usage { usage, .. } => f
+                .debug_struct("ResponseBody")
+                .field("usage_done", &usage.is_done())
+                .finish_non_exhaustive(),
         }
     }
 }

@@ -14,7 +14,7 @@ use tokio::time::{Instant, Sleep};
 use super::Config;
 use super::body::ResponseBody;
 use super::rules::classify_response;
-use super::stream::{Mode, StreamState};
+use super::stream::{JsonUsage, Mode, StreamState};
 use super::usage::UsageSlot;
 use crate::error::{BoxError, DashScopeError, into_dashscope_error};
 
@@ -154,6 +154,16 @@ where
                             ResponseBody::plain(body),
                         )));
                     };
+                    if mode == Mode::Json && this.config.idle_timeout.is_none() {
+                        if let Some(slot) = this.slot.take() {
+                            // Read for its usage, in the body itself: no allocation.
+                            this.state.set(State::Done);
+                            return Poll::Ready(Ok(Response::from_parts(
+                                parts,
+                                ResponseBody::usage(body, JsonUsage::new(slot)),
+                            )));
+                        }
+                    }
                     let stream =
                         StreamState::new(body, mode, &parts.headers, this.slot.take(), this.config);
                     if mode == Mode::Json {

@@ -33,7 +33,9 @@ pub(crate) enum Mode {
 pin_project! {
     /// State of an inspected body, kept in one `Pin<Box<_>>` so that it can move from the
     /// response future, which reads the first event, into the
-    /// [`ResponseBody`](super::ResponseBody): one allocation per inspected response.
+    /// [`ResponseBody`](super::ResponseBody): one allocation per inspected response. (A JSON
+    /// body read only for its usage, with no idle timeout, is read by [`JsonUsage`] instead,
+    /// without one.)
     pub(crate) struct StreamState<B> {
         #[pin]
         body: B,
@@ -284,8 +286,11 @@ impl Scan {
         self.request_id.as_ref().and_then(|v| v.to_str().ok())
     }
 
-    fn finish_slot(&self) {
-        if let Some(slot) = &self.slot {
+    /// Marks the slot complete and lets go of it: nothing more is recorded, and the layer that
+    /// put it into the request may then hold the only handle on it (the token budget reuses
+    /// such a slot for a later request).
+    fn finish_slot(&mut self) {
+        if let Some(slot) = self.slot.take() {
             slot.mark_complete();
         }
     }
@@ -298,12 +303,7 @@ impl Scan {
             Mode::Sniff => None,
         };
         if let Some(usage) = usage {
-            tracing::trace!(
-                gen_ai.usage.input_tokens = usage.input_tokens,
-                gen_ai.usage.output_tokens = usage.output_tokens,
-                "DashScope usage reported"
-            );
-            slot.set(usage);
+            publish(slot, usage);
         }
     }
 
@@ -403,6 +403,108 @@ impl Scan {
         }
         err
     }
+}
+
+/// A JSON body read for the `usage` it reports, into a [`UsageSlot`], with no idle timeout: what
+/// [`StreamState`] does in [`Mode::Json`], kept inline in the response body instead of boxed
+/// (the token budget asks this of every non-streaming chat response).
+pub(crate) struct JsonUsage {
+    scanner: UsageScanner,
+    slot: Option<UsageSlot>,
+    done: bool,
+}
+
+impl JsonUsage {
+    pub(crate) fn new(slot: UsageSlot) -> Self {
+        JsonUsage {
+            scanner: UsageScanner::default(),
+            slot: Some(slot),
+            done: false,
+        }
+    }
+
+    /// The next frame of `body`, its data scanned for usage.
+    pub(crate) fn poll_frame<B>(
+        &mut self,
+        body: Pin<&mut B>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, DashScopeError>>>
+    where
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let frame = match std::task::ready!(body.poll_frame(cx)) {
+            None => {
+                self.done = true;
+                self.publish();
+                self.finish();
+                return Poll::Ready(None);
+            }
+            Some(Err(err)) => {
+                self.done = true;
+                self.finish();
+                // The response was handed out: part of the output may have been delivered.
+                let err = DashScopeError::from_body_error(err.into());
+                super::future::log_classified(&err, "stream");
+                return Poll::Ready(Some(Err(err)));
+            }
+            Some(Ok(frame)) => frame,
+        };
+        let mut data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                let trailers = frame.into_trailers().unwrap_or_default();
+                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+            }
+        };
+        let bytes = data.copy_to_bytes(data.remaining());
+        tracing::trace!(bytes = bytes.len(), "DashScope stream frame");
+        self.scanner.feed(&bytes);
+        self.publish();
+        Poll::Ready(Some(Ok(Frame::data(bytes))))
+    }
+
+    pub(crate) fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    pub(crate) fn size_hint<B: Body>(&self, body: &B) -> SizeHint {
+        if self.done {
+            SizeHint::with_exact(0)
+        } else {
+            body.size_hint()
+        }
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.done
+    }
+
+    fn publish(&mut self) {
+        if let (Some(slot), Some(usage)) = (&self.slot, self.scanner.take()) {
+            publish(slot, usage);
+        }
+    }
+
+    /// Marks the slot complete and lets go of it, as [`Scan`] does.
+    fn finish(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            slot.mark_complete();
+        }
+    }
+}
+
+/// Records a usage found in a body.
+fn publish(slot: &UsageSlot, usage: crate::extensions::Usage) {
+    tracing::trace!(
+        gen_ai.usage.input_tokens = usage.input_tokens,
+        gen_ai.usage.output_tokens = usage.output_tokens,
+        "DashScope usage reported"
+    );
+    slot.set(usage);
 }
 
 impl<B> std::fmt::Debug for StreamState<B> {

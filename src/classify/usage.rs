@@ -1,7 +1,9 @@
 //! Token usage reported by a response, and the slot through which the classifier hands it on.
 
 use std::fmt;
+use std::sync::LazyLock;
 
+use memchr::memmem;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 pub use crate::extensions::{Usage, UsageSlot};
@@ -55,6 +57,9 @@ const MAX_USAGE_OBJECT: usize = 4 * 1024;
 
 const KEY: &[u8] = b"\"usage\"";
 
+/// Finds [`KEY`] in a piece at once, rather than byte by byte from every quote.
+static KEY_FINDER: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(KEY));
+
 #[derive(Debug, Default, Clone, Copy)]
 enum ScanState {
     /// `matched` bytes of the key seen.
@@ -75,14 +80,28 @@ enum ScanState {
 impl UsageScanner {
     /// Feeds the next piece of JSON text.
     pub(crate) fn feed(&mut self, mut bytes: &[u8]) {
+        // An object whose `{` is in this piece: from the `{` to the end of the piece. It is
+        // decoded from here when it also ends in this piece, and copied only when it does not.
+        let mut here: Option<&[u8]> = None;
         while !bytes.is_empty() {
             match self.state {
-                ScanState::Searching => match memchr::memchr(b'"', bytes) {
+                ScanState::Searching => match KEY_FINDER.find(bytes) {
                     Some(at) => {
-                        self.state = ScanState::Matching(1);
-                        bytes = &bytes[at + 1..];
+                        self.state = ScanState::Colon;
+                        bytes = &bytes[at + KEY.len()..];
                     }
-                    None => return,
+                    None => {
+                        // The piece may end inside the key: how much of it, the longest end of
+                        // the piece that begins the key.
+                        let matched = (1..KEY.len())
+                            .rev()
+                            .find(|&n| bytes.ends_with(&KEY[..n]))
+                            .unwrap_or(0);
+                        if matched > 0 {
+                            self.state = ScanState::Matching(matched);
+                        }
+                        return;
+                    }
                 },
                 ScanState::Matching(matched) => {
                     let b = bytes[0];
@@ -109,7 +128,7 @@ impl UsageScanner {
                         (ScanState::Colon, b':') => ScanState::Open,
                         (ScanState::Open, b'{') => {
                             self.object.clear();
-                            self.object.push(b'{');
+                            here = Some(bytes);
                             ScanState::Capturing {
                                 depth: 1,
                                 in_string: false,
@@ -156,21 +175,36 @@ impl UsageScanner {
                     }
                     let piece = &bytes[..consumed];
                     bytes = &bytes[consumed..];
-                    if self.object.len() + piece.len() > MAX_USAGE_OBJECT {
+                    let captured = match here {
+                        Some(start) => start.len() - bytes.len(),
+                        None => self.object.len() + piece.len(),
+                    };
+                    if captured > MAX_USAGE_OBJECT {
                         // Too big to be a usage object: give up on this one.
                         self.object.clear();
+                        here = None;
                         self.state = ScanState::Searching;
                         continue;
                     }
-                    self.object.extend_from_slice(piece);
                     if closed {
-                        if let Some(counts) = decode_usage(&self.object) {
+                        let counts = match here.take() {
+                            Some(start) => decode_usage(&start[..captured]),
+                            None => {
+                                self.object.extend_from_slice(piece);
+                                decode_usage(&self.object)
+                            }
+                        };
+                        if let Some(counts) = counts {
                             self.seen = self.seen.update(counts);
                             self.found = Some(self.seen.usage());
                         }
                         self.object.clear();
                         self.state = ScanState::Searching;
                     } else {
+                        // The piece ends inside the object (kept below when it began here).
+                        if here.is_none() {
+                            self.object.extend_from_slice(piece);
+                        }
                         self.state = ScanState::Capturing {
                             depth,
                             in_string,
@@ -179,6 +213,10 @@ impl UsageScanner {
                     }
                 }
             }
+        }
+        // The piece ended inside an object that began in it: keep what it holds of it.
+        if let Some(start) = here {
+            self.object.extend_from_slice(start);
         }
     }
 
@@ -315,6 +353,27 @@ mod tests {
             scanner.feed(piece);
         }
         scanner.take()
+    }
+
+    #[test]
+    fn a_piece_ending_in_part_of_the_key_is_continued_or_dropped() {
+        let body = br#"{"usage_x":{"input_tokens":9},"a":"","usage":{"input_tokens":1,"output_tokens":2}}"#;
+        // Every pair of cuts, so that each piece may end anywhere inside either key.
+        for first in 0..body.len() {
+            for second in first..body.len().min(first + 12) {
+                let pieces = [&body[..first], &body[first..second], &body[second..]];
+                assert_eq!(
+                    scan(&pieces),
+                    Some(Usage::new(1, 2)),
+                    "cuts at {first}, {second}"
+                );
+            }
+        }
+        assert_eq!(scan(&[b"{\"usa", b"ge_x\":{\"input_tokens\":9}}"]), None);
+        assert_eq!(
+            scan(&[b"\"\"\"usa", b"ge\"", b" : {\"input_tokens\":4}"]),
+            Some(Usage::new(4, 0))
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::body::ReplayBody;
 use crate::error::{BoxError, DashScopeError, ErrorClass, into_dashscope_error};
 use crate::guard::Held;
 use crate::request::ChatRequest;
-use crate::retry::clone_request;
+use crate::spare::Spare;
 
 pin_project! {
     /// Response future of [`FallbackModelService`](super::FallbackModelService): one attempt
@@ -109,7 +109,7 @@ struct Run<B> {
     config: Arc<Config>,
     health: Arc<Health>,
     // The original request, never sent: each attempt is a copy.
-    spare: Request<B>,
+    spare: Spare<B>,
     chat: Arc<ChatRequest>,
     bytes: Bytes,
     // Found at the first rewrite.
@@ -221,7 +221,7 @@ impl<B> Run<B> {
         };
         // Fallback needs a copy for each attempt, the bytes to rewrite, and a body type that can
         // hold the rewritten bytes.
-        let spare = clone_request(req)?;
+        let spare = Spare::of(req)?;
         let bytes = req.body().bytes()?;
         B::from_bytes(Bytes::new())?;
         let span = tracing::debug_span!(
@@ -343,7 +343,7 @@ impl<B> Run<B> {
         B: ReplayBody,
     {
         let mut req = if model == self.requested {
-            clone_request(&self.spare)?
+            self.spare.copy()?
         } else {
             let spans = self
                 .spans
@@ -351,12 +351,7 @@ impl<B> Run<B> {
                 .as_ref()?;
             let bytes = rewrite(&self.bytes, spans, &self.config.models[model].token);
             let length = bytes.len();
-            let mut req = Request::new(B::from_bytes(bytes)?);
-            *req.method_mut() = self.spare.method().clone();
-            *req.uri_mut() = self.spare.uri().clone();
-            *req.version_mut() = self.spare.version();
-            *req.headers_mut() = self.spare.headers().clone();
-            *req.extensions_mut() = self.spare.extensions().clone();
+            let mut req = self.spare.copy_with_body(B::from_bytes(bytes)?);
             if req.headers().contains_key(http::header::CONTENT_LENGTH) {
                 req.headers_mut()
                     .insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));

@@ -17,13 +17,13 @@ use tower::Service;
 use super::backoff::{backoff, on_top_of, uniform};
 use super::budget::Withdrawn;
 use super::throttle::Queued;
-use super::{Config, ReplayBody, Shared, clone_request};
+use super::{Config, ReplayBody, Shared};
 use crate::error::{BoxError, DashScopeError, ErrorClass, into_dashscope_error};
 use crate::extensions::Attempts;
-use crate::fallback::{FallbackAvailable, default_switch};
+use crate::fallback::default_switch;
 use crate::guard::{Ending, Held, Release};
 use crate::outcome::{Failure, failure_of};
-use crate::request::ChatRequest;
+use crate::spare::Spare;
 
 /// How much of a response dropped for a retry is read (and discarded) while the backoff runs,
 /// so that the connection it came on can be reused.
@@ -44,7 +44,7 @@ pin_project! {
         drain: Drain<R>,
         service: S,
         // A copy of the request for the next attempt; `None` when the body cannot be replayed.
-        spare: Option<Request<B>>,
+        spare: Option<Spare<B>>,
         // While a retry waits: the failure it replaces, returned if the retry is not sent.
         last: Option<DashScopeError>,
         // While a retry waits: what it holds (a retry withdrawn from the budget, or a place
@@ -121,7 +121,7 @@ where
     pub(crate) fn new(
         service: S,
         future: S::Future,
-        spare: Option<Request<B>>,
+        spare: Option<Spare<B>>,
         hand_off: bool,
         probe: bool,
         config: Config,
@@ -216,7 +216,7 @@ where
                     };
                     match &result {
                         Ok(response) => tracing::info!(
-                            gen_ai.request.model = ChatRequest::model_of(this.spare.as_ref()),
+                            gen_ai.request.model = this.spare.as_ref().and_then(Spare::model),
                             error.type = failure.class().as_str(),
                             http.response.status_code = response.status().as_u16(),
                             attempt = *this.attempts,
@@ -224,7 +224,7 @@ where
                             "retrying after a delay"
                         ),
                         Err(err) => tracing::info!(
-                            gen_ai.request.model = ChatRequest::model_of(this.spare.as_ref()),
+                            gen_ai.request.model = this.spare.as_ref().and_then(Spare::model),
                             error.type = err.class().as_str(),
                             dashscope.code = err.code(),
                             dashscope.request_id = err.request_id(),
@@ -302,10 +302,11 @@ where
                             return Poll::Pending;
                         }
                     }
-                    let Some(request) = this.spare.take() else {
+                    let Some(spare) = this.spare.take() else {
                         unreachable!("a retry is only scheduled when a spare request exists");
                     };
-                    *this.spare = clone_request(&request);
+                    let mut request = spare.into_request();
+                    *this.spare = Spare::of(&mut request);
                     *this.attempts += 1;
                     this.span.record("attempt", *this.attempts);
                     *this.last = None;
@@ -364,7 +365,7 @@ fn error_of_head(parts: &http::response::Parts, failure: &Failure) -> DashScopeE
 fn next_retry<B>(
     failure: &Failure,
     attempts: u32,
-    spare: Option<&Request<B>>,
+    spare: Option<&Spare<B>>,
     started: &Instant,
     previous: &Duration,
     config: &Config,
@@ -373,11 +374,10 @@ fn next_retry<B>(
     let replayable = spare.is_some();
     let give_up = |reason: &'static str| {
         // A fallback above has another model for this request: not the end of it.
-        let fallback_above =
-            spare.is_some_and(|r| r.extensions().get::<FallbackAvailable>().is_some());
+        let fallback_above = spare.is_some_and(Spare::fallback_available);
         if fallback_above {
             tracing::debug!(
-                gen_ai.request.model = ChatRequest::model_of(spare),
+                gen_ai.request.model = spare.and_then(Spare::model),
                 error.type = failure.class().as_str(),
                 http.response.status_code = failure.status().map(|s| s.as_u16()),
                 attempt = attempts,
@@ -386,7 +386,7 @@ fn next_retry<B>(
             );
         } else {
             tracing::warn!(
-                gen_ai.request.model = ChatRequest::model_of(spare),
+                gen_ai.request.model = spare.and_then(Spare::model),
                 error.type = failure.class().as_str(),
                 http.response.status_code = failure.status().map(|s| s.as_u16()),
                 attempt = attempts,

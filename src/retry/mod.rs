@@ -432,13 +432,13 @@ where
         self.inner.poll_ready(cx).map_err(into_dashscope_error)
     }
 
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         // The readied service makes the first call; the future keeps it for the retries and
         // readies it again before each one.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         self.shared.budget_deposit();
-        let spare = clone_request(&req);
+        let spare = crate::spare::Spare::of(&mut req);
         let extensions = req.extensions();
         let hand_off = extensions
             .get::<crate::fallback::FallbackAvailable>()

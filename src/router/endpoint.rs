@@ -26,6 +26,17 @@ struct Root {
     path: String,
 }
 
+impl Root {
+    /// The URI of `path` here.
+    fn join(&self, path: PathAndQuery) -> Option<Uri> {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(path);
+        Uri::from_parts(parts).ok()
+    }
+}
+
 /// An endpoint, ready to serve: its roots per API flavour, its credential headers, and what
 /// is wrong with it (found at construction).
 #[derive(Clone)]
@@ -122,29 +133,39 @@ impl Endpoint {
         self.headers.as_ref()
     }
 
-    /// The request's URI on this endpoint: `rest` (a path relative to the API root, empty or
-    /// starting with `/`) and `query` joined to `api`'s root.
-    pub(crate) fn uri(&self, api: Api, rest: &str, query: Option<&str>) -> Option<Uri> {
+    /// `original`, the request's URI, on this endpoint: its path relative to the API root
+    /// (see [`split_path`]) and its query joined to `api`'s root. When the join gives the
+    /// request's own path, that is reused rather than built again.
+    pub(crate) fn uri(&self, api: Api, original: Uri) -> Option<Uri> {
         let root = self.roots[api_index(api)].as_ref()?;
+        let (_, rest) = split_path(original.path(), api);
+        let query = original.query();
+        let path = original.path();
+        let same = original.path_and_query().is_some()
+            && !path.is_empty()
+            && path.len() == root.path.len() + rest.len()
+            && path.starts_with(&*root.path)
+            && path.ends_with(rest);
+        if same {
+            let path_and_query = original.into_parts().path_and_query?;
+            return root.join(path_and_query);
+        }
+        // The exact length, so that the bytes take the string's buffer as it is (a buffer with
+        // room to spare costs `Bytes` another allocation).
+        let empty = root.path.is_empty() && rest.is_empty();
         let mut path = String::with_capacity(
-            root.path.len() + rest.len() + query.map_or(0, |q| q.len() + 1) + 1,
+            root.path.len() + rest.len() + usize::from(empty) + query.map_or(0, |q| q.len() + 1),
         );
         path.push_str(&root.path);
         path.push_str(rest);
-        if path.is_empty() {
+        if empty {
             path.push('/');
         }
         if let Some(query) = query {
             path.push('?');
             path.push_str(query);
         }
-        let path = PathAndQuery::from_maybe_shared(bytes::Bytes::from(path)).ok()?;
-        Uri::builder()
-            .scheme(root.scheme.clone())
-            .authority(root.authority.clone())
-            .path_and_query(path)
-            .build()
-            .ok()
+        root.join(PathAndQuery::from_maybe_shared(bytes::Bytes::from(path)).ok()?)
     }
 
     /// The local error for this endpoint's key problem: nothing was sent.
@@ -314,6 +335,53 @@ fn under_segment<'a>(path: &'a str, root: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_request_path_is_reused_when_the_join_gives_it_and_built_otherwise() {
+        let endpoint = Endpoint::new(Region::Singapore, Plan::PayAsYouGo, ApiKey::new("sk-1"));
+        let custom = Endpoint::new(
+            Region::custom("https://proxy.example/dashscope/").unwrap(),
+            Plan::PayAsYouGo,
+            ApiKey::new("sk-1"),
+        );
+        let api = Api::OpenAiCompatible;
+        let cases = [
+            (
+                &endpoint,
+                "/compatible-mode/v1/chat/completions?x=1",
+                "https://dashscope-intl.aliyuncs.com/compatible-mode/v1/chat/completions?x=1",
+            ),
+            (
+                &endpoint,
+                "/chat/completions",
+                "https://dashscope-intl.aliyuncs.com/compatible-mode/v1/chat/completions",
+            ),
+            (
+                &endpoint,
+                "https://elsewhere.example/compatible-mode/v1/models",
+                "https://dashscope-intl.aliyuncs.com/compatible-mode/v1/models",
+            ),
+            (
+                &endpoint,
+                "https://elsewhere.example",
+                "https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
+            ),
+            (
+                &custom,
+                "/compatible-mode/v1/chat/completions",
+                "https://proxy.example/dashscope/compatible-mode/v1/chat/completions",
+            ),
+            (
+                &custom,
+                "/",
+                "https://proxy.example/dashscope/compatible-mode/v1",
+            ),
+        ];
+        for (endpoint, from, to) in cases {
+            let uri = endpoint.uri(api, from.parse().unwrap()).unwrap();
+            assert_eq!(uri.to_string(), to, "{from}");
+        }
+    }
 
     #[test]
     fn split() {

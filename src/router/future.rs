@@ -197,8 +197,9 @@ fn prepare<B>(endpoint: &Endpoint, api: Api, req: &mut Request<B>) -> Result<(),
     if let Some(err) = endpoint.key_error(api) {
         return Err(err);
     }
-    let (_, rest) = split_path(req.uri().path(), api);
-    let uri = endpoint.uri(api, rest, req.uri().query()).ok_or_else(|| {
+    // Taken, not copied: the request gets the URI made from it.
+    let original = std::mem::take(req.uri_mut());
+    let uri = endpoint.uri(api, original).ok_or_else(|| {
         DashScopeError::new(ErrorClass::InvalidRequest)
             .with_delivery(Delivery::NotSent)
             .with_message(format!(
