@@ -198,9 +198,9 @@
 //!   errors and timeouts, `min(0.5 s · 2^n, 8 s)` less up to 25% jitter, `retry-after-ms` /
 //!   `Retry-After` followed when within 60 s, a 600 s timeout; no rate limiting, fallback or
 //!   region failover. Measured against the simulator: under a quota offered twice its rate they
-//!   completed 1311 of 2000 requests with 67% of attempts throttled, through a model outage 306 of
-//!   900; the recommended stack completed 2000 of 2000 with 0.2% throttled and 900 of 900 — but,
-//!   waiting for quota instead of failing, the quota run took 662 s instead of 243 s. (The outage
+//!   completed 1167 of 2000 requests with 73% of attempts throttled, through a model outage 306 of
+//!   900; the recommended stack completed 2000 of 2000 with 0.05% throttled and 900 of 900 — but,
+//!   waiting for quota instead of failing, the quota run took 481 s instead of 245 s. (The outage
 //!   run gives the stack a second model to fall back to; the SDK has none.)
 //!
 //! # Telemetry
