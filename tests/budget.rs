@@ -986,9 +986,20 @@ fn sized_budget(backfill: usize) -> TokenBudget {
 
 #[tokio::test(start_paused = true)]
 async fn a_smaller_request_behind_one_that_does_not_fit_takes_the_room_left() {
-    for (backfill, overtakes) in [(8, true), (0, false)] {
+    // (backfill, a store in this process, whether the small request goes first)
+    for (backfill, local, overtakes) in [(8, true, true), (0, true, false), (8, false, false)] {
         let server = Server::new(1);
-        let budget = sized_budget(backfill);
+        let mut budget = sized_budget(backfill);
+        if !local {
+            // A store that does not say it answers locally (as a store across the network
+            // would not): only the first in line asks it.
+            budget = budget.store(ScriptedStore::new(
+                Arc::new(tower_dashscope::budget::LocalStore::new()),
+                |local, key, limits, tokens| {
+                    tower_dashscope::budget::BudgetStore::try_take(&**local, key, limits, tokens)
+                },
+            ));
+        }
         let service = budget.clone().layer(server.service());
         // 40 of the second's 60 taken; the next needs 40 and waits for room.
         let first = service.clone().oneshot(chat("m", 40)).await.unwrap();
@@ -1001,7 +1012,11 @@ async fn a_smaller_request_behind_one_that_does_not_fit_takes_the_room_left() {
             service.clone().oneshot(chat("m", 10)),
         )
         .await;
-        assert_eq!(small.is_ok(), overtakes, "backfill({backfill})");
+        assert_eq!(
+            small.is_ok(),
+            overtakes,
+            "backfill({backfill}), local {local}"
+        );
         assert!(
             tokio::time::timeout(Duration::ZERO, &mut big)
                 .await

@@ -412,7 +412,10 @@ impl TokenBudget {
     /// worth of a few thousand, in-order admission leaves about half a request's worth of each
     /// second unused). It only happens while the first has waited less than one
     /// [`burst`](Self::burst) window; after that, room is kept for it, so a request is held
-    /// back by those behind it for at most about one window more than in strict order.
+    /// back by those behind it for at most about one window more than in strict order. With
+    /// a store across the network (one whose
+    /// [`answers_locally`](BudgetStore::answers_locally) is `false`, such as `RedisStore`),
+    /// each try would be a round trip, and requests keep strict arrival order.
     pub fn backfill(self, n: usize) -> Self {
         self.with(|c| c.backfill = n)
     }

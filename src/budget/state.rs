@@ -222,7 +222,9 @@ impl Shared {
             if state.head_since.map(|(t, _)| t) != Some(ticket) {
                 state.head_since = Some((ticket, now));
             }
-        } else if !state.may_backfill(ticket, now, self.config.backfill, self.config.window) {
+        } else if !self.store.answers_locally()
+            || !state.may_backfill(ticket, now, self.config.backfill, self.config.window)
+        {
             return Begin::Woken;
         }
         if permits_full {
@@ -289,7 +291,7 @@ impl Shared {
     /// room it cannot use ([`Config::backfill`]) are woken to try.
     pub(crate) fn not_yet(&self, key: &Key, ticket: u64) {
         self.finish(key);
-        if self.config.backfill == 0 {
+        if self.config.backfill == 0 || !self.store.answers_locally() {
             return;
         }
         let mut models = self.lock();

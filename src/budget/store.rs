@@ -151,6 +151,15 @@ pub trait BudgetStore: Send + Sync + 'static {
         None
     }
 
+    /// Whether [`try_take`](Self::try_take) answers without a round trip (a store in this
+    /// process). Only then may requests waiting behind the first in line be asked about room it
+    /// cannot use ([`TokenBudget::backfill`](super::TokenBudget::backfill)): each try is one
+    /// more take, which a store across the network would pay for in round trips. `false` by
+    /// default.
+    fn answers_locally(&self) -> bool {
+        false
+    }
+
     /// Forgets `key`: the process no longer tracks it, and its windows are idle.
     fn forget(&self, key: &BudgetKey);
 
@@ -216,6 +225,10 @@ impl LocalStore {
 }
 
 impl BudgetStore for LocalStore {
+    fn answers_locally(&self) -> bool {
+        true
+    }
+
     fn try_take(
         &self,
         key: &BudgetKey,
