@@ -187,10 +187,8 @@ fn chat(model: &str) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-/// A chat service that records when each request reached it.
-fn recording(
-    arrivals: Arc<Mutex<Vec<std::time::Instant>>>,
-) -> impl tower::Service<
+/// A chat service that answers at once.
+fn answering() -> impl tower::Service<
     Request<Full<Bytes>>,
     Response = Response<Full<Bytes>>,
     Error = BoxError,
@@ -198,25 +196,80 @@ fn recording(
 > + Clone
 + Send
 + Sync {
-    service_fn(move |_req: Request<Full<Bytes>>| {
-        arrivals.lock().unwrap().push(std::time::Instant::now());
-        async { Ok::<_, BoxError>(Response::new(Full::new(Bytes::from_static(b"{}")))) }
+    service_fn(|_req: Request<Full<Bytes>>| async {
+        Ok::<_, BoxError>(Response::new(Full::new(Bytes::from_static(b"{}"))))
     })
+}
+
+/// A `RedisStore` that records the slot (the Redis server's time) of every take it makes.
+struct Recorded {
+    inner: RedisStore,
+    taken: Arc<Mutex<Vec<u64>>>,
+}
+
+impl BudgetStore for Recorded {
+    fn try_take(
+        &self,
+        key: &BudgetKey,
+        limits: Limits,
+        tokens: u64,
+    ) -> tower_dashscope::budget::StoreFuture<Result<Admission, BoxError>> {
+        let taken = self.taken.clone();
+        let record = move |answer: &Result<Admission, BoxError>| {
+            if let Ok(Admission::Taken(at)) = answer {
+                taken.lock().unwrap().push(at.0);
+            }
+        };
+        match self.inner.try_take(key, limits, tokens) {
+            tower_dashscope::budget::StoreFuture::Ready(answer) => {
+                if let Some(answer) = &answer {
+                    record(answer);
+                }
+                tower_dashscope::budget::StoreFuture::Ready(answer)
+            }
+            tower_dashscope::budget::StoreFuture::Pending(answer) => {
+                tower_dashscope::budget::StoreFuture::Pending(Box::pin(async move {
+                    let answer = answer.await;
+                    record(&answer);
+                    answer
+                }))
+            }
+        }
+    }
+
+    fn adjust(&self, key: &BudgetKey, limits: Limits, taken: Taken, delta: i64) {
+        self.inner.adjust(key, limits, taken, delta);
+    }
+
+    fn tokens_used(&self, key: &BudgetKey, limits: Limits) -> u64 {
+        self.inner.tokens_used(key, limits)
+    }
+
+    fn forget(&self, key: &BudgetKey) {
+        self.inner.forget(key);
+    }
+
+    fn is_idle(&self, key: &BudgetKey, limits: Limits) -> bool {
+        self.inner.is_idle(key, limits)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_budgets_sharing_a_prefix_send_one_quota_between_them() {
     let Some(_) = redis().await else { return };
     let prefix = prefix("fleet");
-    let arrivals: Arc<Mutex<Vec<std::time::Instant>>> = Arc::default();
-    let server = recording(arrivals.clone());
+    let taken: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let server = answering();
     // Four replicas of 1200 RPM: 20 a second between them, where four local budgets would send
     // 80 a second.
     let mut calls = Vec::new();
     for _ in 0..4 {
         let budget = TokenBudget::new(Quota::per_minute(1200, 0))
             .adaptive(false)
-            .store(store(&prefix));
+            .store(Recorded {
+                inner: store(&prefix),
+                taken: taken.clone(),
+            });
         let service = budget.layer(server.clone());
         for _ in 0..12 {
             let service = service.clone();
@@ -228,21 +281,25 @@ async fn token_budgets_sharing_a_prefix_send_one_quota_between_them() {
     for call in calls {
         call.await.unwrap();
     }
-    let mut arrivals = arrivals.lock().unwrap().clone();
-    arrivals.sort();
-    assert_eq!(arrivals.len(), 48);
-    // Admissions are in the server's time, arrivals in ours, a little later by a varying
-    // latency: any 800 ms of ours is within one second of the server's, so holds at most 20.
-    for (i, first) in arrivals.iter().enumerate() {
-        let within = arrivals[i..]
-            .iter()
-            .take_while(|t| t.duration_since(*first) < Duration::from_millis(800))
-            .count();
+    let mut taken = taken.lock().unwrap().clone();
+    taken.sort_unstable();
+    assert_eq!(taken.len(), 48);
+    // Counted in the Redis server's own time (10 ms slots; a take counts for 101 of them), not
+    // in ours, which a loaded machine delays by varying amounts: no 101 consecutive slots hold
+    // more than 20, and the 48 needed more than two windows.
+    for (i, &first) in taken.iter().enumerate() {
+        let within = taken[i..].iter().take_while(|&&t| t <= first + 100).count();
         assert!(
             within <= 20,
-            "{within} requests within 800 ms: over the quota"
+            "{within} requests within slots {first}..={}: over the quota",
+            first + 100
         );
     }
+    assert!(
+        taken[47] - taken[0] > 200,
+        "48 requests in {} slots",
+        taken[47] - taken[0]
+    );
 }
 
 #[tokio::test]
