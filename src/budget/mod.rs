@@ -632,14 +632,13 @@ where
             .as_ref()
             .and_then(|account| account(request.uri(), request.headers()))
             .map(Arc::from);
-        let key = Key {
+        // The parse's own name, shared: no copy per request.
+        let key = Key::from_parts(
             account,
-            // The parse's own name, shared: no copy per request.
-            model: chat
-                .model_shared()
+            chat.model_shared()
                 .cloned()
                 .unwrap_or_else(|| Arc::from("")),
-        };
+        );
         ResponseFuture::admitting(service, request, self.shared.clone(), key, cost)
     }
 }

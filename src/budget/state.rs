@@ -2,14 +2,16 @@
 //! (and account), each with its two windows, its queue of waiting requests and its adaptive
 //! rates.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::store::{Admission, BudgetKey, BudgetStore, Limits, LocalStore, StoreFuture, Taken};
+use super::store::{
+    Admission, BudgetKey, BudgetStore, KeyMap, Limits, LocalStore, StoreFuture, Taken,
+};
 use super::{Config, OutputCharge, Quota};
 use crate::error::BoxError;
 use crate::error::RateLimitKind;
@@ -62,7 +64,7 @@ pub(crate) struct Shared {
 }
 
 struct Models {
-    map: HashMap<Key, ModelState>,
+    map: KeyMap<ModelState>,
     in_flight: usize,
     /// Requests whose windows had room but no concurrency permit was free.
     permit_waiters: Vec<Waker>,
@@ -146,7 +148,7 @@ impl Shared {
             config,
             store,
             models: Mutex::new(Models {
-                map: HashMap::new(),
+                map: KeyMap::default(),
                 in_flight: 0,
                 permit_waiters: Vec::new(),
                 next_ticket: 0,
@@ -576,7 +578,7 @@ fn wake_head(state: &mut ModelState) {
 /// entry is one a new entry would equal), and if none is idle, requests share one overflow entry
 /// under the default quota.
 fn entry<'a>(
-    map: &'a mut HashMap<Key, ModelState>,
+    map: &'a mut KeyMap<ModelState>,
     key: Key,
     quota: Quota,
     now: Instant,
@@ -600,10 +602,7 @@ fn entry<'a>(
                     "TokenBudget: every tracked model is busy; counting this one in the shared \
                      overflow budget (raise max_models if this model is real)"
                 );
-                let overflow = Key {
-                    account: None,
-                    model: Arc::from("*"),
-                };
+                let overflow = Key::from_parts(None, Arc::from("*"));
                 let state = map
                     .entry(overflow.clone())
                     .or_insert_with(|| ModelState::new(config.default, now));

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::hash::BuildHasher;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -14,18 +15,34 @@ use crate::error::BoxError;
 
 /// Which budget a request is counted in: its model, and its account when
 /// [`TokenBudget::account`](super::TokenBudget::account) names one.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+///
+/// The key hashes its names once, when it is made (with a key random per process, so names
+/// chosen to collide cannot slow the budget down); the budget's maps then use that hash as it
+/// is, for the dozen lookups a request makes.
+#[derive(Clone)]
 pub struct BudgetKey {
     pub(crate) account: Option<Arc<str>>,
     pub(crate) model: Arc<str>,
+    hash: u64,
 }
 
 impl BudgetKey {
     /// The key of `model`, in `account` if any.
     pub fn new(account: Option<&str>, model: &str) -> Self {
+        BudgetKey::from_parts(account.map(Arc::from), Arc::from(model))
+    }
+
+    /// The key of names already shared.
+    pub(crate) fn from_parts(account: Option<Arc<str>>, model: Arc<str>) -> Self {
+        static STATE: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+            std::sync::OnceLock::new();
+        let hash = STATE
+            .get_or_init(std::collections::hash_map::RandomState::new)
+            .hash_one((account.as_deref(), &*model));
         BudgetKey {
-            account: account.map(Arc::from),
-            model: Arc::from(model),
+            account,
+            model,
+            hash,
         }
     }
 
@@ -41,6 +58,54 @@ impl BudgetKey {
         self.account.as_deref()
     }
 }
+
+impl PartialEq for BudgetKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.model == other.model && self.account == other.account
+    }
+}
+
+impl Eq for BudgetKey {}
+
+impl std::hash::Hash for BudgetKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl fmt::Debug for BudgetKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BudgetKey")
+            .field("account", &self.account)
+            .field("model", &self.model)
+            .finish()
+    }
+}
+
+/// Hashes a [`BudgetKey`] by the hash it carries: the maps keyed by it hash nothing again.
+#[derive(Default)]
+pub(crate) struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    // Only `BudgetKey`s are hashed with it, which write one `u64`; anything else still gets a
+    // hash of every byte (FNV-1a), never a constant.
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// A map keyed by [`BudgetKey`] that uses the hash each key carries.
+pub(crate) type KeyMap<V> = HashMap<BudgetKey, V, std::hash::BuildHasherDefault<KeyHasher>>;
 
 impl fmt::Display for BudgetKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -182,7 +247,7 @@ impl<T> StoreFuture<T> {
 /// bound on models.
 #[derive(Debug, Default)]
 pub struct LocalStore {
-    windows: Mutex<HashMap<BudgetKey, Windows>>,
+    windows: Mutex<KeyMap<Windows>>,
 }
 
 #[derive(Debug, Clone)]
@@ -201,7 +266,7 @@ impl LocalStore {
         LocalStore::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<BudgetKey, Windows>> {
+    fn lock(&self) -> MutexGuard<'_, KeyMap<Windows>> {
         // Plain numbers inside: a panic elsewhere cannot leave them invalid.
         self.windows.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -1,7 +1,6 @@
 //! [`RedisStore`]: the budget's windows in Redis (or Valkey), shared by every replica of a
 //! service, so that a fleet stays within one account's quota.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -10,7 +9,9 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::time::Instant;
 
-use super::store::{Admission, BudgetKey, BudgetStore, Limits, LocalStore, StoreFuture, Taken};
+use super::store::{
+    Admission, BudgetKey, BudgetStore, KeyMap, Limits, LocalStore, StoreFuture, Taken,
+};
 use crate::error::{BoxError, DashScopeError, Delivery, ErrorClass, RateLimitKind};
 
 /// The script's layout version: it is in every key name, so that a version that changes the
@@ -137,7 +138,7 @@ struct Shared {
     /// The in-process fallback of [`WhenUnavailable::LocalShare`].
     local: LocalStore,
     /// What Redis last said about each key, for the synchronous questions of the trait.
-    seen: Mutex<HashMap<BudgetKey, Seen>>,
+    seen: Mutex<KeyMap<Seen>>,
     pending_settles: AtomicUsize,
 }
 
@@ -251,7 +252,7 @@ impl RedisStore {
                     probing: false,
                 }),
                 local: LocalStore::new(),
-                seen: Mutex::new(HashMap::new()),
+                seen: Mutex::new(KeyMap::default()),
                 pending_settles: AtomicUsize::new(0),
             }),
         }
