@@ -1063,3 +1063,31 @@ async fn requests_behind_stop_taking_room_once_the_first_has_waited_a_window() {
         small.await.unwrap().unwrap();
     }
 }
+
+#[test]
+fn budget_keys_are_equal_by_their_names_and_hash_alike() {
+    use std::collections::HashSet;
+    use tower_dashscope::budget::BudgetKey;
+    let a = BudgetKey::new(Some("acct"), "qwen-plus");
+    assert_eq!(a, BudgetKey::new(Some("acct"), "qwen-plus"));
+    assert_ne!(a, BudgetKey::new(None, "qwen-plus"));
+    assert_ne!(a, BudgetKey::new(Some("acct"), "qwen-max"));
+    // The account and the model are not run together: ("ab", "c") is not ("a", "bc").
+    assert_ne!(
+        BudgetKey::new(Some("ab"), "c"),
+        BudgetKey::new(Some("a"), "bc")
+    );
+    let set: HashSet<BudgetKey> = [
+        a.clone(),
+        BudgetKey::new(Some("acct"), "qwen-plus"),
+        BudgetKey::new(None, "qwen-plus"),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(set.len(), 2);
+    assert!(set.contains(&a));
+    assert_eq!(
+        format!("{a:?}"),
+        r#"BudgetKey { account: Some("acct"), model: "qwen-plus" }"#
+    );
+}
