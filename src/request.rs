@@ -339,6 +339,24 @@ fn word(bytes: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(chunk))
 }
 
+/// The eight bytes of `chunk` (eight long) as a little-endian word.
+#[inline]
+fn le_word(chunk: &[u8]) -> u64 {
+    let mut le = [0u8; 8];
+    le.copy_from_slice(chunk);
+    u64::from_le_bytes(le)
+}
+
+/// The digits of `w`, a word of ASCII bytes only, one in the low bit of its lane: a digit is
+/// a byte from 0x30 to 0x39, and adding 0x50 sets a byte's high bit from 0x30 up, adding 0x46
+/// from 0x3A up, with no carry across bytes.
+#[inline]
+fn ascii_digits(w: u64) -> u64 {
+    let from_0 = w.wrapping_add(ONES * 0x50);
+    let past_9 = w.wrapping_add(ONES * 0x46);
+    (from_0 & !past_9 & HIGH) >> 7
+}
+
 /// The sum of the eight byte lanes of `lanes`.
 fn lanes_sum(lanes: u64) -> u64 {
     const EVEN: u64 = 0x00FF_00FF_00FF_00FF;
@@ -362,13 +380,11 @@ impl Lanes {
     #[inline]
     fn add(&mut self, w: u64) {
         let high = w & HIGH;
-        // A digit: an ASCII byte from 0x30 to 0x39. With the high bit cleared, adding 0x50
-        // sets it from 0x30 up and adding 0x46 from 0x3A up; no carry crosses bytes.
         if high == 0 {
-            let from_0 = w.wrapping_add(ONES * 0x50);
-            let past_9 = w.wrapping_add(ONES * 0x46);
-            self.digits += (from_0 & !past_9 & HIGH) >> 7;
+            self.digits += ascii_digits(w);
         } else {
+            // As in `ascii_digits`, with the high bits cleared first, and not counting the
+            // bytes that had one.
             let low = w & LOW7;
             let from_0 = low.wrapping_add(ONES * 0x50);
             let past_9 = low.wrapping_add(ONES * 0x46);
@@ -379,11 +395,25 @@ impl Lanes {
         }
     }
 
+    /// Counts the bytes of `w` before the first stop in `stops` ([`string_stops`]); returns
+    /// how many there are.
+    #[inline]
+    fn add_before(&mut self, w: u64, stops: u64) -> usize {
+        let before = stops.trailing_zeros() / 8;
+        // The bytes from the stop on, zeroed, count as nothing.
+        self.add(w & ((1u64 << (before * 8)) - 1));
+        before as usize
+    }
+
     /// Adds the sums of `lanes`' lanes.
+    #[inline]
     fn add_sums(&mut self, lanes: &Lanes) {
-        self.non_ascii += lanes_sum(lanes.non_ascii);
         self.digits += lanes_sum(lanes.digits);
-        self.lead += lanes_sum(lanes.lead);
+        // Text that is all ASCII has none.
+        if lanes.non_ascii != 0 {
+            self.non_ascii += lanes_sum(lanes.non_ascii);
+            self.lead += lanes_sum(lanes.lead);
+        }
     }
 
     /// Adds these sums, of a run of `len` bytes, to `count`; and whether the run is all
@@ -469,44 +499,37 @@ enum Number {
 }
 
 /// A JSON string that was checked (valid UTF-8, no control characters, valid escapes, paired
-/// surrogates): its bytes between the quotes, escapes still in.
+/// surrogates).
 #[derive(Clone, Copy)]
-struct JsonStr<'a> {
-    raw: &'a [u8],
-    escaped: bool,
+enum JsonStr<'a> {
+    /// A string without escapes.
+    Plain(&'a str),
+    /// The bytes between the quotes of a string with escapes, escapes still in.
+    Escaped(&'a [u8]),
 }
 
 impl JsonStr<'_> {
     /// The string, unescaped: borrowed when it has no escapes.
     fn unescaped(&self) -> std::borrow::Cow<'_, str> {
-        // Checked: UTF-8, and every escape is valid.
-        let Ok(text) = std::str::from_utf8(self.raw) else {
-            return std::borrow::Cow::Borrowed("");
+        let raw = match *self {
+            JsonStr::Plain(text) => return std::borrow::Cow::Borrowed(text),
+            JsonStr::Escaped(raw) => raw,
         };
-        if !self.escaped {
-            return std::borrow::Cow::Borrowed(text);
-        }
-        let mut out = String::with_capacity(self.raw.len());
-        let mut scanner = Scanner {
-            bytes: self.raw,
-            pos: 0,
-        };
-        while let Some(&b) = self.raw.get(scanner.pos) {
+        let mut out = Vec::with_capacity(raw.len());
+        let mut scanner = Scanner { bytes: raw, pos: 0 };
+        while let Some(&b) = raw.get(scanner.pos) {
             scanner.pos += 1;
             if b == b'\\' {
-                match scanner.escape_checked() {
-                    Ok(c) => out.push(c),
-                    Err(Malformed) => break,
-                }
+                // Checked already: every escape is valid.
+                let Ok(c) = scanner.escape_checked() else {
+                    break;
+                };
+                out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
             } else {
-                let start = scanner.pos - 1;
-                let end =
-                    memchr::memchr(b'\\', &self.raw[start..]).map_or(self.raw.len(), |i| start + i);
-                out.push_str(&text[start..end]);
-                scanner.pos = end;
+                out.push(b);
             }
         }
-        std::borrow::Cow::Owned(out)
+        std::borrow::Cow::Owned(String::from_utf8(out).unwrap_or_default())
     }
 }
 
@@ -1044,17 +1067,16 @@ impl<'a> Scanner<'a> {
     /// A string that is read, from just after its opening quote: as [`skip_str`]
     /// (Self::skip_str), and valid UTF-8 with paired surrogates.
     fn checked_str(&mut self) -> Scan<JsonStr<'a>> {
+        let bytes = self.bytes;
         let start = self.pos;
         let mut escaped = false;
         loop {
             let at = self.run_end(self.pos);
-            std::str::from_utf8(&self.bytes[self.pos..at]).map_err(|_| Malformed)?;
+            let run = std::str::from_utf8(&bytes[self.pos..at]).map_err(|_| Malformed)?;
             self.pos = at + 1;
-            match self.bytes.get(at) {
-                Some(b'"') => {
-                    let raw = &self.bytes[start..at];
-                    return Ok(JsonStr { raw, escaped });
-                }
+            match bytes.get(at) {
+                Some(b'"') if escaped => return Ok(JsonStr::Escaped(&bytes[start..at])),
+                Some(b'"') => return Ok(JsonStr::Plain(run)),
                 Some(b'\\') => {
                     escaped = true;
                     self.escape_checked()?;
@@ -1084,7 +1106,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// Counts the characters of the run of string bytes from `start` ([`run_end`]
-    /// (Self::run_end)) in one pass, eight bytes at a time: a byte below 0x80 is an ASCII
+    /// (Self::run_end)) in one pass, sixteen bytes at a time: a byte below 0x80 is an ASCII
     /// character, and every other character starts with a byte of 0xC0 or above (the rest,
     /// 0x80..0xC0, are continuation bytes), so no decoding is needed. Returns where the run
     /// ends and whether it is all ASCII.
@@ -1092,35 +1114,55 @@ impl<'a> Scanner<'a> {
     fn count_run(&self, start: usize, count: &mut TextCount) -> (usize, bool) {
         let bytes = self.bytes;
         let mut at = start;
+        // Counts per byte lane of the words seen since the last sum (each lane at most 255).
         let mut lanes = Lanes::default();
+        // Words that may still be added to `lanes` before they are summed.
+        let mut room = 254u32;
         let mut sums = Lanes::default();
         loop {
-            // Up to 255 words at a time, so that no lane (a byte) overflows.
-            let words = ((bytes.len() - at) / 8).min(255);
-            for chunk in bytes[at..at + 8 * words].chunks_exact(8) {
-                let mut le = [0u8; 8];
-                le.copy_from_slice(chunk);
-                let w = u64::from_le_bytes(le);
-                let stops = string_stops(w);
-                if stops != 0 {
-                    // The bytes before the first stop; those after it, zeroed, count as
-                    // nothing.
-                    let before = stops.trailing_zeros() / 8;
-                    lanes.add(w & ((1u64 << (before * 8)) - 1));
-                    at += before as usize;
-                    sums.add_sums(&lanes);
-                    return (at, sums.counted(at - start, count));
-                }
-                lanes.add(w);
-                at += 8;
-            }
-            sums.add_sums(&lanes);
-            lanes = Lanes::default();
-            if words < 255 {
+            let Some(pair) = bytes.get(at..at + 16) else {
                 break;
+            };
+            let (w0, w1) = (le_word(&pair[..8]), le_word(&pair[8..]));
+            let (stops0, stops1) = (string_stops(w0), string_stops(w1));
+            if stops0 | stops1 != 0 {
+                let (w, stops) = if stops0 != 0 {
+                    (w0, stops0)
+                } else {
+                    lanes.add(w0);
+                    at += 8;
+                    (w1, stops1)
+                };
+                at += lanes.add_before(w, stops);
+                sums.add_sums(&lanes);
+                return (at, sums.counted(at - start, count));
+            }
+            if (w0 | w1) & HIGH == 0 {
+                lanes.digits += ascii_digits(w0) + ascii_digits(w1);
+            } else {
+                lanes.add(w0);
+                lanes.add(w1);
+            }
+            at += 16;
+            room -= 2;
+            if room == 0 {
+                sums.add_sums(&lanes);
+                lanes = Lanes::default();
+                room = 254;
             }
         }
-        // The last few bytes of the body, one at a time.
+        // The body's last fifteen bytes or fewer: a word, then a byte at a time.
+        if let Some(w) = word(bytes, at) {
+            let stops = string_stops(w);
+            if stops != 0 {
+                at += lanes.add_before(w, stops);
+                sums.add_sums(&lanes);
+                return (at, sums.counted(at - start, count));
+            }
+            lanes.add(w);
+            at += 8;
+        }
+        sums.add_sums(&lanes);
         while let Some(&b) = bytes.get(at) {
             if b == b'"' || b == b'\\' || b < 0x20 {
                 break;
