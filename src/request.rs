@@ -902,35 +902,34 @@ impl<'a> Scanner<'a> {
     /// or not.
     #[inline]
     fn key(&mut self) -> Scan<Key> {
+        let bytes = self.bytes;
         let start = self.pos;
         let mut at = start;
-        while let Some(w) = word(self.bytes, at) {
+        while let Some(w) = word(bytes, at) {
             let q = w ^ (ONES * u64::from(b'"'));
             let b = w ^ (ONES * u64::from(b'\\'));
             let stops = ((q.wrapping_sub(ONES) & !q) | (b.wrapping_sub(ONES) & !b)) & HIGH;
             if stops != 0 {
                 at += (stops.trailing_zeros() / 8) as usize;
-                return self.key_end(start, at);
+                if bytes[at] == b'"' {
+                    self.pos = at + 1;
+                    return Ok(Key::of(&bytes[start..at]));
+                }
+                return self.escaped_key(start);
             }
             at += 8;
-            if at - start > LONGEST_KEY {
-                let rest = &self.bytes[at..];
-                let end = memchr::memchr2(b'"', b'\\', rest).map_or(self.bytes.len(), |i| at + i);
-                return self.key_end(start, end);
-            }
         }
-        let rest = &self.bytes[at..];
-        let end = memchr::memchr2(b'"', b'\\', rest).map_or(self.bytes.len(), |i| at + i);
-        self.key_end(start, end)
+        self.key_tail(start, at)
     }
 
-    /// A key from `start` whose first quote or backslash is at `at`.
-    #[inline]
-    fn key_end(&mut self, start: usize, at: usize) -> Scan<Key> {
-        match self.bytes.get(at) {
-            Some(b'"') => {
-                self.pos = at + 1;
-                Ok(Key::of(&self.bytes[start..at]))
+    /// A key from `start` that reaches into the body's last seven bytes, from `at` on.
+    #[cold]
+    #[inline(never)]
+    fn key_tail(&mut self, start: usize, at: usize) -> Scan<Key> {
+        match memchr::memchr2(b'"', b'\\', &self.bytes[at..]) {
+            Some(i) if self.bytes[at + i] == b'"' => {
+                self.pos = at + i + 1;
+                Ok(Key::of(&self.bytes[start..at + i]))
             }
             Some(_) => self.escaped_key(start),
             None => Err(Malformed),
@@ -939,6 +938,7 @@ impl<'a> Scanner<'a> {
 
     /// A key with escapes in it, from `start`.
     #[cold]
+    #[inline(never)]
     fn escaped_key(&mut self, start: usize) -> Scan<Key> {
         let mut key = [0u8; LONGEST_KEY];
         let mut len = 0;
@@ -1050,7 +1050,29 @@ impl<'a> Scanner<'a> {
 
     /// A string that is skipped, from just after its opening quote: no control characters,
     /// valid escapes; not checked as UTF-8.
+    #[inline]
     fn skip_str(&mut self) -> Scan<()> {
+        // Most end at their first stop, a quote.
+        let mut at = self.pos;
+        while let Some(w) = word(self.bytes, at) {
+            let stops = string_stops(w);
+            if stops != 0 {
+                at += (stops.trailing_zeros() / 8) as usize;
+                if self.bytes[at] == b'"' {
+                    self.pos = at + 1;
+                    return Ok(());
+                }
+                break;
+            }
+            at += 8;
+        }
+        self.skip_str_slow()
+    }
+
+    /// [`skip_str`](Self::skip_str) for the strings with escapes, and those that reach into
+    /// the body's last seven bytes.
+    #[inline(never)]
+    fn skip_str_slow(&mut self) -> Scan<()> {
         loop {
             let at = self.run_end(self.pos);
             self.pos = at + 1;
@@ -1119,10 +1141,7 @@ impl<'a> Scanner<'a> {
         // Words that may still be added to `lanes` before they are summed.
         let mut room = 254u32;
         let mut sums = Lanes::default();
-        loop {
-            let Some(pair) = bytes.get(at..at + 16) else {
-                break;
-            };
+        while let Some(pair) = bytes.get(at..at + 16) {
             let (w0, w1) = (le_word(&pair[..8]), le_word(&pair[8..]));
             let (stops0, stops1) = (string_stops(w0), string_stops(w1));
             if stops0 | stops1 != 0 {
