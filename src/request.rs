@@ -688,16 +688,19 @@ impl<'a> Scanner<'a> {
             Some(b'{') => {
                 let depth = deeper(depth)?;
                 self.pos += 1;
-                self.object(|s| {
-                    let key = s.key()?;
-                    s.expect(b':')?;
-                    match key {
-                        Key::Content | Key::Text | Key::Messages | Key::Prompt => {
-                            s.text(count, depth)
+                self.object(
+                    #[inline(always)]
+                    |s| {
+                        let key = s.key()?;
+                        s.expect(b':')?;
+                        match key {
+                            Key::Content | Key::Text | Key::Messages | Key::Prompt => {
+                                s.text(count, depth)
+                            }
+                            _ => s.skip(),
                         }
-                        _ => s.skip(),
-                    }
-                })
+                    },
+                )
             }
             _ => self.lenient_scalar().map(drop),
         }
