@@ -34,9 +34,15 @@
 //! assert!(std::sync::Arc::ptr_eq(&chat, &again));
 //! ```
 //!
+//! The body is read in one pass by a scanner of its own, which looks at every byte once, skips
+//! what no layer needs without decoding it, and counts the message text without copying it. It
+//! accepts exactly the bodies a serde_json parse of the same fields would, and reads the same
+//! from them (the tests hold it to that parse, kept as their oracle).
+//!
 //! Bodies that are not JSON objects, are larger than [`MAX_PARSED_BODY`], nest deeper than
-//! serde_json's limit, or cannot be read without consuming them give `None`: "unknown", never a
-//! panic and never an allocation beyond the (bounded) body's own size.
+//! serde_json's limit (128) where they are read, or cannot be read without consuming them give
+//! `None`: "unknown", never a panic and never an allocation beyond the (bounded) body's own
+//! size.
 
 use std::fmt;
 use std::sync::Arc;
@@ -995,9 +1001,9 @@ impl<'a> Scanner<'a> {
         })
     }
 
-    /// One escape of a string that is read, from just after its backslash: as [`escape`]
-    /// (Self::escape), and a surrogate must be a leading one followed at once by the escape of
-    /// a trailing one.
+    /// One escape of a string that is read, from just after its backslash: as
+    /// [`escape`](Self::escape), and a surrogate must be a leading one followed at once by the
+    /// escape of a trailing one.
     fn escape_checked(&mut self) -> Scan<char> {
         let lead = match self.escape()? {
             lead @ 0xD800..=0xDBFF => lead,
@@ -1089,8 +1095,8 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// A string that is read, from just after its opening quote: as [`skip_str`]
-    /// (Self::skip_str), and valid UTF-8 with paired surrogates.
+    /// A string that is read, from just after its opening quote: as
+    /// [`skip_str`](Self::skip_str), and valid UTF-8 with paired surrogates.
     fn checked_str(&mut self) -> Scan<JsonStr<'a>> {
         let bytes = self.bytes;
         let start = self.pos;
@@ -1130,8 +1136,8 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Counts the characters of the run of string bytes from `start` ([`run_end`]
-    /// (Self::run_end)) in one pass, sixteen bytes at a time: a byte below 0x80 is an ASCII
+    /// Counts the characters of the run of string bytes from `start`
+    /// ([`run_end`](Self::run_end)) in one pass, sixteen bytes at a time: a byte below 0x80 is an ASCII
     /// character, and every other character starts with a byte of 0xC0 or above (the rest,
     /// 0x80..0xC0, are continuation bytes), so no decoding is needed. Returns where the run
     /// ends and whether it is all ASCII.
@@ -1667,6 +1673,17 @@ mod tests {
         ];
         for body in cases {
             same_as_serde(body);
+        }
+        // The model's length limit is on the unescaped name.
+        for (plain, escaped) in [(250, 6), (250, 7), (256, 0), (257, 0), (0, 256), (0, 257)] {
+            let model = format!("{}{}", "m".repeat(plain), r"\u0041".repeat(escaped));
+            same_as_serde(format!(r#"{{"model":"{model}"}}"#).as_bytes());
+            let parameters = format!(r#"{{"parameters":{{"result_format":"{model}"}}}}"#);
+            same_as_serde(parameters.as_bytes());
+            let chat = parse(Api::OpenAiCompatible, &format!(r#"{{"model":"{model}"}}"#));
+            let expected = (plain + escaped <= MAX_MODEL_LEN)
+                .then(|| format!("{}{}", "m".repeat(plain), "A".repeat(escaped)));
+            assert_eq!(chat.unwrap().model(), expected.as_deref());
         }
     }
 
