@@ -639,25 +639,33 @@ impl<'a> Scanner<'a> {
     #[inline]
     fn object(&mut self, mut entry: impl FnMut(&mut Self) -> Scan<()>) -> Scan<()> {
         let mut first = true;
-        loop {
-            match self.peek() {
-                Some(b'}') => {
-                    self.pos += 1;
-                    return Ok(());
-                }
-                Some(b'"') if first => {}
-                Some(b',') if !first => {
-                    self.pos += 1;
-                    if self.peek() != Some(b'"') {
-                        return Err(Malformed);
-                    }
-                }
-                _ => return Err(Malformed),
-            }
-            first = false;
-            self.pos += 1;
+        while self.next_entry(&mut first)? {
             entry(self)?;
         }
+        Ok(())
+    }
+
+    /// Moves on to the next entry of an object whose `{` was read (`first`: none was read
+    /// yet): true just after its key's opening quote, false after the object's `}`.
+    #[inline]
+    fn next_entry(&mut self, first: &mut bool) -> Scan<bool> {
+        match self.peek() {
+            Some(b'}') => {
+                self.pos += 1;
+                return Ok(false);
+            }
+            Some(b'"') if *first => {}
+            Some(b',') if !*first => {
+                self.pos += 1;
+                if self.peek() != Some(b'"') {
+                    return Err(Malformed);
+                }
+            }
+            _ => return Err(Malformed),
+        }
+        *first = false;
+        self.pos += 1;
+        Ok(true)
     }
 
     /// The elements of an array whose `[` was read, each read by `element`.
@@ -694,19 +702,18 @@ impl<'a> Scanner<'a> {
             Some(b'{') => {
                 let depth = deeper(depth)?;
                 self.pos += 1;
-                self.object(
-                    #[inline(always)]
-                    |s| {
-                        let key = s.key()?;
-                        s.expect(b':')?;
-                        match key {
-                            Key::Content | Key::Text | Key::Messages | Key::Prompt => {
-                                s.text(count, depth)
-                            }
-                            _ => s.skip(),
+                let mut first = true;
+                while self.next_entry(&mut first)? {
+                    let key = self.key()?;
+                    self.expect(b':')?;
+                    match key {
+                        Key::Content | Key::Text | Key::Messages | Key::Prompt => {
+                            self.text(count, depth)?;
                         }
-                    },
-                )
+                        _ => self.skip()?,
+                    }
+                }
+                Ok(())
             }
             _ => self.lenient_scalar().map(drop),
         }
