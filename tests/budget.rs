@@ -12,8 +12,8 @@ use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_dashscope::{
-    BoxError, BudgetWait, ClassifyDashScopeError, ErrorClass, OutputCharge, Quota, RateLimitKind,
-    TokenBudget,
+    BoxError, BudgetWait, ClassifyDashScopeError, ClassifyDashScopeErrorService, ErrorClass,
+    OutputCharge, Quota, RateLimitKind, TokenBudget, TokenBudgetService,
 };
 
 #[path = "support/store.rs"]
@@ -107,6 +107,26 @@ fn serve(
     })
 }
 
+/// `budget` over a classifier over `server`: the budget settles against the usage it reads.
+fn classified(
+    budget: &TokenBudget,
+    server: &Server,
+) -> TokenBudgetService<
+    ClassifyDashScopeErrorService<
+        impl Service<
+            Request<Full<Bytes>>,
+            Response = Response<Full<Bytes>>,
+            Error = BoxError,
+            Future: Send,
+        > + Clone
+        + Send
+        + Sync
+        + use<>,
+    >,
+> {
+    budget.layer(ClassifyDashScopeError::new().layer(server.service()))
+}
+
 /// The most arrivals in any window of `width`.
 fn max_in_window(times: &[Instant], width: Duration) -> usize {
     let mut times = times.to_vec();
@@ -146,10 +166,7 @@ where
 async fn requests_are_shaped_per_second() {
     let server = Server::new(1);
     let budget = TokenBudget::new(Quota::per_minute(300, 0)); // 5 a second
-    let service = ServiceBuilder::new()
-        .layer(budget.clone())
-        .layer(ClassifyDashScopeError::new())
-        .service(server.service());
+    let service = classified(&budget, &server);
     let start = Instant::now();
     let tasks: Vec<_> = (0..30)
         .map(|_| tokio::spawn(send_and_read(service.clone(), chat("qwen-plus", 10))))
@@ -176,10 +193,7 @@ async fn tokens_weigh_and_models_are_independent() {
     // 600 tokens a minute = 10 a second; each request is 1 input (4 chars) + 4 output = 5.
     let budget =
         TokenBudget::new(Quota::per_minute(0, 600)).model("qwen-max", Quota::per_minute(0, 6000));
-    let service = ServiceBuilder::new()
-        .layer(budget.clone())
-        .layer(ClassifyDashScopeError::new())
-        .service(server.service());
+    let service = classified(&budget, &server);
     let mut tasks = Vec::new();
     for i in 0..12 {
         let model = if i % 2 == 0 { "qwen-plus" } else { "qwen-max" };
@@ -212,10 +226,7 @@ async fn a_bogus_usage_is_owed_for_at_most_a_minute_of_quota() {
     let budget = TokenBudget::new(Quota::per_minute(0, 3600))
         .adaptive(false)
         .max_wait(Duration::from_secs(3600));
-    let service = ServiceBuilder::new()
-        .layer(budget.clone())
-        .layer(ClassifyDashScopeError::new())
-        .service(server.service());
+    let service = classified(&budget, &server);
     send_and_read(service.clone(), chat("m", 10)).await.unwrap();
     server.output_tokens.store(1, Ordering::SeqCst);
     let next = send_and_read(service.clone(), chat("m", 10))
@@ -236,10 +247,7 @@ async fn a_bogus_usage_is_owed_for_at_most_a_minute_of_quota() {
 async fn usage_settles_both_ways() {
     let server = Server::new(1);
     let budget = TokenBudget::new(Quota::per_minute(0, 60_000)).adaptive(false);
-    let service = ServiceBuilder::new()
-        .layer(budget.clone())
-        .layer(ClassifyDashScopeError::new())
-        .service(server.service());
+    let service = classified(&budget, &server);
 
     // Estimated 1 + 100 tokens; used 2: 99 come back once the body is read.
     send_and_read(service.clone(), chat("m", 100))
@@ -268,10 +276,7 @@ async fn a_usage_slot_someone_still_holds_is_not_reused() {
 
     let server = Server::new(1);
     let budget = TokenBudget::new(Quota::per_minute(0, 60_000)).adaptive(false);
-    let service = ServiceBuilder::new()
-        .layer(budget.clone())
-        .layer(ClassifyDashScopeError::new())
-        .service(server.service());
+    let service = classified(&budget, &server);
 
     let slot = UsageSlot::new();
     let mut request = chat("m", 100);
@@ -298,10 +303,7 @@ async fn the_output_charged_is_learned_from_the_answers() {
     let charged_after_answers = |budget: TokenBudget| {
         let server = server.clone();
         async move {
-            let service = ServiceBuilder::new()
-                .layer(budget.clone())
-                .layer(ClassifyDashScopeError::new())
-                .service(server.service());
+            let service = classified(&budget, &server);
             for _ in 0..40 {
                 send_and_read(service.clone(), chat("m", 100))
                     .await
@@ -332,10 +334,7 @@ async fn the_output_charged_is_learned_from_the_answers() {
 async fn by_default_the_input_is_charged_before_sending_and_the_output_when_it_is_reported() {
     let server = Server::new(50);
     let budget = TokenBudget::new(Quota::per_minute(0, 60_000)).adaptive(false);
-    let service = ServiceBuilder::new()
-        .layer(budget.clone())
-        .layer(ClassifyDashScopeError::new())
-        .service(server.service());
+    let service = classified(&budget, &server);
     // Sent: the input only (1 token estimated), however large max_tokens is.
     let response = service.clone().oneshot(chat("m", 1000)).await.unwrap();
     assert_eq!(budget.tokens_in_window("m"), 1);
@@ -361,10 +360,7 @@ async fn output_reported_beyond_the_window_is_debt_that_holds_back_the_next_requ
     // 60 tokens a second; answers of 200 output tokens.
     let server = Server::new(200);
     let budget = TokenBudget::new(Quota::per_minute(0, 3600)).adaptive(false);
-    let service = ServiceBuilder::new()
-        .layer(budget.clone())
-        .layer(ClassifyDashScopeError::new())
-        .service(server.service());
+    let service = classified(&budget, &server);
     // Sent at once (its input fits), and its 201 tokens are owed when read: 60 fill the
     // window, 141 are carried (counted in the window too).
     send_and_read(service.clone(), chat("m", 500))
@@ -411,10 +407,7 @@ async fn an_over_estimate_settled_after_the_window_is_set_against_later_debt() {
         .output_charge(OutputCharge::OnAdmission)
         .adaptive(false)
         .learn_output(false);
-    let service = ServiceBuilder::new()
-        .layer(budget.clone())
-        .layer(ClassifyDashScopeError::new())
-        .service(server.service());
+    let service = classified(&budget, &server);
     // Charged 1 + 100, used 2, settled two seconds later: the window no longer holds the
     // charge, so the 99 over-estimated are kept as credit.
     let response = service.clone().oneshot(chat("m", 100)).await.unwrap();
@@ -432,10 +425,7 @@ async fn a_refused_request_gets_its_tokens_back_and_lowers_the_rate() {
     let server = Server::new(1);
     server.status.store(429, Ordering::SeqCst);
     let budget = TokenBudget::new(Quota::per_minute(600, 60_000));
-    let service = ServiceBuilder::new()
-        .layer(budget.clone())
-        .layer(ClassifyDashScopeError::new())
-        .service(server.service());
+    let service = classified(&budget, &server);
     let err = service.clone().oneshot(chat("m", 100)).await.unwrap_err();
     assert_eq!(
         err.class(),
@@ -944,10 +934,7 @@ async fn headroom_counts_down_in_the_window_and_comes_back_after_it() {
     let budget = TokenBudget::new(Quota::per_minute(180, 6_000))
         .model("unlimited", Quota::per_minute(0, 0))
         .adaptive(false);
-    let service = ServiceBuilder::new()
-        .layer(budget.clone())
-        .layer(ClassifyDashScopeError::new())
-        .service(server.service());
+    let service = classified(&budget, &server);
 
     let room = budget.headroom("m");
     assert_eq!(room.quota, Quota::per_minute(180, 6_000));
