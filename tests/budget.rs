@@ -108,6 +108,7 @@ fn serve(
 }
 
 /// `budget` over a classifier over `server`: the budget settles against the usage it reads.
+#[allow(clippy::type_complexity)] // the service's type, spelled out once here
 fn classified(
     budget: &TokenBudget,
     server: &Server,
