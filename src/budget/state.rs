@@ -73,7 +73,8 @@ struct Models {
 
 struct ModelState {
     quota: Quota,
-    /// Waiting requests in arrival order; the first is the only one that may be admitted.
+    /// Waiting requests in arrival order; the first may be admitted, and while it waits for
+    /// room, those behind it that may backfill ([`Config::backfill`]).
     queue: BTreeMap<u64, Option<Waker>>,
     /// Requests of this model admitted and not yet finished.
     in_flight: usize,
@@ -100,8 +101,9 @@ struct ModelState {
 
 /// What the first step of an admission says.
 pub(crate) enum Begin {
-    /// First in line with a permit taken: ask the store, then [`Shared::admitted`] or
-    /// [`Shared::not_yet`]. With the limits asked under and the tokens asked for.
+    /// First in line (or backfilling behind it) with a permit taken: ask the store, then
+    /// [`Shared::admitted`] or [`Shared::not_yet`]. With the limits asked under and the tokens
+    /// asked for.
     Ask(StoreFuture<Result<Admission, BoxError>>, Limits, u64),
     /// Not yet: wait to be woken (behind another request, or for a permit).
     Woken,
@@ -204,8 +206,9 @@ impl Shared {
         }
     }
 
-    /// The first step of admitting `ticket`: when it is first in line and a permit is free,
-    /// the permit is taken and the store is asked for the budget.
+    /// The first step of admitting `ticket`: when it is first in line (or may backfill behind
+    /// the first) and a permit is free, the permit is taken and the store is asked for the
+    /// budget.
     pub(crate) fn begin(&self, key: &Key, ticket: u64, cost: Cost, waker: &Waker) -> Begin {
         let now = Instant::now();
         let mut models = self.lock();
