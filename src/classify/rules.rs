@@ -488,7 +488,7 @@ enum Window {
     Month,
 }
 
-/// Coding Plan's `usage`, 5-hour, weekly and monthly windows: "<window> allocated quota
+/// Coding Plan's `usage`, 5-hour, weekly and monthly windows: "`<window>` allocated quota
 /// exceeded".
 fn coding_plan_window(message: &str) -> Option<Window> {
     let at = find_ignore_case(message, "allocated quota exceeded")?;
