@@ -113,6 +113,7 @@
 //! | DEBUG | `budget` | TokenBudget: settled with the reported usage | `gen_ai.request.model`, `gen_ai.usage.input_tokens`, `gen_ai.usage.output_tokens`, `dashscope.budget.tokens` |
 //! | DEBUG | `budget` | TokenBudget: usage above the estimate, carried as debt | `gen_ai.request.model`, `dashscope.budget.debt_tokens` |
 //! | WARN | `budget` | TokenBudget: usage reported above a minute of the quota; owing only a minute's worth | `gen_ai.request.model`, `gen_ai.usage.total_tokens`, `dashscope.budget.debt_tokens` |
+//! | INFO | `budget` | TokenBudget: the server refuses tokens the budget had room for; reserving answers' expected output before sending from now on | `gen_ai.request.model`, `dashscope.budget.token_refusals` |
 //! | INFO | `budget` | TokenBudget: the server throttled; lowering this model's rates | `gen_ai.request.model`, `error.type`, `dashscope.budget.request_factor`, `dashscope.budget.token_factor` |
 //! | WARN | `budget` | giving up: TokenBudget has no room within max_wait … | `gen_ai.request.model`, `error.type`, `wait_ms`, `dashscope.budget.max_wait_ms` |
 //! | WARN | `budget` | giving up: the budget store failed / did not answer within max_wait … | `gen_ai.request.model`, `error.type`, `error` or `wait_ms` |

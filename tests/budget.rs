@@ -40,6 +40,8 @@ struct Server {
     arrivals: Arc<Mutex<Vec<(Instant, String)>>>,
     output_tokens: Arc<AtomicU32>,
     status: Arc<AtomicU32>,
+    /// A 429 says the tokens quota, not the requests one.
+    tokens_429: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Server {
@@ -48,6 +50,7 @@ impl Server {
             arrivals: Arc::default(),
             output_tokens: Arc::new(AtomicU32::new(output_tokens)),
             status: Arc::new(AtomicU32::new(200)),
+            tokens_429: Arc::default(),
         }
     }
 
@@ -94,6 +97,8 @@ fn serve(
                     r#"{{"choices":[{{"message":{{"content":"x"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":1,"completion_tokens":{out},"total_tokens":{}}}}}"#,
                     out + 1
                 )
+            } else if server.tokens_429.load(Ordering::SeqCst) {
+                r#"{"error":{"code":"insufficient_quota","message":"Allocated quota exceeded, please increase your quota limit.","type":"insufficient_quota"}}"#.to_owned()
             } else {
                 r#"{"error":{"code":"limit_requests","message":"Requests rate limit exceeded","type":"limit_requests"}}"#.to_owned()
             };
@@ -1078,4 +1083,58 @@ fn budget_keys_are_equal_by_their_names_and_hash_alike() {
         format!("{a:?}"),
         r#"BudgetKey { account: Some("acct"), model: "qwen-plus" }"#
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn token_429s_the_budget_had_room_for_switch_a_model_to_reserving_its_output() {
+    for detect in [true, false] {
+        let server = Server::new(50);
+        let budget = TokenBudget::new(Quota::per_minute(0, 60_000))
+            .adaptive(false)
+            .detect_output_charge(detect);
+        let service = classified(&budget, &server);
+        // Three token 429s among the first requests: the server counts answers on admission.
+        server.status.store(429, Ordering::SeqCst);
+        server.tokens_429.store(true, Ordering::SeqCst);
+        for _ in 0..3 {
+            let err = service.clone().oneshot(chat("m", 100)).await.unwrap_err();
+            assert_eq!(err.class(), ErrorClass::RateLimited(RateLimitKind::Tokens));
+        }
+        server.status.store(200, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // The next request's charge while its answer is unread: its input alone when the
+        // charge stays as set, input and expected output (all of max_tokens, nothing learned
+        // yet) once switched.
+        let response = service.clone().oneshot(chat("m", 100)).await.unwrap();
+        let charged = budget.tokens_in_window("m");
+        assert_eq!(charged, if detect { 1 + 100 } else { 1 }, "detect {detect}");
+        response.into_body().collect().await.unwrap();
+        assert_eq!(budget.tokens_in_window("m"), 1 + 50, "detect {detect}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rare_token_429_does_not_switch_the_output_charge() {
+    let server = Server::new(50);
+    let budget = TokenBudget::new(Quota::per_minute(0, 6_000_000)).adaptive(false);
+    let service = classified(&budget, &server);
+    // Two token 429s in every hundred outcomes, for three hundred: under the threshold.
+    for i in 0..300 {
+        let refuse = i % 100 < 2;
+        server
+            .status
+            .store(if refuse { 429 } else { 200 }, Ordering::SeqCst);
+        server.tokens_429.store(refuse, Ordering::SeqCst);
+        let answer = send_and_read(service.clone(), chat("m", 100)).await;
+        assert_eq!(answer.is_err(), refuse, "request {i}");
+    }
+    server.status.store(200, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let response = service.clone().oneshot(chat("m", 100)).await.unwrap();
+    assert_eq!(
+        budget.tokens_in_window("m"),
+        1,
+        "still charged when reported"
+    );
+    drop(response);
 }

@@ -140,6 +140,36 @@ async fn output_counted_when_generated_is_charged_when_reported() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_default_budget_learns_that_a_server_counts_output_on_admission() {
+    for enforcement in MODELS {
+        // The budget's default (output charged when reported) against a server that counts
+        // each answer on admission: its token 429s switch the model to reserving output.
+        let w = Saturation {
+            output_charge: OutputCharge::WhenGenerated,
+            ..Saturation::new(enforcement)
+        };
+        let learned = harness::saturate_with(w, OutputCharge::OnAdmission).await;
+        let fixed = harness::saturate_with(
+            Saturation {
+                detect_output_charge: false,
+                ..w
+            },
+            OutputCharge::OnAdmission,
+        )
+        .await;
+        assert!(
+            learned.throttled_share() <= 0.01,
+            "{enforcement:?}: {learned:?}"
+        );
+        assert!(
+            fixed.throttled_share() > 2.0 * learned.throttled_share(),
+            "{enforcement:?}: {fixed:?} vs {learned:?}"
+        );
+        assert_eq!(learned.completed, learned.offered, "{enforcement:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn estimates_off_by_half_converge_on_the_true_tpm() {
     for enforcement in MODELS {
         for skew in [1.5, 0.5] {

@@ -171,6 +171,8 @@ pub struct Saturation {
     /// sides): `OnAdmission` here, where what the server admits in a second is what the
     /// budget bounds; the default of both is `WhenGenerated`.
     pub output_charge: OutputCharge,
+    /// `TokenBudget::detect_output_charge` (on by default).
+    pub detect_output_charge: bool,
     pub seed: u64,
 }
 
@@ -194,6 +196,7 @@ impl Saturation {
             skew: 1.0,
             learn_output: true,
             output_charge: OutputCharge::OnAdmission,
+            detect_output_charge: true,
             seed: 7,
         }
     }
@@ -276,7 +279,8 @@ pub async fn saturate_with(workload: Saturation, server_charge: OutputCharge) ->
     let budget = TokenBudget::new(Quota::per_minute(w.rpm, w.tpm))
         .estimator(Skewed(w.skew))
         .learn_output(w.learn_output)
-        .output_charge(w.output_charge);
+        .output_charge(w.output_charge)
+        .detect_output_charge(w.detect_output_charge);
     let service = ServiceBuilder::new()
         .layer(RetryWithJitter::new().seed(w.seed))
         .layer(budget.clone())

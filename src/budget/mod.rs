@@ -233,6 +233,8 @@ pub(crate) struct Config {
     pub(crate) default_output_tokens: u32,
     pub(crate) learn_output: bool,
     pub(crate) output_charge: OutputCharge,
+    /// Whether a server's token 429s may switch a model to reserving output.
+    pub(crate) detect_output_charge: bool,
     /// How many requests behind the first in line may take room it cannot use.
     pub(crate) backfill: usize,
     pub(crate) estimator: DynEstimator,
@@ -255,6 +257,7 @@ impl fmt::Debug for Config {
             .field("default_output_tokens", &self.default_output_tokens)
             .field("learn_output", &self.learn_output)
             .field("output_charge", &self.output_charge)
+            .field("detect_output_charge", &self.detect_output_charge)
             .field("backfill", &self.backfill)
             .field("adaptive", &self.adaptive)
             .field("warm_up", &self.warm_up)
@@ -286,7 +289,9 @@ pub const DEFAULT_MAX_MODELS: usize = 1024;
 /// - [`max_wait`](Self::max_wait): unlimited (requests wait as long as their quota needs);
 /// - [`default_output_tokens`](Self::default_output_tokens): 1024;
 /// - [`output_charge`](Self::output_charge): [`OutputCharge::WhenGenerated`] — the input is
-///   charged before sending, the output when the answer's usage arrives;
+///   charged before sending, the output when the answer's usage arrives — switching a model to
+///   reserving its output when the server shows it counts output on admission
+///   ([`detect_output_charge`](Self::detect_output_charge));
 /// - [`learn_output`](Self::learn_output): on — the output charged is the share of
 ///   `max_tokens` the model's answers have used, learned from their usage; `learn_output(false)`
 ///   charges the whole of `max_tokens`, the conservative behaviour of earlier versions;
@@ -316,6 +321,7 @@ impl TokenBudget {
                 default_output_tokens: 1024,
                 learn_output: true,
                 output_charge: OutputCharge::WhenGenerated,
+                detect_output_charge: true,
                 backfill: DEFAULT_BACKFILL,
                 estimator: DynEstimator(Arc::new(CharEstimator)),
                 adaptive: true,
@@ -401,6 +407,19 @@ impl TokenBudget {
     /// room again, so a request is not sent into a second the server has already spent.
     pub fn output_charge(self, charge: OutputCharge) -> Self {
         self.with(|c| c.output_charge = charge)
+    }
+
+    /// Whether a model charged [`OutputCharge::WhenGenerated`] switches to reserving its
+    /// answers' expected output before sending when the server shows it counts output on
+    /// admission (on by default).
+    ///
+    /// The sign is the server refusing tokens the budget had room for: against a server that
+    /// counts output when written, the budget sees about one such 429 in 2,000 attempts;
+    /// against one that counts it on admission, several in every hundred. Three token 429s
+    /// within a hundred outcomes switch the model (an INFO event says so) for as long as the
+    /// budget keeps its state. Off, the charge stays as set whatever the server answers.
+    pub fn detect_output_charge(self, detect: bool) -> Self {
+        self.with(|c| c.detect_output_charge = detect)
     }
 
     /// How many requests waiting behind the first in line for a model may take room it cannot

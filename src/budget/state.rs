@@ -45,6 +45,14 @@ const MIN_OUTPUT_SHARE: f64 = 0.05;
 /// deviations: a margin for the seconds in which several answers run long.
 const OUTPUT_MARGIN: f64 = 1.0;
 
+/// Outcomes per period over which the server's token 429s are counted, to tell whether it
+/// counts output on admission ([`Config::detect_output_charge`]).
+const DETECT_PERIOD: u32 = 100;
+
+/// Token 429s within one [`DETECT_PERIOD`] that mean the server counts output on admission:
+/// against a server that counts it when written, the budget sees about one in 2,000.
+const DETECT_REFUSALS: u32 = 3;
+
 /// Which budget a request is counted in.
 pub(crate) type Key = BudgetKey;
 
@@ -97,6 +105,12 @@ struct ModelState {
     /// The ticket first in line and since when, to bound how long requests behind it may take
     /// room it cannot use.
     head_since: Option<(u64, Instant)>,
+    /// The server was seen to count output on admission: the expected output is reserved
+    /// before sending, whatever [`Config::output_charge`] says.
+    reserve_output: bool,
+    /// Outcomes and token 429s in the current detection period.
+    outcomes: u32,
+    token_refusals: u32,
 }
 
 /// What the first step of an admission says.
@@ -130,6 +144,8 @@ pub(crate) struct Reservation {
     pub(crate) waited: Duration,
     /// The call failed (an error, or an error response): no answer is being generated.
     pub(crate) failed: bool,
+    /// The expected output was reserved with the input.
+    pub(crate) reserved_output: bool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -243,7 +259,7 @@ impl Shared {
         let input = (cost.input as f64 * state.input_ratio).round() as u64;
         // The output expected: the cap times the share answers have used (the whole cap when
         // the budget does not learn it).
-        let output = if self.config.output_charge == OutputCharge::WhenGenerated {
+        let output = if !state.reserves_output(&self.config) {
             // Counted by the server when generated: charged when the usage says how much.
             0
         } else if self.config.learn_output {
@@ -272,9 +288,11 @@ impl Shared {
         at: Taken,
     ) -> Reservation {
         let mut models = self.lock();
+        let mut reserved_output = self.config.output_charge == OutputCharge::OnAdmission;
         if let Some(state) = models.map.get_mut(key) {
             state.queue.remove(&ticket);
             wake_head(state);
+            reserved_output = state.reserves_output(&self.config);
         }
         Reservation {
             shared: Arc::clone(self),
@@ -288,6 +306,7 @@ impl Shared {
             usage: None,
             waited: Duration::ZERO,
             failed: false,
+            reserved_output,
         }
     }
 
@@ -444,14 +463,35 @@ impl Shared {
 
     /// The server answered `key`'s request: adapt the rates.
     pub(crate) fn observe(&self, key: &Key, throttled: Option<RateLimitKind>) {
-        if !self.config.adaptive {
-            return;
-        }
         let now = Instant::now();
         let mut models = self.lock();
         let Some(state) = models.map.get_mut(key) else {
             return;
         };
+        if self.config.detect_output_charge && !state.reserves_output(&self.config) {
+            state.outcomes += 1;
+            if throttled == Some(RateLimitKind::Tokens) {
+                state.token_refusals += 1;
+                if state.token_refusals >= DETECT_REFUSALS {
+                    // A server that counts output when written refuses tokens the budget had
+                    // room for about once in 2,000; this one counts answers on admission.
+                    state.reserve_output = true;
+                    tracing::info!(
+                        gen_ai.request.model = &*key.model,
+                        dashscope.budget.token_refusals = state.token_refusals,
+                        "TokenBudget: the server refuses tokens the budget had room for; \
+                         reserving answers' expected output before sending from now on"
+                    );
+                }
+            }
+            if state.outcomes >= DETECT_PERIOD {
+                state.outcomes = 0;
+                state.token_refusals = 0;
+            }
+        }
+        if !self.config.adaptive {
+            return;
+        }
         match throttled {
             None => {
                 state.request_factor = (state.request_factor + RECOVER).min(1.0);
@@ -634,11 +674,18 @@ impl ModelState {
             output_share_sq: 1.0,
             credit: 0,
             head_since: None,
+            reserve_output: false,
+            outcomes: 0,
+            token_refusals: 0,
         }
     }
 
-    /// The share of its output cap a request is charged: the learned mean plus a margin of
-    /// its spread, at most the whole cap.
+    /// Whether this model's requests reserve their expected output before sending: set so, or
+    /// learned from the server's refusals.
+    fn reserves_output(&self, config: &Config) -> bool {
+        config.output_charge == OutputCharge::OnAdmission || self.reserve_output
+    }
+
     /// Whether `ticket`, not first in line, may try for room now: it is among the `backfill`
     /// requests behind the first, and the first has waited less than a `window` (after that, the
     /// room is kept for it, so that small requests cannot hold a large one back for long).
@@ -659,6 +706,8 @@ impl ModelState {
                 .any(|&t| t == ticket)
     }
 
+    /// The share of its output cap a request is charged: the learned mean plus a margin of
+    /// its spread, at most the whole cap.
     fn expected_output_share(&self) -> f64 {
         let spread = (self.output_share_sq - self.output_share * self.output_share)
             .max(0.0)
@@ -737,7 +786,7 @@ impl Release for Reservation {
                 self.limits,
                 self.admitted_at,
             );
-        } else if !self.failed && self.shared.config.output_charge == OutputCharge::WhenGenerated {
+        } else if !self.failed && !self.reserved_output {
             // An answer whose usage never came (a stream without `include_usage`, a body not
             // read to its end, a call cancelled after it was sent): the server counts what it
             // generated all the same, so the output the model's answers are expected to use is
