@@ -11,7 +11,9 @@
 //!   it, as a server counts what it has written (Alibaba's recipe: input up front, output
 //!   settled afterwards); or reserved with the input, as the share of `max_tokens` the model's
 //!   answers have used so far ([`learn_output`](TokenBudget::learn_output)), for upstreams that
-//!   count `max_tokens` on admission. A request that is still waiting holds nothing and is
+//!   count `max_tokens` on admission — which a model switches to by itself when the server's
+//!   token 429s show it counts that way
+//!   ([`detect_output_charge`](TokenBudget::detect_output_charge)). A request that is still waiting holds nothing and is
 //!   charged nothing; dropping it leaves no trace.
 //! - **Wait, don't fail.** A request with no room waits — in arrival order per model, except
 //!   that a few behind the first may take room it cannot use, for at most a window of its
