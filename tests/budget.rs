@@ -1138,3 +1138,96 @@ async fn a_rare_token_429_does_not_switch_the_output_charge() {
     );
     drop(response);
 }
+
+/// An inner service whose readiness can be switched: ready, failing, or never ready.
+#[derive(Clone)]
+struct Switchable {
+    server: Server,
+    /// 0: ready; 1: poll_ready fails; 2: poll_ready stays pending.
+    mode: Arc<AtomicU32>,
+}
+
+impl Service<Request<Full<Bytes>>> for Switchable {
+    type Response = Response<Full<Bytes>>;
+    type Error = BoxError;
+    type Future =
+        std::pin::Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, BoxError>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        match self.mode.load(Ordering::SeqCst) {
+            0 => std::task::Poll::Ready(Ok(())),
+            1 => std::task::Poll::Ready(Err("inner service gone".into())),
+            _ => std::task::Poll::Pending,
+        }
+    }
+
+    fn call(&mut self, request: Request<Full<Bytes>>) -> Self::Future {
+        Box::pin(self.server.service().oneshot(request))
+    }
+}
+
+/// A request admitted after a wait whose inner service then fails to become ready was never
+/// sent: nothing of it is charged, not even the output an answer would have used.
+#[tokio::test(start_paused = true)]
+async fn a_request_never_sent_because_the_inner_service_failed_is_not_charged_output() {
+    let server = Server::new(1);
+    let mode = Arc::new(AtomicU32::new(0));
+    let budget = TokenBudget::new(Quota::per_minute(60, 60_000)).adaptive(false);
+    let service = budget.clone().layer(Switchable {
+        server: server.clone(),
+        mode: mode.clone(),
+    });
+    // No classifier below: the usage is unknown, so the expected output (10) is owed.
+    let response = service.clone().oneshot(chat("m", 10)).await.unwrap();
+    response.into_body().collect().await.unwrap();
+    assert_eq!(budget.tokens_in_window("m"), 11);
+
+    // The next request waits about a second for the request rate; meanwhile the inner service
+    // breaks.
+    let mut waiting = tokio_test::task::spawn(service.clone().oneshot(chat("m", 10)));
+    assert!(waiting.poll().is_pending());
+    mode.store(1, Ordering::SeqCst);
+    tokio::time::advance(Duration::from_millis(1100)).await;
+    assert!(waiting.await.is_err());
+    assert_eq!(server.arrivals().len(), 1, "not sent");
+    // The first request's charge has left the one-second window by now.
+    assert_eq!(
+        budget.tokens_in_window("m"),
+        0,
+        "a request never sent is not charged an answer's output"
+    );
+    assert_eq!(budget.in_flight(), 0);
+}
+
+/// A request admitted after a wait and dropped while its inner service is being readied was
+/// never sent: it is not charged the output an answer would have used.
+#[tokio::test(start_paused = true)]
+async fn a_request_dropped_before_it_was_sent_is_not_charged_output() {
+    let server = Server::new(1);
+    let mode = Arc::new(AtomicU32::new(0));
+    let budget = TokenBudget::new(Quota::per_minute(60, 60_000)).adaptive(false);
+    let service = budget.clone().layer(Switchable {
+        server: server.clone(),
+        mode: mode.clone(),
+    });
+    let response = service.clone().oneshot(chat("m", 10)).await.unwrap();
+    response.into_body().collect().await.unwrap();
+    assert_eq!(budget.tokens_in_window("m"), 11);
+
+    let mut waiting = tokio_test::task::spawn(service.clone().oneshot(chat("m", 10)));
+    assert!(waiting.poll().is_pending());
+    mode.store(2, Ordering::SeqCst);
+    tokio::time::advance(Duration::from_millis(1100)).await;
+    // Admitted, readying the inner service (which never becomes ready).
+    assert!(waiting.poll().is_pending());
+    assert_eq!(budget.in_flight(), 1);
+    drop(waiting);
+    assert_eq!(server.arrivals().len(), 1, "not sent");
+    assert_eq!(budget.in_flight(), 0);
+    // The first request's charge has left the one-second window by now. The input stays
+    // charged as for any cancelled admission; no answer's output is owed.
+    assert_eq!(budget.tokens_in_window("m"), 1);
+}

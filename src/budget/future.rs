@@ -344,6 +344,10 @@ where
                                 }
                             };
                             reservation.usage = Some(slot);
+                            // After a wait, not sent until the inner service is readied again
+                            // and called: dropped or failed before that, no answer is
+                            // generated, so none is owed.
+                            reservation.failed = *this.delayed;
                             let waited = if *this.delayed {
                                 now.saturating_duration_since(*this.started)
                             } else {
@@ -478,6 +482,9 @@ where
                     else {
                         unreachable!("both wait here until the call");
                     };
+                    if let Some(held) = this.held.as_mut() {
+                        held.get_mut().failed = false;
+                    }
                     let future = service.call(request);
                     this.state.set(State::Calling { future });
                 }
