@@ -1231,3 +1231,56 @@ async fn a_request_dropped_before_it_was_sent_is_not_charged_output() {
     // charged as for any cancelled admission; no answer's output is owed.
     assert_eq!(budget.tokens_in_window("m"), 1);
 }
+
+/// A request whose budget was asked for before the model switched to reserving output, and
+/// granted after, was charged its input alone: its output is still owed when no usage comes.
+#[tokio::test(start_paused = true)]
+async fn a_request_admitted_across_the_output_charge_switch_still_owes_its_output() {
+    let inner = Arc::new(tower_dashscope::budget::LocalStore::new());
+    let asked = Arc::new(AtomicU32::new(0));
+    let server = Server::new(50);
+    let budget = TokenBudget::new(Quota::per_minute(0, 6_000_000))
+        .adaptive(false)
+        .store(slow_store(inner, asked.clone()));
+    // The server answers 20 ms after a request; the store 50 ms after it is asked.
+    let slow_server = {
+        let server = server.service();
+        service_fn(move |request: Request<Full<Bytes>>| {
+            let server = server.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                server.oneshot(request).await
+            }
+        })
+    };
+    let service = budget
+        .clone()
+        .layer(ClassifyDashScopeError::new().layer(slow_server));
+    server.status.store(429, Ordering::SeqCst);
+    server.tokens_429.store(true, Ordering::SeqCst);
+    // In line: three requests the server refuses for tokens, then one it answers. The store
+    // is asked for the last one at 150 ms, before the third refusal (170 ms) switches the
+    // model to reserving output, and grants it at 200 ms, after.
+    let refused: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(service.clone().oneshot(chat("m", 100))))
+        .collect();
+    let pending = tokio::spawn(service.clone().oneshot(chat("m", 100)));
+    tokio::time::sleep(Duration::from_millis(175)).await;
+    assert_eq!(asked.load(Ordering::SeqCst), 4);
+    server.status.store(200, Ordering::SeqCst);
+    server.tokens_429.store(false, Ordering::SeqCst);
+    for refused in refused {
+        let err = refused.await.unwrap().unwrap_err();
+        assert_eq!(err.class(), ErrorClass::RateLimited(RateLimitKind::Tokens));
+    }
+    let response = pending.await.unwrap().unwrap();
+    assert_eq!(budget.tokens_in_window("m"), 1, "asked for its input alone");
+    // Its answer is never read: the output it was not charged up front is owed now.
+    drop(response);
+    assert_eq!(budget.tokens_in_window("m"), 1 + 100);
+    // The model did switch: the next request reserves its output up front.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let response = service.clone().oneshot(chat("m", 100)).await.unwrap();
+    assert_eq!(budget.tokens_in_window("m"), 1 + 100);
+    drop(response);
+}

@@ -32,6 +32,8 @@ struct Queued {
     admitted: bool,
     /// Set while a store across the network is asked: a permit is held for the answer.
     asking: bool,
+    /// The tokens last asked of the store include the expected output.
+    reserved_output: bool,
 }
 
 impl Drop for Queued {
@@ -139,6 +141,7 @@ where
                 ticket,
                 admitted: false,
                 asking: false,
+                reserved_output: false,
             }),
             cost,
             started,
@@ -292,10 +295,22 @@ where
                                 *this.cost,
                                 cx.waker(),
                             ) {
-                                Begin::Ask(StoreFuture::Ready(answer), limits, charged) => {
+                                Begin::Ask(
+                                    StoreFuture::Ready(answer),
+                                    limits,
+                                    charged,
+                                    reserved_output,
+                                ) => {
+                                    queued.reserved_output = reserved_output;
                                     (answer, limits, charged)
                                 }
-                                Begin::Ask(StoreFuture::Pending(asking), limits, charged) => {
+                                Begin::Ask(
+                                    StoreFuture::Pending(asking),
+                                    limits,
+                                    charged,
+                                    reserved_output,
+                                ) => {
+                                    queued.reserved_output = reserved_output;
                                     queued.asking = true;
                                     // A round trip gets at least STORE_ROUND_TRIP, so that
                                     // max_wait(ZERO) still works with a store across the network.
@@ -329,6 +344,7 @@ where
                                 charged,
                                 limits,
                                 at,
+                                queued.reserved_output,
                             );
                             let (Some(mut request), Some(mut service)) =
                                 (this.request.take(), this.service.take())

@@ -117,8 +117,9 @@ struct ModelState {
 pub(crate) enum Begin {
     /// First in line (or backfilling behind it) with a permit taken: ask the store, then
     /// [`Shared::admitted`] or [`Shared::not_yet`]. With the limits asked under and the tokens
-    /// asked for.
-    Ask(StoreFuture<Result<Admission, BoxError>>, Limits, u64),
+    /// asked for, and whether those include the expected output (to be told to
+    /// [`Shared::admitted`]: the model may switch to reserving output while the store answers).
+    Ask(StoreFuture<Result<Admission, BoxError>>, Limits, u64, bool),
     /// Not yet: wait to be woken (behind another request, or for a permit).
     Woken,
 }
@@ -259,7 +260,8 @@ impl Shared {
         let input = (cost.input as f64 * state.input_ratio).round() as u64;
         // The output expected: the cap times the share answers have used (the whole cap when
         // the budget does not learn it).
-        let output = if !state.reserves_output(&self.config) {
+        let reserves_output = state.reserves_output(&self.config);
+        let output = if !reserves_output {
             // Counted by the server when generated: charged when the usage says how much.
             0
         } else if self.config.learn_output {
@@ -274,7 +276,7 @@ impl Shared {
         let answer = self
             .store
             .try_take(key, limits, charged.saturating_mul(MILLI));
-        Begin::Ask(answer, limits, charged)
+        Begin::Ask(answer, limits, charged, reserves_output)
     }
 
     /// The store took the budget: `ticket` leaves the queue, admitted.
@@ -286,13 +288,12 @@ impl Shared {
         charged: u64,
         limits: Limits,
         at: Taken,
+        reserved_output: bool,
     ) -> Reservation {
         let mut models = self.lock();
-        let mut reserved_output = self.config.output_charge == OutputCharge::OnAdmission;
         if let Some(state) = models.map.get_mut(key) {
             state.queue.remove(&ticket);
             wake_head(state);
-            reserved_output = state.reserves_output(&self.config);
         }
         Reservation {
             shared: Arc::clone(self),
