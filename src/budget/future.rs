@@ -344,8 +344,8 @@ where
                                 charged,
                                 limits,
                                 at,
-                                queued.reserved_output,
                             );
+                            reservation.reserved_output = queued.reserved_output;
                             let (Some(mut request), Some(mut service)) =
                                 (this.request.take(), this.service.take())
                             else {

@@ -288,7 +288,6 @@ impl Shared {
         charged: u64,
         limits: Limits,
         at: Taken,
-        reserved_output: bool,
     ) -> Reservation {
         let mut models = self.lock();
         if let Some(state) = models.map.get_mut(key) {
@@ -307,7 +306,9 @@ impl Shared {
             usage: None,
             waited: Duration::ZERO,
             failed: false,
-            reserved_output,
+            // Set by the caller: whether the tokens it asked the store for included the
+            // expected output ([`Begin::Ask`]).
+            reserved_output: false,
         }
     }
 
