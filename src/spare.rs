@@ -143,7 +143,7 @@ impl<B> Spare<B> {
 }
 
 /// A request of `body` and `extensions` with the rest of `from`'s head.
-fn copy_parts<B, T>(from: &Request<B>, body: T, extensions: Extensions) -> Request<T> {
+pub(crate) fn copy_parts<B, T>(from: &Request<B>, body: T, extensions: Extensions) -> Request<T> {
     let mut copy = Request::new(body);
     *copy.method_mut() = from.method().clone();
     *copy.uri_mut() = from.uri().clone();

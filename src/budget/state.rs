@@ -258,16 +258,13 @@ impl Shared {
         let limits = state.limits(now, &self.config);
         // The estimator's input, corrected by what usage has taught about it.
         let input = (cost.input as f64 * state.input_ratio).round() as u64;
-        // The output expected: the cap times the share answers have used (the whole cap when
-        // the budget does not learn it).
+        // The output: reserved as expected when the server counts it on admission.
         let reserves_output = state.reserves_output(&self.config);
-        let output = if !reserves_output {
+        let output = if reserves_output {
+            state.expected_output(cost.output, self.config.learn_output)
+        } else {
             // Counted by the server when generated: charged when the usage says how much.
             0
-        } else if self.config.learn_output {
-            (cost.output as f64 * state.expected_output_share()).ceil() as u64
-        } else {
-            cost.output
         };
         let charged = input.saturating_add(output);
         state.in_flight += 1;
@@ -440,15 +437,11 @@ impl Shared {
     /// The output an answer of cap `cap` is expected to use: the learned share of it (the whole
     /// cap when the budget does not learn it).
     fn expected_output(&self, key: &Key, cap: u64) -> u64 {
-        if !self.config.learn_output {
-            return cap;
+        let learn = self.config.learn_output;
+        match self.lock().map.get(key) {
+            Some(state) => state.expected_output(cap, learn),
+            None => cap,
         }
-        let models = self.lock();
-        let share = models
-            .map
-            .get(key)
-            .map_or(1.0, ModelState::expected_output_share);
-        (cap as f64 * share).ceil() as u64
     }
 
     /// A request of `key` finished: its permit is free.
@@ -706,6 +699,16 @@ impl ModelState {
                 .skip(1)
                 .take(backfill)
                 .any(|&t| t == ticket)
+    }
+
+    /// The output an answer of cap `cap` is expected to use: the learned share of it, or the
+    /// whole cap when the budget does not `learn` it.
+    fn expected_output(&self, cap: u64, learn: bool) -> u64 {
+        if learn {
+            (cap as f64 * self.expected_output_share()).ceil() as u64
+        } else {
+            cap
+        }
     }
 
     /// The share of its output cap a request is charged: the learned mean plus a margin of

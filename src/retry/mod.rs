@@ -468,11 +468,5 @@ impl Shared {
 /// A copy of `req` for another attempt, if its body can be cloned.
 pub(crate) fn clone_request<B: ReplayBody>(req: &Request<B>) -> Option<Request<B>> {
     let body = req.body().try_clone_body()?;
-    let mut copy = Request::new(body);
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    *copy.extensions_mut() = req.extensions().clone();
-    Some(copy)
+    Some(crate::spare::copy_parts(req, body, req.extensions().clone()))
 }
