@@ -1169,10 +1169,15 @@ impl Service<Request<Full<Bytes>>> for Switchable {
     }
 }
 
-/// A request admitted after a wait whose inner service then fails to become ready was never
-/// sent: nothing of it is charged, not even the output an answer would have used.
-#[tokio::test(start_paused = true)]
-async fn a_request_never_sent_because_the_inner_service_failed_is_not_charged_output() {
+/// A budget of one request a second over a [`Switchable`] inner service, after one request
+/// was answered: the next waits about a second. No classifier below, so the usage is unknown
+/// and the first request owes its expected output (10).
+async fn one_answered_at_one_a_second() -> (
+    Server,
+    Arc<AtomicU32>,
+    TokenBudget,
+    TokenBudgetService<Switchable>,
+) {
     let server = Server::new(1);
     let mode = Arc::new(AtomicU32::new(0));
     let budget = TokenBudget::new(Quota::per_minute(60, 60_000)).adaptive(false);
@@ -1180,10 +1185,17 @@ async fn a_request_never_sent_because_the_inner_service_failed_is_not_charged_ou
         server: server.clone(),
         mode: mode.clone(),
     });
-    // No classifier below: the usage is unknown, so the expected output (10) is owed.
     let response = service.clone().oneshot(chat("m", 10)).await.unwrap();
     response.into_body().collect().await.unwrap();
     assert_eq!(budget.tokens_in_window("m"), 11);
+    (server, mode, budget, service)
+}
+
+/// A request admitted after a wait whose inner service then fails to become ready was never
+/// sent: nothing of it is charged, not even the output an answer would have used.
+#[tokio::test(start_paused = true)]
+async fn a_request_never_sent_because_the_inner_service_failed_is_not_charged_output() {
+    let (server, mode, budget, service) = one_answered_at_one_a_second().await;
 
     // The next request waits about a second for the request rate; meanwhile the inner service
     // breaks.
@@ -1206,16 +1218,7 @@ async fn a_request_never_sent_because_the_inner_service_failed_is_not_charged_ou
 /// never sent: it is not charged the output an answer would have used.
 #[tokio::test(start_paused = true)]
 async fn a_request_dropped_before_it_was_sent_is_not_charged_output() {
-    let server = Server::new(1);
-    let mode = Arc::new(AtomicU32::new(0));
-    let budget = TokenBudget::new(Quota::per_minute(60, 60_000)).adaptive(false);
-    let service = budget.clone().layer(Switchable {
-        server: server.clone(),
-        mode: mode.clone(),
-    });
-    let response = service.clone().oneshot(chat("m", 10)).await.unwrap();
-    response.into_body().collect().await.unwrap();
-    assert_eq!(budget.tokens_in_window("m"), 11);
+    let (server, mode, budget, service) = one_answered_at_one_a_second().await;
 
     let mut waiting = tokio_test::task::spawn(service.clone().oneshot(chat("m", 10)));
     assert!(waiting.poll().is_pending());

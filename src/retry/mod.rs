@@ -468,5 +468,9 @@ impl Shared {
 /// A copy of `req` for another attempt, if its body can be cloned.
 pub(crate) fn clone_request<B: ReplayBody>(req: &Request<B>) -> Option<Request<B>> {
     let body = req.body().try_clone_body()?;
-    Some(crate::spare::copy_parts(req, body, req.extensions().clone()))
+    Some(crate::spare::copy_parts(
+        req,
+        body,
+        req.extensions().clone(),
+    ))
 }
