@@ -38,9 +38,9 @@ pub const RESUBMIT_AFTER: Duration = Duration::from_secs(1);
 /// Which scenario, with its parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Kind {
-    /// The quota scenario, in one enforcement model, with the output counted when generated
-    /// (the simulator's default) or, `true`, when the request is admitted.
-    Quota(Enforcement, bool),
+    /// The quota scenario, in one enforcement model, with answers' output counted as the
+    /// simulator is told.
+    Quota(Enforcement, OutputCharge),
     Burst,
     Outage,
     Flap,
@@ -50,10 +50,10 @@ pub enum Kind {
 
 impl Kind {
     pub const ALL: [Kind; 9] = [
-        Kind::Quota(Enforcement::Continuous, false),
-        Kind::Quota(Enforcement::FixedWindow, false),
-        Kind::Quota(Enforcement::Continuous, true),
-        Kind::Quota(Enforcement::FixedWindow, true),
+        Kind::Quota(Enforcement::Continuous, OutputCharge::WhenGenerated),
+        Kind::Quota(Enforcement::FixedWindow, OutputCharge::WhenGenerated),
+        Kind::Quota(Enforcement::Continuous, OutputCharge::OnAdmission),
+        Kind::Quota(Enforcement::FixedWindow, OutputCharge::OnAdmission),
         Kind::Burst,
         Kind::Outage,
         Kind::Flap,
@@ -82,16 +82,18 @@ impl Kind {
     /// When the simulator counts an answer's output against the quota.
     pub fn output_charge(self) -> OutputCharge {
         match self {
-            Kind::Quota(_, true) => OutputCharge::OnAdmission,
+            Kind::Quota(_, charge) => charge,
             _ => OutputCharge::WhenGenerated,
         }
     }
 
-    /// The name with the enforcement model, for tables and file names.
+    /// The name with the simulator's model, for tables and file names.
     pub fn label(self) -> String {
         match self {
-            Kind::Quota(e, false) => format!("quota-{}", enforcement_name(e)),
-            Kind::Quota(e, true) => format!("quota-{}-on-admission", enforcement_name(e)),
+            Kind::Quota(e, OutputCharge::OnAdmission) => {
+                format!("quota-{}-on-admission", enforcement_name(e))
+            }
+            Kind::Quota(e, _) => format!("quota-{}", enforcement_name(e)),
             other => other.name().to_owned(),
         }
     }
