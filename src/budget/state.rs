@@ -456,8 +456,11 @@ impl Shared {
         }
     }
 
-    /// The server answered `key`'s request: adapt the rates.
+    /// The server answered `key`'s request: adapt the rates, and tell how it counts output.
     pub(crate) fn observe(&self, key: &Key, throttled: Option<RateLimitKind>) {
+        if !self.config.adaptive && !self.config.detect_output_charge {
+            return;
+        }
         let now = Instant::now();
         let mut models = self.lock();
         let Some(state) = models.map.get_mut(key) else {
